@@ -1,0 +1,47 @@
+# ERS — the two commands a user needs are `make demo` and `make test` (see README.md).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= .ers-data
+PORT ?= 8080
+
+.PHONY: install demo serve test lint bench clean redis-server
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	# torch first and pinned: the CPU build from local disk; unpinned it pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m service.demo --data-dir $(DATA_DIR) --port $(PORT)
+
+serve: $(STAMP)
+	$(BIN)/ers serve --data-dir $(DATA_DIR) --port $(PORT)
+
+# The tests start their own redis-server on a free loopback port; install it when missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (apt)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+test: $(STAMP) redis-server
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/search.py
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .mypy_cache .ruff_cache

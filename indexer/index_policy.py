@@ -1,0 +1,179 @@
+"""Which FAISS index a collection runs, when it is rebuilt, and when it is snapshotted.
+
+``auto`` starts exact (flat). Past ``auto_threshold`` items an IVF index is trained in a background
+thread from the store's raw vectors while searches and writes go on against the flat index; the
+records written meanwhile are captured and replayed onto the new index, which is then swapped in
+under the index lock. It is rebuilt again each time the collection grows ``rebuild_growth``-fold.
+An explicit spec that needs training (``IVF1024,PQ32``) also runs flat until it has enough points.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from indexer.builder import auto_spec, build_index, min_train_points
+from indexer.records import LogRecord
+from indexer.snapshot import SnapshotMeta, load_snapshot, write_snapshot
+from indexer.vector_index import FLAT, VectorIndex, prepare
+
+if TYPE_CHECKING:
+    from indexer.collection import Collection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    auto_threshold: int = 20_000
+    rebuild_growth: float = 4.0
+    target_recall: float = 0.97
+    snapshot_every: int = 10_000
+    wal_segment_bytes: int = 64 << 20
+    background: bool = True  # False: build and snapshot inline (deterministic tests)
+    tombstone_ratio: float = 0.2
+
+
+class IndexPolicy:
+    def __init__(self, collection: Collection, options: IndexOptions) -> None:
+        self.c = collection
+        self.options = options
+        self.built_n = 0
+        self._ops = 0
+        self._capture: list[tuple[int, LogRecord]] | None = None
+        self._building = False
+        self._snap_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._min_train: int | None = None
+
+    # -- start-up ----------------------------------------------------------------------------
+    def load_or_rebuild(self) -> tuple[VectorIndex, int]:
+        cfg = self.c.config
+        snap = load_snapshot(self.c.directory, cfg.dim, cfg.metric)
+        if snap is not None and snap[1].offset >= self.c.wal.start_offset:
+            self.built_n = snap[1].built_n
+            return snap[0], snap[1].offset
+        ids, vectors = self._store_vectors()
+        index = self._build(self._spec_for(len(ids)), ids, vectors)
+        return index, self.c.store_off
+
+    def _store_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        ids: list[int] = []
+        rows: list[np.ndarray] = []
+        for item in self.c.store.iter_items(self.c.name, with_vectors=True):
+            assert item.vector is not None
+            ids.append(item.int_id)
+            rows.append(item.vector)
+        dim = self.c.config.dim
+        matrix = np.vstack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
+        return np.asarray(ids, dtype=np.int64), matrix.astype(np.float32)
+
+    def _build(self, spec: str, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
+        cfg = self.c.config
+        index = build_index(cfg.dim, cfg.metric, spec, ids, prepare(vectors, cfg.metric), self.options.target_recall)
+        self.built_n = len(ids)
+        return index
+
+    def _spec_for(self, n: int) -> str:
+        target = self.c.config.index
+        if target == "auto":
+            return FLAT if n < self.options.auto_threshold else auto_spec(n)
+        if self._min_train is None:
+            self._min_train = min_train_points(target, self.c.config.dim, self.c.config.metric)
+        return FLAT if n < self._min_train else target
+
+    # -- while running -----------------------------------------------------------------------
+    def observe(self, offset: int, record: LogRecord) -> None:
+        """Called (under the writer lock) for every record applied to the live index."""
+        if self._capture is not None:
+            self._capture.append((offset, record))
+
+    def after_write(self, n: int) -> None:
+        self._ops += n
+        if self._ops >= self.options.snapshot_every:
+            self._ops = 0
+            self._spawn(self.snapshot)
+        spec = self._wanted_spec()
+        if spec is not None and not self._building:
+            self._building = True
+            self._spawn(lambda: self._rebuild(spec))
+
+    def _wanted_spec(self) -> str | None:
+        index, n = self.c.index, self.c.count
+        desired = self._spec_for(n)
+        if index.spec == FLAT and desired != FLAT:
+            return desired
+        if self.c.config.index == "auto" and index.spec != FLAT and n >= self.options.rebuild_growth * self.built_n:
+            return auto_spec(n)
+        if index.dead and len(index.dead) > self.options.tombstone_ratio * max(1, index.index.ntotal):
+            return index.spec
+        return None
+
+    def _spawn(self, fn: Callable[[], None]) -> None:
+        if not self.options.background:
+            fn()
+            return
+        thread = threading.Thread(target=fn, daemon=True, name=f"ers-{self.c.name}")
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _rebuild(self, spec: str) -> None:
+        c = self.c
+        try:
+            with c._writer:
+                self._capture = []
+            ids, vectors = self._store_vectors()
+            log.info("collection %s: building %s over %d vectors", c.name, spec, len(ids))
+            new = self._build(spec, ids, vectors)
+            present = set(ids.tolist())
+            from indexer.collection import apply_to_index
+
+            with c._writer:
+                with c._rw.write():
+                    for offset, record in self._capture or []:
+                        apply_to_index(new, offset, record, c.config.metric, present)
+                    c.index = new
+                self._capture = None
+            log.info("collection %s: swapped in %s (nprobe=%s)", c.name, spec, new.nprobe)
+            self.snapshot()
+        except Exception:
+            log.exception("collection %s: index build failed; keeping the current index", c.name)
+        finally:
+            self._capture = None
+            self._building = False
+
+    # -- snapshots ---------------------------------------------------------------------------
+    def snapshot(self) -> None:
+        c = self.c
+        with self._snap_lock:
+            with c._writer:
+                with c._rw.read():
+                    index = c.index
+                    offset = c.index_off
+                    data = index.serialize()
+                    meta = SnapshotMeta(
+                        offset=offset,
+                        spec=index.spec,
+                        file=f"index-{offset:020d}.faiss",
+                        built_n=self.built_n,
+                        nprobe=index.nprobe,
+                        dead=sorted(index.dead),
+                    )
+                store_off = c.store_off
+            write_snapshot(c.directory, data, meta)
+            c.wal.truncate_before(min(store_off, offset))
+
+    def describe(self) -> dict[str, Any]:
+        index = self.c.index
+        return {"active_index": index.spec, "nprobe": index.nprobe, "building": self._building}
+
+    def close(self, snapshot: bool) -> None:
+        for thread in self._threads:
+            thread.join(timeout=60)
+        if snapshot:
+            self.snapshot()

@@ -1,0 +1,130 @@
+"""The set of collections one server owns, under one data directory.
+
+A lock file (``flock``) makes sure a single process owns a data directory: two processes would
+each hold a diverging in-memory FAISS index over the same log.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from indexer.collection import Collection
+from indexer.errors import AlreadyExists, CollectionNotFound, DataDirLocked, InvalidInput
+from indexer.index_policy import IndexOptions
+from indexer.store.base import MetadataStore
+from indexer.types import COLLECTION_NAME_RE, METRICS, CollectionConfig, Metric
+from indexer.vector_index import validate_spec
+
+log = logging.getLogger(__name__)
+MAX_DIM = 65_536
+
+
+class DataDirLock:
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "ers.lock"
+        self._file: IO[str] | None = open(self.path, "a+")  # noqa: SIM115 - held for the lifetime
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._file.close()
+            self._file = None
+            raise DataDirLocked(
+                f"data directory {data_dir} is owned by another ERS process; "
+                "run one server per data directory (use more threads, not more workers)"
+            ) from exc
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+class CollectionManager:
+    def __init__(self, data_dir: Path, store: MetadataStore, options: IndexOptions | None = None) -> None:
+        self.data_dir = data_dir
+        self.root = data_dir / "collections"
+        self.store = store
+        self.options = options or IndexOptions()
+        self._lock = DataDirLock(data_dir)
+        self._mutex = threading.Lock()
+        self._collections: dict[str, Collection] = {}
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def open_all(self) -> None:
+        """Open every collection the store knows; drop directories of deleted ones."""
+        known = {cfg.name: cfg for cfg in self.store.list_collections()}
+        for path in self.root.iterdir():
+            if path.is_dir() and path.name not in known:
+                log.info("removing leftover directory of deleted collection %s", path.name)
+                shutil.rmtree(path)
+        for name, cfg in known.items():
+            started = time.perf_counter()
+            self._collections[name] = Collection(cfg, self.root / name, self.store, self.options)
+            log.info(
+                "opened %s (%d items) in %.2fs", name, self._collections[name].count, time.perf_counter() - started
+            )
+
+    def create(self, name: str, dim: int, metric: str, encoder: str | None = None, index: str = "auto") -> Collection:
+        if not COLLECTION_NAME_RE.match(name):
+            raise InvalidInput("collection name must be 1-64 letters, digits, '_' or '-', starting alphanumeric")
+        if not 1 <= dim <= MAX_DIM:
+            raise InvalidInput(f"dim must be between 1 and {MAX_DIM}")
+        if metric not in METRICS:
+            raise InvalidInput(f"metric must be one of {', '.join(METRICS)}")
+        m: Metric = metric  # type: ignore[assignment]
+        validate_spec(dim, index, m)
+        cfg = CollectionConfig(name=name, dim=dim, metric=m, encoder=encoder, index=index, created_at=time.time())
+        with self._mutex:
+            if name in self._collections:
+                raise AlreadyExists(f"collection '{name}' already exists")
+            self.store.create_collection(cfg)
+            directory = self.root / name
+            if directory.exists():  # leftover of a delete interrupted by a crash
+                shutil.rmtree(directory)
+            collection = Collection(cfg, directory, self.store, self.options)
+            self._collections[name] = collection
+            return collection
+
+    def get(self, name: str) -> Collection:
+        collection = self._collections.get(name)
+        if collection is None:
+            raise CollectionNotFound(name)
+        return collection
+
+    def list(self) -> list[Collection]:
+        return [self._collections[n] for n in sorted(self._collections)]
+
+    def delete(self, name: str) -> None:
+        with self._mutex:
+            collection = self.get(name)
+            # Store first: a crash after it leaves only a directory that open_all removes.
+            self.store.delete_collection(name)
+            del self._collections[name]
+            collection.close(snapshot=False)
+            shutil.rmtree(collection.directory, ignore_errors=True)
+
+    def snapshot_all(self) -> None:
+        for collection in self.list():
+            collection.snapshot()
+
+    def close(self) -> None:
+        for collection in self.list():
+            try:
+                collection.close(snapshot=True)
+            except Exception:
+                log.exception("closing collection %s", collection.name)
+        self._collections.clear()
+        self._lock.release()

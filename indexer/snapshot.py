@@ -1,0 +1,58 @@
+"""Index snapshots: the FAISS index serialised at a known log offset.
+
+Layout in a collection directory: ``index-<offset>.faiss`` (atomic write) and ``snapshot.json``
+(atomic write, published second) naming the file, its offset and what the index is. A crash at any
+point leaves either the previous snapshot or the new one; stray files are removed on the next write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from indexer.durable import atomic_write_bytes
+from indexer.types import Metric
+from indexer.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+META = "snapshot.json"
+
+
+@dataclass
+class SnapshotMeta:
+    offset: int
+    spec: str
+    file: str
+    built_n: int = 0
+    nprobe: int | None = None
+    dead: list[int] = field(default_factory=list)
+
+
+def write_snapshot(directory: Path, data: bytes, meta: SnapshotMeta) -> None:
+    atomic_write_bytes(directory / meta.file, data)
+    atomic_write_bytes(directory / META, json.dumps(asdict(meta)).encode())
+    for stale in directory.glob("index-*.faiss"):
+        if stale.name != meta.file:
+            stale.unlink(missing_ok=True)
+
+
+def load_snapshot(directory: Path, dim: int, metric: Metric) -> tuple[VectorIndex, SnapshotMeta] | None:
+    """The last published snapshot, or None (missing or unreadable: the caller rebuilds)."""
+    path = directory / META
+    if not path.exists():
+        return None
+    try:
+        meta = SnapshotMeta(**json.loads(path.read_text()))
+        data = (directory / meta.file).read_bytes()
+        index = VectorIndex.deserialize(dim, metric, meta.spec, data, meta.dead)
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        log.warning("snapshot in %s unreadable (%s); rebuilding from the store", directory, exc)
+        return None
+    if index.dim != dim or index.index.d != dim:
+        log.warning("snapshot in %s has dim %d, expected %d; rebuilding", directory, index.index.d, dim)
+        return None
+    if meta.nprobe is not None:
+        index.set_nprobe(meta.nprobe)
+    return index, meta

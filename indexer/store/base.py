@@ -1,0 +1,68 @@
+"""The metadata store contract: collections, items (id map, payload, raw vector) and job state.
+
+Two implementations honour it: SQLite (embedded default) and Redis (shared). The per-collection
+write-ahead log is the source of truth; the store is a materialised view of it that records the log
+offset it has applied (``applied_offset``), so a restart replays exactly the missing tail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from indexer.types import CollectionConfig, ItemRecord
+
+
+@runtime_checkable
+class MetadataStore(Protocol):
+    # -- collections -------------------------------------------------------------------------
+    def create_collection(self, config: CollectionConfig) -> None:
+        """Register a collection; raise ``AlreadyExists`` if the name is taken."""
+
+    def get_collection(self, name: str) -> CollectionConfig | None: ...
+
+    def list_collections(self) -> list[CollectionConfig]:
+        """All collections, sorted by name."""
+
+    def delete_collection(self, name: str) -> bool:
+        """Drop the config, every item and the applied offset. False if it did not exist."""
+
+    # -- items -------------------------------------------------------------------------------
+    def apply(
+        self,
+        name: str,
+        upserts: Sequence[ItemRecord],
+        deletes: Sequence[str],
+        offset: int,
+    ) -> None:
+        """Atomically upsert ``upserts`` (replacing by string id), delete ``deletes`` (missing ids
+        are ignored) and set the collection's applied offset to ``offset``. All or nothing."""
+
+    def applied_offset(self, name: str) -> int:
+        """Log offset up to which ``apply`` has been called; 0 for a new collection."""
+
+    def get_item(self, name: str, item_id: str, with_vector: bool = False) -> ItemRecord | None: ...
+
+    def get_items(self, name: str, item_ids: Sequence[str]) -> list[ItemRecord | None]:
+        """Items without vectors, in the order asked, None where missing."""
+
+    def iter_items(self, name: str, with_vectors: bool = False, batch: int = 1000) -> Iterator[ItemRecord]:
+        """Every item of a collection (order unspecified)."""
+
+    def count(self, name: str) -> int: ...
+
+    # -- small JSON documents (job state, settings) -------------------------------------------
+    def put_doc(self, namespace: str, key: str, doc: dict[str, Any]) -> None: ...
+
+    def get_doc(self, namespace: str, key: str) -> dict[str, Any] | None: ...
+
+    def delete_doc(self, namespace: str, key: str) -> bool: ...
+
+    def list_docs(self, namespace: str) -> list[dict[str, Any]]:
+        """Every document of a namespace, sorted by key."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` when the backend cannot be reached."""
+
+    def close(self) -> None: ...

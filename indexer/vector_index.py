@@ -1,0 +1,182 @@
+"""A FAISS index keyed by int64 ids, with one scoring convention: higher is better.
+
+- ``cosine``: vectors are L2-normalised on the way in, inner product; score = cosine similarity.
+- ``ip``: inner product as given.
+- ``l2``: FAISS returns squared Euclidean distance; score = its negation (``-||q - x||^2``).
+
+IVF indexes take ids natively (a hash-table direct map makes ``remove_ids``/``reconstruct`` work);
+every other index sits inside ``IndexIDMap2``. Indexes that cannot delete (HNSW) keep tombstones
+that a selector excludes at search time until the next rebuild.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import faiss
+import numpy as np
+
+from indexer.errors import InvalidInput
+from indexer.types import FloatArray, Metric
+
+log = logging.getLogger(__name__)
+FLAT = "Flat"
+
+
+def faiss_metric(metric: Metric) -> int:
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def prepare(vectors: FloatArray, metric: Metric) -> FloatArray:
+    """The vectors as FAISS should see them (a normalised copy for cosine)."""
+    out = np.ascontiguousarray(vectors, dtype=np.float32)
+    if metric == "cosine":
+        out = out.copy()
+        faiss.normalize_L2(out)
+    return out
+
+
+def validate_spec(dim: int, spec: str, metric: Metric) -> None:
+    """Raise InvalidInput unless ``spec`` is ``auto`` or a FAISS factory string valid for ``dim``."""
+    if spec == "auto":
+        return
+    if "IDMap" in spec:
+        raise InvalidInput("index spec must not contain IDMap: ids are managed by ERS")
+    try:
+        faiss.index_factory(dim, spec, faiss_metric(metric))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1][:200]
+        raise InvalidInput(f"invalid FAISS index spec '{spec}' for dim {dim}: {first}") from exc
+
+
+class VectorIndex:
+    def __init__(self, dim: int, metric: Metric, spec: str, index: faiss.Index | None = None) -> None:
+        self.dim = dim
+        self.metric = metric
+        self.spec = spec
+        self.dead: set[int] = set()
+        if index is None:
+            index = faiss.index_factory(dim, spec, faiss_metric(metric))
+            ivf = self._ivf(index)
+            if ivf is not None:
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
+            else:
+                index = faiss.IndexIDMap2(index)
+        self.index = index
+
+    @staticmethod
+    def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+        try:
+            return faiss.extract_index_ivf(index)
+        except RuntimeError:
+            return None
+
+    @property
+    def ivf(self) -> faiss.IndexIVF | None:
+        return self._ivf(self.index)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    @property
+    def is_exact(self) -> bool:
+        return self.spec == FLAT
+
+    @property
+    def size(self) -> int:
+        """Live vectors (tombstoned ones excluded)."""
+        return int(self.index.ntotal) - len(self.dead)
+
+    @property
+    def nprobe(self) -> int | None:
+        ivf = self.ivf
+        return int(ivf.nprobe) if ivf is not None else None
+
+    def set_nprobe(self, nprobe: int) -> None:
+        ivf = self.ivf
+        if ivf is not None:
+            ivf.nprobe = int(nprobe)
+
+    def train(self, prepared: FloatArray) -> None:
+        self.index.train(prepared)
+
+    def add(self, int_ids: np.ndarray, prepared: FloatArray) -> None:
+        if len(int_ids):
+            self.index.add_with_ids(prepared, np.ascontiguousarray(int_ids, dtype=np.int64))
+
+    def remove(self, int_ids: np.ndarray) -> None:
+        ids = np.ascontiguousarray(int_ids, dtype=np.int64)
+        if not len(ids):
+            return
+        try:
+            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+        except RuntimeError:
+            # e.g. HNSW: cannot delete; hide the ids until the next rebuild.
+            self.dead.update(int(i) for i in ids)
+
+    def _params(self, selector: faiss.IDSelector | None) -> faiss.SearchParameters | None:
+        ivf = self.ivf
+        if ivf is not None:
+            return faiss.SearchParametersIVF(sel=selector, nprobe=int(ivf.nprobe))  # type: ignore[call-arg]
+        return faiss.SearchParameters(sel=selector) if selector is not None else None  # type: ignore[call-arg]
+
+    def search(self, queries: FloatArray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query; ids -1 pad missing results.
+
+        ``allowed`` restricts the search to those ids. An approximate index may find fewer than
+        ``k`` allowed ids in the cells it probes; then the allowed vectors are scored exactly, so
+        ``k`` results come back whenever ``k`` exist.
+        """
+        selector: faiss.IDSelector | None = None
+        dead_batch = None  # must outlive the search: IDSelectorNot keeps only a raw pointer to it
+        if allowed is not None:
+            if not len(allowed):
+                return _empty(len(queries), k)
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+        elif self.dead:
+            dead_batch = faiss.IDSelectorBatch(np.fromiter(self.dead, dtype=np.int64))
+            selector = faiss.IDSelectorNot(dead_batch)
+        kk = min(k, max(1, int(self.index.ntotal)))
+        distances, ids = self.index.search(queries, kk, params=self._params(selector))
+        if kk < k:
+            pad_d, pad_i = _empty(len(queries), k - kk)
+            distances, ids = np.hstack([distances, pad_d]), np.hstack([ids, pad_i])
+        scores = -distances if self.metric == "l2" else distances
+        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        if allowed is not None and not self.is_exact:
+            want = min(k, len(allowed))
+            if int((ids >= 0).sum(axis=1).min()) < want:
+                return self._exact_subset(queries, k, allowed)
+        return scores, ids
+
+    def _exact_subset(self, queries: FloatArray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        vectors = self.reconstruct(allowed)
+        distances, pos = faiss.knn(queries, vectors, min(k, len(allowed)), metric=faiss_metric(self.metric))
+        ids = np.where(pos >= 0, allowed[np.clip(pos, 0, None)], -1)
+        scores = -distances if self.metric == "l2" else distances
+        if ids.shape[1] < k:
+            pad_d, pad_i = _empty(len(queries), k - ids.shape[1])
+            scores, ids = np.hstack([scores, pad_d]), np.hstack([ids, pad_i])
+        return scores.astype(np.float32), ids
+
+    def reconstruct(self, int_ids: np.ndarray) -> FloatArray:
+        """Stored vectors for ``int_ids`` (exact for flat and IVF-Flat; decoded for PQ)."""
+        out = np.empty((len(int_ids), self.dim), dtype=np.float32)
+        for row, int_id in enumerate(int_ids):
+            out[row] = self.index.reconstruct(int(int_id))
+        return out
+
+    def serialize(self) -> bytes:
+        return bytes(faiss.serialize_index(self.index))
+
+    @classmethod
+    def deserialize(cls, dim: int, metric: Metric, spec: str, data: bytes, dead: list[int]) -> VectorIndex:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        out = cls(dim, metric, spec, index=index)
+        out.dead = set(dead)
+        return out
+
+
+def _empty(rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((rows, k), -np.inf, dtype=np.float32), np.full((rows, k), -1, dtype=np.int64)

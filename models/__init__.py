@@ -1,0 +1,1 @@
+"""Encoders (FaceNet, image-text, ConVIRT, Unified Embedding); imports neither indexer nor service."""

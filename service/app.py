@@ -1,0 +1,52 @@
+"""The FastAPI application: lifespan owns the store and the collections."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+import faiss
+from fastapi import Depends, FastAPI
+
+from indexer.manager import CollectionManager
+from indexer.store.factory import open_store
+from service.deps import require_api_key
+from service.errors import install_error_handlers
+from service.metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from service.routes import collections, health, search
+from service.settings import Settings
+
+log = logging.getLogger("ers")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        faiss.omp_set_num_threads(settings.threads)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        store = open_store(settings.redis_url, settings.data_dir, settings.redis_prefix)
+        manager = CollectionManager(settings.data_dir, store, settings.index_options())
+        try:
+            await anyio.to_thread.run_sync(manager.open_all)
+            app.state.manager = manager
+            log.info("ERS ready: %d collections in %s", len(manager.list()), settings.data_dir)
+            yield
+        finally:
+            await anyio.to_thread.run_sync(manager.close)
+            store.close()
+
+    app = FastAPI(title="ERS — embedding retrieval service", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    auth = [Depends(require_api_key)]
+    app.include_router(collections.router, dependencies=auth)
+    app.include_router(search.router, dependencies=auth)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimitMiddleware, limit=lambda: settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,52 @@
+"""FastAPI dependencies: settings, the collection manager, API-key auth."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from indexer.collection import Collection
+from indexer.manager import CollectionManager
+from service.settings import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_manager(request: Request) -> CollectionManager:
+    manager: CollectionManager = request.app.state.manager
+    return manager
+
+
+ManagerDep = Annotated[CollectionManager, Depends(get_manager)]
+
+
+def get_collection(name: str, manager: ManagerDep) -> Collection:
+    return manager.get(name)
+
+
+CollectionDep = Annotated[Collection, Depends(get_collection)]
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """With keys configured, every /v1 call needs ``Authorization: Bearer <key>``."""
+    if not settings.api_keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token:
+        presented = token.strip().encode()
+        # Compare against every key, always, in constant time per key.
+        matches = [hmac.compare_digest(presented, key.encode()) for key in settings.api_keys]
+        if any(matches):
+            return
+    raise HTTPException(
+        401, "missing or invalid API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"}
+    )

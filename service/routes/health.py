@@ -1,0 +1,44 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from indexer.errors import StoreUnavailable
+from service.deps import ManagerDep, require_api_key
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(manager: ManagerDep) -> JSONResponse:
+    try:
+        manager.store.ping()
+    except StoreUnavailable as exc:
+        return JSONResponse({"status": "unavailable", "reason": exc.message}, status_code=503)
+    return JSONResponse({"status": "ready", "collections": len(manager.list())})
+
+
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_api_key)])
+def metrics(request: Request, manager: ManagerDep) -> PlainTextResponse:
+    gauges = []
+    for c in manager.list():
+        gauges.append(("ers_collection_items", "Items per collection.", {"collection": c.name}, float(c.count)))
+        gauges.append(
+            (
+                "ers_collection_indexed_vectors",
+                "Vectors in the FAISS index.",
+                {"collection": c.name},
+                float(c.index.size),
+            )
+        )
+    text = request.app.state.metrics.render(gauges)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")

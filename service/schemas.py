@@ -1,0 +1,94 @@
+"""Request and response bodies of REST API v1."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class CollectionCreate(BaseModel):
+    name: str = Field(description="1-64 letters, digits, '_' or '-'")
+    dim: int | None = Field(default=None, description="vector dimension")
+    metric: Literal["cosine", "ip", "l2"] = "cosine"
+    encoder: str | None = Field(default=None, description="name@version of the encoder that makes vectors")
+    index: str = Field(default="auto", description="'auto' or a FAISS factory string, e.g. HNSW32, IVF1024,PQ32")
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    dim: int
+    metric: str
+    encoder: str | None
+    index: str
+    count: int = Field(description="items in the metadata store")
+    indexed: int = Field(description="vectors in the FAISS index")
+    active_index: str = Field(description="FAISS index currently serving (Flat until auto switches)")
+    nprobe: int | None
+    building: bool
+    created_at: float
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionInfo]
+
+
+class ItemIn(BaseModel):
+    id: str
+    vector: list[float]
+    payload: dict[str, Any] | None = None
+
+
+class UpsertRequest(BaseModel):
+    items: list[ItemIn]
+
+
+class UpsertResponse(BaseModel):
+    upserted: int
+
+
+class ItemOut(BaseModel):
+    id: str
+    payload: dict[str, Any] | None
+    encoder_version: str | None
+    vector: list[float] | None = None
+
+
+class DeleteResponse(BaseModel):
+    deleted: int
+
+
+class SearchRequest(BaseModel):
+    vector: list[float] | None = None
+    id: str | None = Field(default=None, description="search with a stored item's vector (it is left out)")
+    k: int = Field(default=10, ge=1)
+    filter: dict[str, Any] | None = Field(
+        default=None, description='{"field": value} | {"field": {"in": [...]}} | {"field": {"gte": 1, "lt": 5}}'
+    )
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if (self.vector is None) == (self.id is None):
+            raise ValueError("give exactly one of 'vector' or 'id'")
+        return self
+
+
+class Hit(BaseModel):
+    id: str
+    score: float = Field(description="higher is better; cosine/ip similarity, l2: -squared distance")
+    payload: dict[str, Any] | None
+    encoder_version: str | None
+
+
+class SearchResponse(BaseModel):
+    results: list[Hit]
+    took_ms: float
+
+
+class BatchSearchRequest(BaseModel):
+    queries: list[SearchRequest]
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[list[Hit]] = Field(description="results[i] answers queries[i]")
+    took_ms: float

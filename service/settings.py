@@ -1,0 +1,66 @@
+"""The only reader of the environment: every ``ERS_*`` variable is a field here."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from indexer.index_policy import IndexOptions
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ERS_", extra="ignore")
+
+    # server
+    data_dir: Path = Path(".ers-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_level: str = "info"
+    # metadata store: SQLite in the data directory unless a Redis URL is given
+    redis_url: str | None = None
+    redis_prefix: str = "ers"
+    # limits (413 beyond them)
+    max_body_bytes: int = 64 << 20
+    max_batch: int = 1000
+    max_queries: int = 256
+    max_k: int = 1000
+    # performance: one intra-op thread per FAISS call; concurrency comes from the thread pool
+    threads: int = 1
+    worker_threads: int = 16
+    # indexing
+    auto_index_threshold: int = 20_000
+    snapshot_every: int = 10_000
+    target_recall: float = 0.97
+    # CLI client
+    url: str = "http://127.0.0.1:8080"
+    api_key: str | None = None
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK or self.host.startswith("127.")
+
+    def index_options(self) -> IndexOptions:
+        return IndexOptions(
+            auto_threshold=self.auto_index_threshold,
+            snapshot_every=self.snapshot_every,
+            target_recall=self.target_recall,
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
