@@ -162,10 +162,9 @@ class VectorIndex:
 
     def reconstruct(self, int_ids: np.ndarray) -> FloatArray:
         """Stored vectors for ``int_ids`` (exact for flat and IVF-Flat; decoded for PQ)."""
-        out = np.empty((len(int_ids), self.dim), dtype=np.float32)
-        for row, int_id in enumerate(int_ids):
-            out[row] = self.index.reconstruct(int(int_id))
-        return out
+        if not len(int_ids):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.asarray(self.index.reconstruct_batch(np.ascontiguousarray(int_ids, dtype=np.int64)), dtype=np.float32)
 
     def serialize(self) -> bytes:
         return bytes(faiss.serialize_index(self.index))

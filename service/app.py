@@ -14,7 +14,8 @@ from indexer.manager import CollectionManager
 from indexer.store.factory import open_store
 from service.deps import require_api_key
 from service.errors import install_error_handlers
-from service.metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from service.metrics import Metrics
+from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.routes import collections, health, search
 from service.settings import Settings
 

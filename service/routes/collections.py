@@ -79,7 +79,7 @@ def upsert_items(body: UpsertRequest, collection: CollectionDep, settings: Setti
     return {"upserted": n}
 
 
-@router.get("/{name}/items/{item_id}", response_model=ItemOut)
+@router.get("/{name}/items/{item_id}", response_model=ItemOut, response_model_exclude_unset=True)
 def get_item(item_id: str, collection: CollectionDep, with_vector: bool = Query(False)) -> dict[str, Any]:
     item = collection.get(item_id, with_vector=with_vector)
     out: dict[str, object] = {"id": item.id, "payload": item.payload, "encoder_version": item.encoder_version}
