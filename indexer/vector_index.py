@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from indexer.errors import InvalidInput
+from indexer.gpu import GpuReplica
 from indexer.types import FloatArray, Metric
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class VectorIndex:
             else:
                 index = faiss.IndexIDMap2(index)
         self.index = index
+        self.version = 0  # bumped by every mutation; tells the GPU replica when it is stale
+        self.gpu = GpuReplica()
 
     @staticmethod
     def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
@@ -97,18 +100,21 @@ class VectorIndex:
         ivf = self.ivf
         if ivf is not None:
             ivf.nprobe = int(nprobe)
+            self.version += 1
 
     def train(self, prepared: FloatArray) -> None:
         self.index.train(prepared)
 
     def add(self, int_ids: np.ndarray, prepared: FloatArray) -> None:
         if len(int_ids):
+            self.version += 1
             self.index.add_with_ids(prepared, np.ascontiguousarray(int_ids, dtype=np.int64))
 
     def remove(self, int_ids: np.ndarray) -> None:
         ids = np.ascontiguousarray(int_ids, dtype=np.int64)
         if not len(ids):
             return
+        self.version += 1
         try:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
         except RuntimeError:
@@ -138,7 +144,11 @@ class VectorIndex:
             dead_batch = faiss.IDSelectorBatch(np.fromiter(self.dead, dtype=np.int64))
             selector = faiss.IDSelectorNot(dead_batch)
         kk = min(k, max(1, int(self.index.ntotal)))
-        distances, ids = self.index.search(queries, kk, params=self._params(selector))
+        gpu = self.gpu.get(self.index, self.version) if selector is None else None
+        if gpu is not None:
+            distances, ids = gpu.search(queries, kk)
+        else:
+            distances, ids = self.index.search(queries, kk, params=self._params(selector))
         if kk < k:
             pad_d, pad_i = _empty(len(queries), k - kk)
             distances, ids = np.hstack([distances, pad_d]), np.hstack([ids, pad_i])

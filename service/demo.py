@@ -8,6 +8,7 @@ the switch of the ``auto`` index to IVF, and a restart that keeps every item.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -64,10 +65,8 @@ def run(data_dir: Path, port: int, n: int, wait: bool) -> None:
     proc = start_server(data_dir, port)
     api = ERSClient(f"http://127.0.0.1:{port}")
     try:
-        try:
+        with contextlib.suppress(ClientError):
             api.request("DELETE", "/v1/collections/demo-products")
-        except ClientError:
-            pass
         api.request("POST", "/v1/collections", json={"name": "demo-products", "dim": 64, "metric": "cosine"})
         rng = np.random.default_rng(7)
         centers = rng.standard_normal((len(CATEGORIES) * 20, 64)).astype(np.float32)
@@ -88,7 +87,7 @@ def run(data_dir: Path, port: int, n: int, wait: bool) -> None:
                 api.request("PUT", "/v1/collections/demo-products/items", json={"items": items})
                 progress.advance(task, len(items))
         info = api.request("GET", "/v1/collections/demo-products")
-        while info["building"] or info["active_index"] == "Flat" and info["count"] >= 20_000:
+        while info["building"] or (info["active_index"] == "Flat" and info["count"] >= 20_000):
             time.sleep(0.5)
             info = api.request("GET", "/v1/collections/demo-products")
         console.print(

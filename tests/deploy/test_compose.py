@@ -141,9 +141,7 @@ def _exec_or_shell(args: str) -> list[str]:
 
 def _healthcheck_cmd(args: str) -> list[str]:
     """argv of `HEALTHCHECK [--option=value ...] CMD ...`."""
-    match = re.fullmatch(
-        r"(?:--\S+\s+)*CMD\s+(.+)", args.strip(), flags=re.DOTALL | re.IGNORECASE
-    )
+    match = re.fullmatch(r"(?:--\S+\s+)*CMD\s+(.+)", args.strip(), flags=re.DOTALL | re.IGNORECASE)
     assert match, f"HEALTHCHECK without CMD: {args!r}"
     return _exec_or_shell(match.group(1))
 
@@ -187,9 +185,7 @@ def test_redis_not_published(compose):
 @pytest.mark.parametrize("name", ERS_SERVICES)
 def test_api_waits_for_healthy_redis(compose, name):
     depends = _service(compose, name).get("depends_on")
-    assert isinstance(depends, dict), (
-        "depends_on must use the long form with a condition"
-    )
+    assert isinstance(depends, dict), "depends_on must use the long form with a condition"
     assert depends.get("redis", {}).get("condition") == "service_healthy", depends
 
 
@@ -216,9 +212,7 @@ def test_api_published_on_loopback_only(compose, name):
     ports = _published_ports(svc)
     assert ports, f"{name} publishes no port"
     for host_ip, target in ports:
-        assert host_ip == "127.0.0.1", (
-            f"{name} publishes {svc['ports']} beyond loopback"
-        )
+        assert host_ip == "127.0.0.1", f"{name} publishes {svc['ports']} beyond loopback"
         assert target == "8080"
 
 
@@ -255,13 +249,8 @@ def test_api_gpu_is_optional_profile(compose):
     assert svc["build"].get("dockerfile") == "deploy/Dockerfile.gpu"
     assert (ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
     devices = svc["deploy"]["resources"]["reservations"]["devices"]
-    assert any(
-        d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])
-        for d in devices
-    )
-    assert "profiles" not in _service(compose, "api"), (
-        "the CPU api must start by default"
-    )
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+    assert "profiles" not in _service(compose, "api"), "the CPU api must start by default"
 
 
 def test_api_services_do_not_collide(compose):
@@ -276,40 +265,26 @@ def test_api_services_do_not_collide(compose):
 # Dockerfiles
 # ---------------------------------------------------------------------------
 
-DOCKERFILES = pytest.mark.parametrize(
-    "path", [DOCKERFILE_CPU, DOCKERFILE_GPU], ids=["cpu", "gpu"]
-)
+DOCKERFILES = pytest.mark.parametrize("path", [DOCKERFILE_CPU, DOCKERFILE_GPU], ids=["cpu", "gpu"])
 
 
 @DOCKERFILES
 def test_dockerfile_pins_torch_before_project(path):
     runs = [args for kw, args in _dockerfile_instructions(path) if kw == "RUN"]
-    torch_idx = [
-        i for i, r in enumerate(runs) if re.search(r"pip install\b.*\btorch==", r)
-    ]
-    project_idx = [
-        i
-        for i, r in enumerate(runs)
-        if re.search(r"pip install\b.*\s'?\.(\[\w+\])?'?(\s|$)", r)
-    ]
+    torch_idx = [i for i, r in enumerate(runs) if re.search(r"pip install\b.*\btorch==", r)]
+    project_idx = [i for i, r in enumerate(runs) if re.search(r"pip install\b.*\s'?\.(\[\w+\])?'?(\s|$)", r)]
     assert torch_idx, f"{path.name}: no RUN installing torch"
     assert project_idx, f"{path.name}: no RUN `pip install .`"
     for i in torch_idx:
         assert TORCH_PIN in runs[i].split(), runs[i]
-    assert min(torch_idx) < min(project_idx), (
-        "torch must be installed before the project"
-    )
+    assert min(torch_idx) < min(project_idx), "torch must be installed before the project"
 
 
 def test_cpu_dockerfile_uses_cpu_torch_and_slim_base():
     instr = _dockerfile_instructions(DOCKERFILE_CPU)
     froms = [args.split()[0] for kw, args in instr if kw == "FROM"]
     assert froms and all(f == "python:3.11-slim" for f in froms), froms
-    torch_runs = [
-        a
-        for kw, a in instr
-        if kw == "RUN" and re.search(r"pip install\b.*\btorch==", a)
-    ]
+    torch_runs = [a for kw, a in instr if kw == "RUN" and re.search(r"pip install\b.*\btorch==", a)]
     assert torch_runs and all("download.pytorch.org/whl/cpu" in r for r in torch_runs)
     assert not any("[gpu]" in a for kw, a in instr if kw == "RUN")
 
@@ -336,11 +311,7 @@ def test_dockerfile_exposes_port_and_data_volume(path):
 
 @DOCKERFILES
 def test_dockerfile_healthcheck(path):
-    checks = [
-        a
-        for kw, a in _final_stage(_dockerfile_instructions(path))
-        if kw == "HEALTHCHECK"
-    ]
+    checks = [a for kw, a in _final_stage(_dockerfile_instructions(path)) if kw == "HEALTHCHECK"]
     assert len(checks) == 1, f"{path.name}: expected one HEALTHCHECK"
     argv = _healthcheck_cmd(checks[0])
     assert "/healthz" in " ".join(argv), argv
@@ -362,9 +333,7 @@ def test_dockerfile_runs_ers_serve(path):
 
 @DOCKERFILES
 def test_dockerfile_runs_as_non_root(path):
-    users = [
-        a for kw, a in _final_stage(_dockerfile_instructions(path)) if kw == "USER"
-    ]
+    users = [a for kw, a in _final_stage(_dockerfile_instructions(path)) if kw == "USER"]
     assert users, f"{path.name}: no USER in the final stage (would run as root)"
     user = users[-1].split(":")[0]
     assert user not in ("root", "0"), users[-1]
@@ -404,16 +373,12 @@ def _docker_compose_available() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     out = helptext.stdout
-    return (
-        helptext.returncode == 0 and "docker compose config" in out and "--quiet" in out
-    )
+    return helptext.returncode == 0 and "docker compose config" in out and "--quiet" in out
 
 
 def test_docker_compose_config_validates():
     if not _docker_compose_available():
-        pytest.skip(
-            "`docker compose` plugin not installed; compose CLI validation skipped"
-        )
+        pytest.skip("`docker compose` plugin not installed; compose CLI validation skipped")
     env = {**os.environ, "ERS_API_KEYS": "test-key-1,test-key-2"}
     for extra in ([], ["--profile", "gpu"]):
         result = subprocess.run(

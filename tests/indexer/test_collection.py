@@ -184,3 +184,41 @@ def test_background_build_keeps_writes_made_during_the_build(open_collection: Op
     for i in (15, 2500, 5999):
         assert c.search(x[i : i + 1], k=1)[0][0].id == f"item-{i}"
     assert c.search(x[:1], k=1)[0][0].id == "item-20"
+
+
+def test_searches_run_while_writes_continue(open_collection: OpenCollection) -> None:
+    c = open_collection(dim=8, options=IndexOptions(background=True, auto_threshold=1500))
+    x = clustered(3000, 8)
+    c.upsert(ids_of(500), x[:500])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                for hits in c.search(x[:4], k=5):
+                    assert len(hits) == 5 and len({h.id for h in hits}) == 5
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for s in range(500, 3000, 100):
+        c.upsert(ids_of(100, s), x[s : s + 100])
+    stop.set()
+    for t in threads:
+        t.join()
+    c.policy.close(snapshot=False)
+    assert not errors, errors
+    assert c.count == c.index.size == 3000 and c.index.spec.startswith("IVF")
+
+
+def test_gpu_replica_stays_off_without_a_gpu(open_collection: OpenCollection) -> None:
+    from indexer.gpu import gpu_count
+
+    c = open_collection(dim=4)
+    c.upsert(ids_of(3), clustered(3, 4))
+    assert c.index.gpu.enabled == (gpu_count() > 0)
+    # Below MIN_GPU_VECTORS the CPU index serves even where a GPU exists.
+    assert c.index.gpu.get(c.index.index, c.index.version) is None
