@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.errors import InvalidInput, ItemNotFound, LimitExceeded
+from indexer.errors import CollectionNotFound, InvalidInput, ItemNotFound, LimitExceeded, StoreMismatch
 from indexer.filters import PayloadIndex, validate_filter
 from indexer.index_policy import IndexOptions, IndexPolicy
 from indexer.locks import RWLock
@@ -52,15 +52,32 @@ class Collection:
         self.payloads: dict[int, dict[str, Any] | None] = {}
         self.versions: dict[int, str | None] = {}
         self.payload_index = PayloadIndex()
+        self.closed = False
         directory.mkdir(parents=True, exist_ok=True)
         self.wal = WriteAheadLog(directory / "wal", options.wal_segment_bytes)
         for item in store.iter_items(self.name):
             self._map_add(item.id, item.int_id, item.payload, item.encoder_version)
         self.store_off = store.applied_offset(self.name)
+        self._check_store_matches_log()
         self.policy = IndexPolicy(self, options)
         self.index, self.index_off = self.policy.load_or_rebuild()
         with self._writer:
             self._catch_up()
+
+    def _check_store_matches_log(self) -> None:
+        # New writes take FAISS ids from log offsets: a store ahead of the log would hand out ids
+        # that already exist, and a store behind a truncated log cannot be caught up.
+        if self.store_off > self.wal.end_offset:
+            raise StoreMismatch(
+                f"collection '{self.name}': the metadata store has applied log offset {self.store_off} but "
+                f"the log in {self.wal.directory} ends at {self.wal.end_offset}; this data directory does not "
+                "belong to this metadata store (check ERS_DATA_DIR, ERS_REDIS_URL, ERS_REDIS_PREFIX)"
+            )
+        if self.store_off < self.wal.start_offset:
+            raise StoreMismatch(
+                f"collection '{self.name}': the metadata store is at log offset {self.store_off} but the log "
+                f"starts at {self.wal.start_offset}; the store lost data (restore it from a backup)"
+            )
 
     # -- in-memory maps ----------------------------------------------------------------------
     def _map_add(self, item_id: str, int_id: int, payload: dict[str, Any] | None, version: str | None) -> None:
@@ -139,6 +156,7 @@ class Collection:
         rows = sorted(last.values())
         ids = [ids[r] for r in rows]
         with self._writer:
+            self._check_open()
             self._catch_up()
             record = LogRecord(
                 op="upsert",
@@ -156,6 +174,7 @@ class Collection:
     def delete(self, ids: list[str]) -> int:
         """Durably delete the ids that exist; returns how many did."""
         with self._writer:
+            self._check_open()
             self._catch_up()
             present = list(dict.fromkeys(i for i in ids if i in self.id_to_int))
             if not present:
@@ -228,7 +247,13 @@ class Collection:
     def snapshot(self) -> None:
         self.policy.snapshot()
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise CollectionNotFound(self.name)
+
     def close(self, snapshot: bool = True) -> None:
+        with self._writer:
+            self.closed = True
         self.policy.close(snapshot=snapshot)
         self.wal.close()
 

@@ -57,3 +57,9 @@ class DataDirLocked(ERSError):
     """Another server process already owns the data directory."""
 
     code = "data_dir_locked"
+
+
+class StoreMismatch(ERSError):
+    """The metadata store and a collection's log disagree (wrong data directory or wiped store)."""
+
+    code = "store_mismatch"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from indexer.collection import Collection
+from indexer.durable import fsync_dir
 from indexer.errors import AlreadyExists, CollectionNotFound, DataDirLocked, InvalidInput
 from indexer.index_policy import IndexOptions
 from indexer.store.base import MetadataStore
@@ -24,6 +25,7 @@ from indexer.vector_index import validate_spec
 
 log = logging.getLogger(__name__)
 MAX_DIM = 65_536
+DELETED_MARKER = ".deleted"
 
 
 class DataDirLock:
@@ -67,10 +69,16 @@ class CollectionManager:
         """Open every collection the store knows; drop directories of deleted ones."""
         known = {cfg.name: cfg for cfg in self.store.list_collections()}
         for path in self.root.iterdir():
-            if path.is_dir() and path.name not in known:
+            if not path.is_dir() or path.name.startswith(".") or path.name in known:
+                continue
+            if (path / DELETED_MARKER).exists():
                 log.info("removing leftover directory of deleted collection %s", path.name)
                 shutil.rmtree(path)
+            else:
+                # Never delete data the store merely does not know (another store, a wiped Redis).
+                log.warning("directory %s is not a collection of this metadata store; leaving it alone", path)
         for name, cfg in known.items():
+            (self.root / name / DELETED_MARKER).unlink(missing_ok=True)  # a delete that never finished
             started = time.perf_counter()
             self._collections[name] = Collection(cfg, self.root / name, self.store, self.options)
             log.info(
@@ -92,8 +100,13 @@ class CollectionManager:
                 raise AlreadyExists(f"collection '{name}' already exists")
             self.store.create_collection(cfg)
             directory = self.root / name
-            if directory.exists():  # leftover of a delete interrupted by a crash
-                shutil.rmtree(directory)
+            if directory.exists():
+                if (directory / DELETED_MARKER).exists():  # a delete interrupted by a crash
+                    shutil.rmtree(directory)
+                else:  # data this store does not know: keep it, out of the way
+                    aside = self.root / f".orphaned-{name}-{int(time.time())}"
+                    log.warning("moving unknown directory %s to %s", directory, aside)
+                    directory.rename(aside)
             collection = Collection(cfg, directory, self.store, self.options)
             self._collections[name] = collection
             return collection
@@ -110,7 +123,11 @@ class CollectionManager:
     def delete(self, name: str) -> None:
         with self._mutex:
             collection = self.get(name)
-            # Store first: a crash after it leaves only a directory that open_all removes.
+            # Mark, then drop from the store: a crash after that leaves a marked directory that
+            # open_all removes; a crash before it leaves the collection intact.
+            marker = collection.directory / DELETED_MARKER
+            marker.touch()
+            fsync_dir(collection.directory)
             self.store.delete_collection(name)
             del self._collections[name]
             collection.close(snapshot=False)

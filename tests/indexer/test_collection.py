@@ -222,3 +222,16 @@ def test_gpu_replica_stays_off_without_a_gpu(open_collection: OpenCollection) ->
     assert c.index.gpu.enabled == (gpu_count() > 0)
     # Below MIN_GPU_VECTORS the CPU index serves even where a GPU exists.
     assert c.index.gpu.get(c.index.index, c.index.version) is None
+
+
+def test_store_from_another_data_dir_is_refused(open_collection: OpenCollection, tmp_path: Path) -> None:
+    import shutil
+
+    from indexer.errors import StoreMismatch
+
+    c = open_collection(dim=4)
+    c.upsert(ids_of(10), clustered(10, 4))
+    c.close()
+    shutil.rmtree(tmp_path / "c")  # the store remembers a log this directory no longer has
+    with pytest.raises(StoreMismatch, match="does not belong to this metadata store"):
+        open_collection(dim=4)
