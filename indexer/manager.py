@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -26,6 +27,7 @@ from indexer.vector_index import validate_spec
 log = logging.getLogger(__name__)
 MAX_DIM = 65_536
 DELETED_MARKER = ".deleted"
+ENCODER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*@[A-Za-z0-9_.\-]+$")
 
 
 class DataDirLock:
@@ -92,6 +94,8 @@ class CollectionManager:
             raise InvalidInput(f"dim must be between 1 and {MAX_DIM}")
         if metric not in METRICS:
             raise InvalidInput(f"metric must be one of {', '.join(METRICS)}")
+        if encoder is not None and not ENCODER_RE.match(encoder):
+            raise InvalidInput(f"encoder must look like name@version, got '{encoder}'")
         m: Metric = metric  # type: ignore[assignment]
         validate_spec(dim, index, m)
         cfg = CollectionConfig(name=name, dim=dim, metric=m, encoder=encoder, index=index, created_at=time.time())

@@ -37,6 +37,9 @@ class ItemIn(BaseModel):
     id: str
     vector: list[float]
     payload: dict[str, Any] | None = None
+    encoder_version: str | None = Field(
+        default=None, description="name@version that made the vector; defaults to the collection's encoder"
+    )
 
 
 class UpsertRequest(BaseModel):

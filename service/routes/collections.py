@@ -75,6 +75,7 @@ def upsert_items(body: UpsertRequest, collection: CollectionDep, settings: Setti
         [item.id for item in body.items],
         [item.vector for item in body.items],
         [item.payload for item in body.items],
+        [item.encoder_version or collection.config.encoder for item in body.items],
     )
     return {"upserted": n}
 
