@@ -48,6 +48,7 @@ class IndexPolicy:
         self._capture: list[tuple[int, LogRecord]] | None = None
         self._building = False
         self._snap_lock = threading.Lock()
+        self._flag_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._min_train: int | None = None
 
@@ -99,9 +100,13 @@ class IndexPolicy:
             self._ops = 0
             self._spawn(self.snapshot)
         spec = self._wanted_spec()
-        if spec is not None and not self._building:
+        if spec is None:
+            return
+        with self._flag_lock:  # writers call this concurrently once past the writer lock
+            if self._building:
+                return
             self._building = True
-            self._spawn(lambda: self._rebuild(spec))
+        self._spawn(lambda: self._rebuild(spec))
 
     def _wanted_spec(self) -> str | None:
         index, n = self.c.index, self.c.count
