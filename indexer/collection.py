@@ -231,6 +231,18 @@ class Collection:
                 results.append(hits[:k])
         return results
 
+    def all_vectors(self, limit: int = 200_000) -> tuple[list[str], FloatArray]:
+        """Every item's id and stored (raw) vector, from the store; refuses huge collections."""
+        if self.count > limit:
+            raise LimitExceeded(f"collection has {self.count} items; this operation handles at most {limit}")
+        ids, rows = [], []
+        for item in self.store.iter_items(self.name, with_vectors=True):
+            assert item.vector is not None
+            ids.append(item.id)
+            rows.append(item.vector)
+        matrix = np.vstack(rows) if rows else np.zeros((0, self.config.dim), dtype=np.float32)
+        return ids, matrix.astype(np.float32)
+
     @property
     def count(self) -> int:
         return len(self.id_to_int)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import numpy as np
 from models.artifact import ONNX_FILE, TORCH_FILE
 from models.backends import OnnxRunner, TorchRunner
 from models.encoder import Family, network_inputs
+from models.errors import ArtifactError
+from models.spec import EncoderSpec
 
 
 def save_weights(module: Any, directory: Path) -> Path:
@@ -52,3 +55,22 @@ def parity(family: Family, module: Any, onnx_path: Path, inputs: Sequence[Any]) 
     torch_out = TorchRunner(module, family.input_names, device="cpu")(batch)
     onnx_out = OnnxRunner(onnx_path)(batch)
     return float(np.max(np.abs(torch_out - onnx_out)))
+
+
+def write_artifact(family: Family, module: Any, destination: Path, max_diff: float = 1e-4) -> EncoderSpec:
+    """Save weights + ONNX + spec for ``module`` and publish ``destination`` after a parity check."""
+    from models.artifact import publish_artifact
+
+    staging = destination.with_name(f".staging-{destination.name}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    family.directory = staging
+    save_weights(module, staging)
+    export_onnx(family, module, staging)
+    family.spec.save(staging)
+    diff = parity(family, module, staging / ONNX_FILE, family.example_inputs())
+    if diff > max_diff:
+        shutil.rmtree(staging)
+        raise ArtifactError(f"{family.spec.key}: ONNX differs from PyTorch by {diff:.2e} (> {max_diff:.0e})")
+    return publish_artifact(staging, destination)

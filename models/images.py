@@ -57,3 +57,25 @@ def _as_rgb_array(array: np.ndarray) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] in (3, 4):
         return np.ascontiguousarray(array[:, :, :3])
     raise InvalidEncoderInput(f"image array must be HxW or HxWx3, got shape {array.shape}")
+
+
+def check_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """Validate format and size from the header alone (cheap); returns (format, width, height)."""
+    if not data:
+        raise InvalidEncoderInput("image is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image: Any = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputTooLarge(f"image rejected as a decompression bomb: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidEncoderInput(f"image could not be decoded (corrupt or not an image): {exc}") from exc
+    if image.format not in ALLOWED_FORMATS:
+        raise InvalidEncoderInput(
+            f"image format {image.format or 'unknown'} is not accepted; use one of {sorted(ALLOWED_FORMATS)}"
+        )
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InputTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    return str(image.format), width, height

@@ -15,7 +15,14 @@ from models.errors import ArtifactError
 F = TypeVar("F", bound=type[Family])
 _FAMILIES: dict[str, type[Family]] = {}
 # Modules that register families; imported lazily so `import models` stays cheap.
-FAMILY_MODULES = ("models.bert", "models.efficientnet", "models.face_resnet", "models.facenet", "models.face")
+FAMILY_MODULES = (
+    "models.text_hash",
+    "models.bert",
+    "models.efficientnet",
+    "models.face_resnet",
+    "models.facenet",
+    "models.face",
+)
 Backend = Literal["auto", "onnx", "torch"]
 
 

@@ -12,14 +12,33 @@ from fastapi import Depends, FastAPI
 
 from indexer.manager import CollectionManager
 from indexer.store.factory import open_store
+from service.cache import EmbeddingCache, LruCache, RedisCache
 from service.deps import require_api_key
+from service.encoders import EncoderHub
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.routes import collections, health, search
+from service.routes import collections, encoders, health, search
 from service.settings import Settings
 
 log = logging.getLogger("ers")
+
+
+def make_cache(settings: Settings, store: object) -> EmbeddingCache | None:
+    """Redis (shared) when the store is Redis, else an in-process LRU; size 0 turns it off."""
+    if settings.embed_cache_size <= 0:
+        return None
+    client = getattr(store, "client", None)
+    if settings.redis_url and client is not None:
+        return RedisCache(client, settings.redis_prefix)
+    return LruCache(settings.embed_cache_size)
+
+
+def set_torch_threads_if_loaded(threads: int) -> None:
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -29,14 +48,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         faiss.omp_set_num_threads(settings.threads)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        set_torch_threads_if_loaded(settings.threads)
         store = open_store(settings.redis_url, settings.data_dir, settings.redis_prefix)
         manager = CollectionManager(settings.data_dir, store, settings.index_options())
+        hub = EncoderHub(settings.models_path, settings.hub_options(), make_cache(settings, store))
         try:
             await anyio.to_thread.run_sync(manager.open_all)
+            await anyio.to_thread.run_sync(hub.load_all)
+            await hub.start()
             app.state.manager = manager
-            log.info("ERS ready: %d collections in %s", len(manager.list()), settings.data_dir)
+            app.state.hub = hub
+            log.info(
+                "ERS ready: %d collections in %s, encoders %s",
+                len(manager.list()), settings.data_dir, sorted(hub.encoders) or "none",
+            )  # fmt: skip
             yield
         finally:
+            await hub.stop()
             await anyio.to_thread.run_sync(manager.close)
             store.close()
 
@@ -47,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = [Depends(require_api_key)]
     app.include_router(collections.router, dependencies=auth)
     app.include_router(search.router, dependencies=auth)
+    app.include_router(encoders.router, dependencies=auth)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, limit=lambda: settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

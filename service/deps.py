@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request
 
 from indexer.collection import Collection
 from indexer.manager import CollectionManager
+from service.encoders import EncoderHub
 from service.settings import Settings
 
 
@@ -26,6 +27,14 @@ def get_manager(request: Request) -> CollectionManager:
 
 
 ManagerDep = Annotated[CollectionManager, Depends(get_manager)]
+
+
+def get_hub(request: Request) -> EncoderHub:
+    hub: EncoderHub = request.app.state.hub
+    return hub
+
+
+HubDep = Annotated[EncoderHub, Depends(get_hub)]
 
 
 def get_collection(name: str, manager: ManagerDep) -> Collection:

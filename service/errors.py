@@ -18,7 +18,16 @@ from indexer.errors import (
     NotFoundError,
     StoreUnavailable,
 )
+from models.errors import ArtifactError, EncoderNotFound, InputTooLarge, InvalidEncoderInput, ModelError, ZooError
+from service.batching import QueueFull
 
+MODEL_STATUS: list[tuple[type[ModelError], int]] = [
+    (EncoderNotFound, 422),
+    (InvalidEncoderInput, 422),
+    (InputTooLarge, 413),
+    (ArtifactError, 500),
+    (ZooError, 502),
+]
 STATUS: list[tuple[type[ERSError], int]] = [
     (NotFoundError, 404),
     (AlreadyExists, 409),
@@ -33,8 +42,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def _status_for(exc: ERSError) -> int:
-    for cls, status in STATUS:
+def _status_for(exc: ERSError | ModelError) -> int:
+    for cls, status in [*STATUS, *MODEL_STATUS]:
         if isinstance(exc, cls):
             return status
     return 500
@@ -54,6 +63,15 @@ def install_error_handlers(app: FastAPI) -> None:
         status = _status_for(exc)
         headers = {"Retry-After": "1"} if status == 503 else None
         return error_response(status, exc.code, exc.message, headers)
+
+    @app.exception_handler(ModelError)
+    async def _model(_: Request, exc: ModelError) -> JSONResponse:
+        return error_response(_status_for(exc), exc.code, exc.message)
+
+    @app.exception_handler(QueueFull)
+    async def _overloaded(_: Request, exc: QueueFull) -> JSONResponse:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        return error_response(429, "overloaded", str(exc), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field, model_validator
 
 class CollectionCreate(BaseModel):
     name: str = Field(description="1-64 letters, digits, '_' or '-'")
-    dim: int | None = Field(default=None, description="vector dimension")
-    metric: Literal["cosine", "ip", "l2"] = "cosine"
+    dim: int | None = Field(default=None, description="vector dimension (from the encoder's spec when bound)")
+    metric: Literal["cosine", "ip", "l2"] | None = Field(default=None, description="default: encoder's, else cosine")
     encoder: str | None = Field(default=None, description="name@version of the encoder that makes vectors")
     index: str = Field(default="auto", description="'auto' or a FAISS factory string, e.g. HNSW32, IVF1024,PQ32")
 
@@ -35,7 +35,9 @@ class CollectionList(BaseModel):
 
 class ItemIn(BaseModel):
     id: str
-    vector: list[float]
+    vector: list[float] | None = None
+    text: str | None = Field(default=None, description="raw text, embedded by the collection's encoder")
+    image: str | None = Field(default=None, description="base64 image, embedded by the collection's encoder")
     payload: dict[str, Any] | None = None
     encoder_version: str | None = Field(
         default=None, description="name@version that made the vector; defaults to the collection's encoder"
@@ -46,8 +48,14 @@ class UpsertRequest(BaseModel):
     items: list[ItemIn]
 
 
+class Skipped(BaseModel):
+    id: str
+    reason: str
+
+
 class UpsertResponse(BaseModel):
     upserted: int
+    skipped: list[Skipped] | None = Field(default=None, description="face images in which no face was found")
 
 
 class ItemOut(BaseModel):
@@ -64,6 +72,8 @@ class DeleteResponse(BaseModel):
 class SearchRequest(BaseModel):
     vector: list[float] | None = None
     id: str | None = Field(default=None, description="search with a stored item's vector (it is left out)")
+    text: str | None = Field(default=None, description="embedded by the collection's encoder")
+    image: str | None = Field(default=None, description="base64 image, embedded by the collection's encoder")
     k: int = Field(default=10, ge=1)
     filter: dict[str, Any] | None = Field(
         default=None, description='{"field": value} | {"field": {"in": [...]}} | {"field": {"gte": 1, "lt": 5}}'
@@ -71,8 +81,9 @@ class SearchRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
-        if (self.vector is None) == (self.id is None):
-            raise ValueError("give exactly one of 'vector' or 'id'")
+        given = [f for f in ("vector", "id", "text", "image") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'vector', 'id', 'text' or 'image'")
         return self
 
 
@@ -95,3 +106,49 @@ class BatchSearchRequest(BaseModel):
 class BatchSearchResponse(BaseModel):
     results: list[list[Hit]] = Field(description="results[i] answers queries[i]")
     took_ms: float
+
+
+class EmbedRequest(BaseModel):
+    encoder: str = Field(description="name@version")
+    inputs: list[str] = Field(description="texts, or base64 images for image and face encoders")
+
+
+class FaceOut(BaseModel):
+    input: int
+    box: list[float]
+    score: float
+
+
+class EmbedResponse(BaseModel):
+    encoder: str
+    dim: int
+    vectors: list[list[float]]
+    faces: list[FaceOut] | None = Field(default=None, description="face encoders: one entry per vector")
+
+
+class VerifyRequest(BaseModel):
+    image_a: str = Field(description="base64 image")
+    image_b: str = Field(description="base64 image")
+
+
+class VerifyResponse(BaseModel):
+    same: bool
+    distance: float
+    threshold: float
+    encoder: str
+
+
+class ClusterRequest(BaseModel):
+    threshold: float | None = Field(default=None, description="max distance inside a cluster; default: encoder's")
+    min_size: int = Field(default=2, ge=1)
+
+
+class Cluster(BaseModel):
+    size: int
+    ids: list[str]
+
+
+class ClusterResponse(BaseModel):
+    clusters: list[Cluster]
+    unclustered: int
+    threshold: float

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from indexer.index_policy import IndexOptions
+from service.encoders import HubOptions
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -38,6 +39,15 @@ class Settings(BaseSettings):
     auto_index_threshold: int = 20_000
     snapshot_every: int = 10_000
     target_recall: float = 0.97
+    # encoders
+    models_dir: Path | None = None  # default: <data_dir>/models (where `ers zoo pull` puts them)
+    batching: bool = True
+    batch_max: int = 32
+    batch_wait_ms: float = 5.0
+    batch_queue: int = 512
+    embed_cache_size: int = 10_000
+    max_image_pixels: int = 40_000_000
+    max_inputs: int = 256
     # CLI client
     url: str = "http://127.0.0.1:8080"
     api_key: str | None = None
@@ -50,8 +60,25 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
     def is_loopback(self) -> bool:
         return self.host in LOOPBACK or self.host.startswith("127.")
+
+    def hub_options(self) -> HubOptions:
+        return HubOptions(
+            batching=self.batching,
+            max_batch=self.batch_max,
+            max_wait_ms=self.batch_wait_ms,
+            max_queue=self.batch_queue,
+            threads=self.threads,
+        )
 
     def index_options(self) -> IndexOptions:
         return IndexOptions(

@@ -93,6 +93,11 @@ class RedisStore:
             decode_responses=False,
         )
 
+    @property
+    def client(self) -> redis.Redis:
+        """The underlying client, shared with the embedding cache (same server, same prefix)."""
+        return self._r
+
     # -- keys and error mapping --------------------------------------------------------------
     def _items_key(self, name: str) -> str:
         return f"{self.prefix}:c:{name}:items"

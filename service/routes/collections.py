@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from fastapi import APIRouter, Query, Response
+import anyio.to_thread
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from indexer.collection import Collection
 from indexer.errors import InvalidInput, ItemNotFound, LimitExceeded
-from service.deps import CollectionDep, ManagerDep, SettingsDep
+from service.deps import CollectionDep, HubDep, ManagerDep, SettingsDep
+from service.inputs import prepare_items
 from service.schemas import (
     CollectionCreate,
     CollectionInfo,
@@ -21,8 +26,26 @@ from service.schemas import (
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
+MULTIPART_DOC = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/UpsertRequest"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "id": {"type": "array", "items": {"type": "string"}, "description": "default: file name"},
+                        "payload": {"type": "string", "description": "JSON object applied to every file"},
+                    },
+                }
+            },
+        }
+    }
+}
 
-def describe(collection: Collection) -> dict[str, object]:
+
+def describe(collection: Collection) -> dict[str, Any]:
     cfg = collection.config
     return {
         "name": cfg.name,
@@ -36,10 +59,16 @@ def describe(collection: Collection) -> dict[str, object]:
 
 
 @router.post("", status_code=201, response_model=CollectionInfo)
-def create_collection(body: CollectionCreate, manager: ManagerDep) -> dict[str, Any]:
-    if body.dim is None:
+def create_collection(body: CollectionCreate, manager: ManagerDep, hub: HubDep) -> dict[str, Any]:
+    dim, metric = body.dim, body.metric
+    if body.encoder is not None:
+        spec = hub.spec(body.encoder)  # 422 naming `ers zoo pull` when it is not there
+        if dim is not None and dim != spec.dim:
+            raise InvalidInput(f"dim {dim} does not match encoder {spec.key}, which makes {spec.dim}-d vectors")
+        dim, metric = spec.dim, metric or spec.metric
+    if dim is None:
         raise InvalidInput("dim is required for a collection without an encoder")
-    collection = manager.create(body.name, body.dim, body.metric, body.encoder, body.index)
+    collection = manager.create(body.name, dim, metric or "cosine", body.encoder, body.index)
     return describe(collection)
 
 
@@ -59,31 +88,62 @@ def delete_collection(name: str, manager: ManagerDep) -> Response:
     return Response(status_code=204)
 
 
-@router.put("/{name}/items", response_model=UpsertResponse)
-def upsert_items(body: UpsertRequest, collection: CollectionDep, settings: SettingsDep) -> dict[str, Any]:
-    if not body.items:
+async def _items_from_request(request: Request) -> list[dict[str, Any]]:
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        files = [f for f in form.getlist("file") if not isinstance(f, str)]
+        if not files:
+            raise InvalidInput("multipart upload needs one or more 'file' parts")
+        ids = [str(i) for i in form.getlist("id")]
+        if ids and len(ids) != len(files):
+            raise InvalidInput(f"{len(ids)} 'id' parts for {len(files)} files")
+        payload = None
+        if "payload" in form:
+            try:
+                payload = json.loads(str(form["payload"]))
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"payload is not valid JSON: {exc}") from exc
+        items = []
+        for n, upload in enumerate(files):
+            items.append({"id": ids[n] if ids else upload.filename or f"upload-{n}", "image": await upload.read(),
+                          "payload": payload})  # fmt: skip
+        return items
+    try:
+        body = UpsertRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+    return [item.model_dump() for item in body.items]
+
+
+@router.put(
+    "/{name}/items", response_model=UpsertResponse, response_model_exclude_none=True, openapi_extra=MULTIPART_DOC
+)
+async def upsert_items(
+    request: Request, collection: CollectionDep, settings: SettingsDep, hub: HubDep
+) -> dict[str, Any]:
+    items = await _items_from_request(request)
+    if not items:
         raise InvalidInput("items is empty")
-    if len(body.items) > settings.max_batch:
-        raise LimitExceeded(
-            f"{len(body.items)} items in one request; the limit is {settings.max_batch} (ERS_MAX_BATCH)"
-        )
+    if len(items) > settings.max_batch:
+        raise LimitExceeded(f"{len(items)} items in one request; the limit is {settings.max_batch} (ERS_MAX_BATCH)")
     dim = collection.config.dim
-    for item in body.items:
-        if len(item.vector) != dim:
-            raise InvalidInput(f"item '{item.id}': vector has dimension {len(item.vector)}, collection expects {dim}")
-    n = collection.upsert(
-        [item.id for item in body.items],
-        [item.vector for item in body.items],
-        [item.payload for item in body.items],
-        [item.encoder_version or collection.config.encoder for item in body.items],
-    )
-    return {"upserted": n}
+    for item in items:
+        vector = item.get("vector")
+        if vector is not None and len(vector) != dim:
+            raise InvalidInput(f"item '{item['id']}': vector has dimension {len(vector)}, collection expects {dim}")
+    prepared = await prepare_items(collection, hub, settings, items)
+    n = 0
+    if prepared.ids:
+        n = await anyio.to_thread.run_sync(
+            collection.upsert, prepared.ids, prepared.vectors, prepared.payloads, prepared.versions
+        )
+    return {"upserted": n, **({"skipped": prepared.skipped} if prepared.skipped else {})}
 
 
 @router.get("/{name}/items/{item_id}", response_model=ItemOut, response_model_exclude_unset=True)
 def get_item(item_id: str, collection: CollectionDep, with_vector: bool = Query(False)) -> dict[str, Any]:
     item = collection.get(item_id, with_vector=with_vector)
-    out: dict[str, object] = {"id": item.id, "payload": item.payload, "encoder_version": item.encoder_version}
+    out: dict[str, Any] = {"id": item.id, "payload": item.payload, "encoder_version": item.encoder_version}
     if with_vector and item.vector is not None:
         out["vector"] = item.vector.tolist()
     return out

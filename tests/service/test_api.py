@@ -142,18 +142,3 @@ def test_health_ready_metrics_openapi(client: TestClient) -> None:
         "/v1/collections/{name}/items/{item_id}",
     ):
         assert path in paths
-
-
-def test_items_record_the_encoder_version_that_made_them(client: TestClient) -> None:
-    r = client.post("/v1/collections", json={"name": "faces", "dim": 2, "encoder": "facenet@2"})
-    assert r.status_code == 201 and r.json()["encoder"] == "facenet@2"
-    client.put(
-        "/v1/collections/faces/items",
-        json={
-            "items": [{"id": "new", "vector": [1, 0]}, {"id": "old", "vector": [0, 1], "encoder_version": "facenet@1"}]
-        },
-    )
-    hits = client.post("/v1/collections/faces/search", json={"vector": [1, 1], "k": 2}).json()["results"]
-    assert {h["id"]: h["encoder_version"] for h in hits} == {"new": "facenet@2", "old": "facenet@1"}
-    bad = client.post("/v1/collections", json={"name": "x", "dim": 2, "encoder": "no-version"})
-    assert bad.status_code == 422 and "name@version" in bad.json()["error"]["message"]
