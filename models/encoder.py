@@ -75,7 +75,8 @@ class Family(ABC):
         """A freshly initialised ``torch.nn.Module`` of this architecture (weights loaded later)."""
 
     def postprocess(self, raw: np.ndarray, batch: Batch) -> FloatArray:
-        out = np.asarray(raw, dtype=np.float32).reshape(len(raw), -1)
+        out = np.asarray(raw, dtype=np.float32)
+        out = out.reshape(len(out), -1) if len(out) else out.reshape(0, self.spec.dim)
         return l2_normalise(out) if self.spec.metric == "cosine" else out
 
     def example_inputs(self) -> Sequence[Any]:
