@@ -44,7 +44,9 @@ def decode_image(data: bytes | np.ndarray | Image.Image, max_pixels: int = DEFAU
     except (InvalidEncoderInput, InputTooLarge):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputTooLarge(f"image rejected as a decompression bomb: {exc}") from exc
+        raise InputTooLarge(
+            f"image rejected as a decompression bomb ({exc}); the limit is {max_pixels} pixels"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidEncoderInput(f"image could not be decoded (corrupt or truncated): {exc}") from exc
 
@@ -68,7 +70,9 @@ def check_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image: Any = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputTooLarge(f"image rejected as a decompression bomb: {exc}") from exc
+        raise InputTooLarge(
+            f"image rejected as a decompression bomb ({exc}); the limit is {max_pixels} pixels"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidEncoderInput(f"image could not be decoded (corrupt or not an image): {exc}") from exc
     if image.format not in ALLOWED_FORMATS:

@@ -110,3 +110,25 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def zoo_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(models_dir, cache_dir)`` shared by the whole session, so each zoo model is fetched and
+    converted at most once (pass both to ``models.zoo.pull``)."""
+    root = tmp_path_factory.mktemp("zoo")
+    models_dir, cache_dir = root / "models", root / "cache"
+    models_dir.mkdir()
+    cache_dir.mkdir()
+    return models_dir, cache_dir
+
+
+def install_zoo_model(name: str, data_dir: Path, zoo_dirs: tuple[Path, Path]) -> str:
+    """Pull ``name`` once per session and hard-link it into ``data_dir/models``; returns its key."""
+    from models.zoo import pull
+
+    spec = pull(name, *zoo_dirs)
+    destination = data_dir / "models" / spec.key
+    if not destination.exists():
+        shutil.copytree(zoo_dirs[0] / spec.key, destination, copy_function=os.link)
+    return spec.key
