@@ -1,0 +1,259 @@
+"""FaceNet: Inception-ResNet-v1 (Szegedy et al. 2016; Schroff et al. 2015) in PyTorch, 512-d unit
+embeddings, with parameter names identical to facenet-pytorch's ``InceptionResnetV1`` so its
+checkpoints (e.g. ``20180402-114759-vggface2.pt``, ported from David Sandberg's TensorFlow FaceNet)
+load as they are. No pretrained weights ship in any registry package, so there is no zoo entry:
+``import_facenet_checkpoint`` turns a user-supplied checkpoint into an artifact.
+
+Input: 160x160 RGB faces standardised as ``(x - 127.5) / 128`` (facenet-pytorch's
+``fixed_image_standardization``); faces are found by MTCNN and aligned to the "facenet" template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.errors import ZooError
+from models.face import FaceFamily
+from models.registry import register_family
+from models.spec import EncoderSpec, split_key
+
+Size = int | tuple[int, int]
+
+
+@dataclass
+class FaceNetConfig:
+    image_size: int = 160
+    dim: int = 512
+    repeats: tuple[int, int, int] = (5, 10, 5)  # Block35, Block17, Block8 (+ one final Block8)
+    scales: tuple[float, float, float] = (0.17, 0.10, 0.20)
+
+
+class BasicConv2d(nn.Module):
+    """conv (no bias) -> BatchNorm (eps 1e-3, as in TensorFlow) -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel: Size, stride: int = 1, padding: Size = 0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel_size=kernel, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=0.001, momentum=0.1, affine=True)
+        self.relu = nn.ReLU(inplace=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+def _chain(*convs: tuple[int, int, Size, int, Size]) -> nn.Sequential:
+    return nn.Sequential(*(BasicConv2d(*c) for c in convs))
+
+
+class _Residual(nn.Module):
+    """Shared forward of Block35/17/8: concat branches -> 1x1 conv -> scaled residual (-> ReLU)."""
+
+    conv2d: nn.Conv2d
+
+    def __init__(self, scale: float, relu: bool) -> None:
+        super().__init__()
+        self.scale, self.use_relu = scale, relu
+
+    def _combine(self, x: torch.Tensor, branches: list[torch.Tensor]) -> torch.Tensor:
+        out = self.conv2d(torch.cat(branches, dim=1)) * self.scale + x  # (B, C, h, w)
+        return F.relu(out) if self.use_relu else out
+
+
+class Block35(_Residual):  # 35x35 grid in the paper; 17x17 at 160 px
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__(scale, relu=True)
+        self.branch0 = BasicConv2d(256, 32, 1)
+        self.branch1 = _chain((256, 32, 1, 1, 0), (32, 32, 3, 1, 1))
+        self.branch2 = _chain((256, 32, 1, 1, 0), (32, 32, 3, 1, 1), (32, 32, 3, 1, 1))
+        self.conv2d = nn.Conv2d(96, 256, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._combine(x, [self.branch0(x), self.branch1(x), self.branch2(x)])  # (B, 256, 17, 17)
+
+
+class Block17(_Residual):
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__(scale, relu=True)
+        self.branch0 = BasicConv2d(896, 128, 1)
+        self.branch1 = _chain((896, 128, 1, 1, 0), (128, 128, (1, 7), 1, (0, 3)), (128, 128, (7, 1), 1, (3, 0)))
+        self.conv2d = nn.Conv2d(256, 896, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._combine(x, [self.branch0(x), self.branch1(x)])  # (B, 896, 8, 8)
+
+
+class Block8(_Residual):
+    def __init__(self, scale: float = 1.0, relu: bool = True) -> None:
+        super().__init__(scale, relu=relu)
+        self.branch0 = BasicConv2d(1792, 192, 1)
+        self.branch1 = _chain((1792, 192, 1, 1, 0), (192, 192, (1, 3), 1, (0, 1)), (192, 192, (3, 1), 1, (1, 0)))
+        self.conv2d = nn.Conv2d(384, 1792, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._combine(x, [self.branch0(x), self.branch1(x)])  # (B, 1792, 3, 3)
+
+
+class Mixed6a(nn.Module):  # reduction A: 17x17x256 -> 8x8x896
+    def __init__(self) -> None:
+        super().__init__()
+        self.branch0 = BasicConv2d(256, 384, 3, 2)
+        self.branch1 = _chain((256, 192, 1, 1, 0), (192, 192, 3, 1, 1), (192, 256, 3, 2, 0))
+        self.branch2 = nn.MaxPool2d(3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x)], dim=1)
+
+
+class Mixed7a(nn.Module):  # reduction B: 8x8x896 -> 3x3x1792
+    def __init__(self) -> None:
+        super().__init__()
+        self.branch0 = _chain((896, 256, 1, 1, 0), (256, 384, 3, 2, 0))
+        self.branch1 = _chain((896, 256, 1, 1, 0), (256, 256, 3, 2, 0))
+        self.branch2 = _chain((896, 256, 1, 1, 0), (256, 256, 3, 1, 1), (256, 256, 3, 2, 0))
+        self.branch3 = nn.MaxPool2d(3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)], dim=1)
+
+
+class InceptionResnetV1(nn.Module):
+    def __init__(self, config: FaceNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or FaceNetConfig()
+        self.conv2d_1a = BasicConv2d(3, 32, 3, 2)
+        self.conv2d_2a = BasicConv2d(32, 32, 3, 1)
+        self.conv2d_2b = BasicConv2d(32, 64, 3, 1, 1)
+        self.maxpool_3a = nn.MaxPool2d(3, stride=2)
+        self.conv2d_3b = BasicConv2d(64, 80, 1)
+        self.conv2d_4a = BasicConv2d(80, 192, 3)
+        self.conv2d_4b = BasicConv2d(192, 256, 3, 2)
+        self.repeat_1 = nn.Sequential(*(Block35(cfg.scales[0]) for _ in range(cfg.repeats[0])))
+        self.mixed_6a = Mixed6a()
+        self.repeat_2 = nn.Sequential(*(Block17(cfg.scales[1]) for _ in range(cfg.repeats[1])))
+        self.mixed_7a = Mixed7a()
+        self.repeat_3 = nn.Sequential(*(Block8(cfg.scales[2]) for _ in range(cfg.repeats[2])))
+        self.block8 = Block8(relu=False)
+        self.avgpool_1a = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.6)
+        self.last_linear = nn.Linear(1792, cfg.dim, bias=False)
+        self.last_bn = nn.BatchNorm1d(cfg.dim, eps=0.001, momentum=0.1, affine=True)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # pixels: (B, 3, 160, 160), (RGB - 127.5) / 128
+        x = self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(pixels)))  # (B, 64, 77, 77)
+        x = self.conv2d_4b(self.conv2d_4a(self.conv2d_3b(self.maxpool_3a(x))))  # (B, 256, 17, 17)
+        x = self.mixed_6a(self.repeat_1(x))  # (B, 896, 8, 8)
+        x = self.mixed_7a(self.repeat_2(x))  # (B, 1792, 3, 3)
+        x = self.block8(self.repeat_3(x))  # (B, 1792, 3, 3)
+        x = self.dropout(self.avgpool_1a(x)).flatten(1)  # (B, 1792)
+        x = self.last_bn(self.last_linear(x))  # (B, 512)
+        return F.normalize(x, p=2, dim=1)  # unit length
+
+
+@register_family("facenet")
+class FaceNetFamily(FaceFamily):
+    image_size = 160
+    template = "facenet"
+
+    def normalise(self, crops: np.ndarray) -> np.ndarray:
+        x = (crops.astype(np.float32) - 127.5) / 128.0  # (F, S, S, 3)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (F, 3, S, S)
+
+    def build_module(self) -> InceptionResnetV1:
+        return InceptionResnetV1(FaceNetConfig(dim=self.spec.dim))
+
+
+def _checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means "not a plain state dict"
+        raise ZooError(f"{path} is not a PyTorch state dict loadable with weights_only=True: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ZooError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _some(keys: list[str], limit: int = 8) -> str:
+    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` completed for ``module``: the classifier head (``logits.*``) is dropped, missing
+    ``num_batches_tracked`` counters are filled in; any other difference raises ZooError naming it."""
+    expected = module.state_dict()
+    given = {k: v for k, v in state.items() if not k.startswith("logits.")}
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in given:
+            given[key] = expected[key]
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    wrong = [k for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    shapes = [f"{k} {tuple(given[k].shape)} != {tuple(expected[k].shape)}" for k in wrong]
+    problems = [
+        f"{len(keys)} {what}: {_some(keys)}"
+        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes))
+        if keys
+    ]
+    if problems:
+        raise ZooError("checkpoint does not match facenet-pytorch's InceptionResnetV1: " + "; ".join(problems))
+    return given
+
+
+def import_facenet_checkpoint(
+    path: Path,
+    models_dir: Path,
+    name: str = "facenet",
+    version: str = "1",
+    threshold: float = 1.1,
+    cache_dir: Path | None = None,
+) -> EncoderSpec:
+    """Publish ``<models_dir>/<name>@<version>`` from a facenet-pytorch ``InceptionResnetV1`` state
+    dict (``.pt``): safetensors + ONNX + MTCNN detector + spec. The detector comes from an installed
+    face artifact (e.g. face-resnet@1) or else from the facenet-pytorch wheel (fetched into
+    ``cache_dir``, default ``<models_dir>/../cache``). ``threshold``: Euclidean distance between unit
+    embeddings below which two faces are the same person (about 1.1 for the VGGFace2 weights)."""
+    import shutil
+
+    from models.artifact import publish_artifact
+    from models.export import save_weights
+    from models.face import embedder_parity, export_embedder, find_detector_source, install_detector
+    from models.zoo.face import FACENET_PYTORCH_WHEEL, PARITY_TOLERANCE, detector_spec_config
+    from models.zoo.fetch import Fetcher
+
+    module = InceptionResnetV1().eval()
+    module.load_state_dict(check_state_dict(module, _checkpoint_state(path)), strict=True)
+    spec = EncoderSpec(
+        name=name, version=version, family="facenet", modality="face", dim=512, metric="l2",
+        config={"image_size": 160, "template": "facenet", "normalisation": "(x - 127.5) / 128",
+                "threshold": threshold, "distance": "euclidean", **detector_spec_config()},
+        description="FaceNet Inception-ResNet-v1 (facenet-pytorch checkpoint), 512-d unit face embeddings",
+        source=f"imported from {path.name}; MTCNN from PyPI facenet-pytorch 2.6.0",
+        license="as the imported checkpoint's; MTCNN weights: MIT (facenet-pytorch)",
+    )  # fmt: skip
+    split_key(spec.key)
+    staging = models_dir / f".staging-{spec.key}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        source = find_detector_source(models_dir)
+        wheel = None
+        if source is None:
+            wheel = Fetcher(cache_dir or models_dir.parent / "cache").fetch(FACENET_PYTORCH_WHEEL)
+        install_detector(staging, source, wheel)
+        save_weights(module, staging)
+        onnx_path = export_embedder(module, staging, 160)
+        pixels = np.random.default_rng(0).normal(0.0, 0.5, (4, 3, 160, 160)).astype(np.float32)
+        diff = embedder_parity(module, onnx_path, pixels)
+        if diff > PARITY_TOLERANCE:
+            raise ZooError(f"ONNX export of {spec.key} differs from PyTorch by {diff:.2e}")
+        spec.save(staging)
+        return publish_artifact(staging, models_dir / spec.key)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
