@@ -75,6 +75,10 @@ class ServerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def exit_status(self) -> int | None:
+        """The process's exit status; None while it runs (or if never started)."""
+        return None if self.proc is None else self.proc.poll()
+
     def log_text(self, current_run_only: bool = False) -> str:
         try:
             with open(self.log_path, "rb") as f:
