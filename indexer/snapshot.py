@@ -36,10 +36,18 @@ def write_snapshot(directory: Path, data: bytes, meta: SnapshotMeta) -> None:
     for stale in directory.glob("index-*.faiss"):
         if stale.name != meta.file:
             stale.unlink(missing_ok=True)
+    remove_temp_files(directory)
+
+
+def remove_temp_files(directory: Path) -> None:
+    """Drop temp files of writes interrupted by a crash (they can be as large as the index)."""
+    for stale in directory.glob(".*.tmp-*"):
+        stale.unlink(missing_ok=True)
 
 
 def load_snapshot(directory: Path, dim: int, metric: Metric) -> tuple[VectorIndex, SnapshotMeta] | None:
     """The last published snapshot, or None (missing or unreadable: the caller rebuilds)."""
+    remove_temp_files(directory)
     path = directory / META
     if not path.exists():
         return None

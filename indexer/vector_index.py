@@ -115,8 +115,10 @@ class VectorIndex:
         if not len(ids):
             return
         self.version += 1
+        # An IVF hash-table direct map only accepts an id array; IDMap2 takes any selector.
+        selector = faiss.IDSelectorArray(ids) if self.ivf is not None else faiss.IDSelectorBatch(ids)
         try:
-            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+            self.index.remove_ids(selector)
         except RuntimeError:
             # e.g. HNSW: cannot delete; hide the ids until the next rebuild.
             self.dead.update(int(i) for i in ids)

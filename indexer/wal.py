@@ -69,18 +69,25 @@ class WriteAheadLog:
         return pos
 
     def _scan_segment(self, base: int, start: int = 0) -> Iterator[tuple[int, bytes]]:
-        data = self._path(base).read_bytes()
-        pos = start
-        while pos + HEADER.size <= len(data):
-            magic, length, crc = HEADER.unpack_from(data, pos)
-            end = pos + HEADER.size + length
-            if magic != MAGIC or end > len(data):
-                return
-            payload = data[pos + HEADER.size : end]
-            if zlib.crc32(payload) != crc:
-                return
-            yield base + pos, payload
-            pos = end
+        """Records of one segment from byte ``start`` on, stopping at the first torn or corrupt one.
+
+        Reads record by record from ``start``: catching up after a write reads only the new tail.
+        """
+        with open(self._path(base), "rb") as f:
+            f.seek(start)
+            pos = start
+            while True:
+                head = f.read(HEADER.size)
+                if len(head) < HEADER.size:
+                    return
+                magic, length, crc = HEADER.unpack(head)
+                if magic != MAGIC:
+                    return
+                payload = f.read(length)
+                if len(payload) < length or zlib.crc32(payload) != crc:
+                    return
+                yield base + pos, payload
+                pos += HEADER.size + length
 
     @property
     def end_offset(self) -> int:

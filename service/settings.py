@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     # indexing
     auto_index_threshold: int = 20_000
     snapshot_every: int = 10_000
+    wal_segment_bytes: int = 64 << 20
     target_recall: float = 0.97
     # encoders
     models_dir: Path | None = None  # default: <data_dir>/models (where `ers zoo pull` puts them)
@@ -85,6 +86,7 @@ class Settings(BaseSettings):
             auto_threshold=self.auto_index_threshold,
             snapshot_every=self.snapshot_every,
             target_recall=self.target_recall,
+            wal_segment_bytes=self.wal_segment_bytes,
         )
 
 

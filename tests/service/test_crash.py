@@ -355,7 +355,7 @@ def test_kill9_while_streaming_upserts(tmp_path: Path) -> None:
     # (env, wait for the IVF swap before killing); "{n+300}" = threshold just above the current count.
     cycles: list[tuple[dict[str, str], bool]] = [
         ({}, False),
-        ({"ERS_SNAPSHOT_EVERY": "300"}, False),
+        ({"ERS_SNAPSHOT_EVERY": "300", "ERS_WAL_SEGMENT_BYTES": "8192"}, False),  # log segments dropped
         ({"ERS_SNAPSHOT_EVERY": "200", "ERS_AUTO_INDEX_THRESHOLD": "{n+300}"}, True),
         ({"ERS_SNAPSHOT_EVERY": "100", "ERS_AUTO_INDEX_THRESHOLD": "1000"}, False),
         ({}, False),
@@ -555,7 +555,7 @@ def test_kill9_with_replaces_and_deletes(tmp_path: Path) -> None:
     pending: list[Op] = []
     envs: list[dict[str, str]] = [
         {},
-        {"ERS_SNAPSHOT_EVERY": "40"},
+        {"ERS_SNAPSHOT_EVERY": "40", "ERS_WAL_SEGMENT_BYTES": "4096"},
         {"ERS_SNAPSHOT_EVERY": "25", "ERS_AUTO_INDEX_THRESHOLD": "60"},
         {"ERS_AUTO_INDEX_THRESHOLD": "60"},
         {"ERS_SNAPSHOT_EVERY": "30"},
