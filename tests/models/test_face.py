@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tarfile
 import types
 import zipfile
 from pathlib import Path
@@ -24,14 +23,9 @@ from models.face_resnet import read_tfjs_weights
 from models.facenet import InceptionResnetV1, import_facenet_checkpoint
 from models.registry import load_encoder
 from models.zoo import pull
-from models.zoo.face import FACE_API_TARBALL, FACENET_PYTORCH_WHEEL, SAMPLE_MEMBERS
-from models.zoo.fetch import Fetcher, Package
-
-FACE_RECOGNITION = Package(
-    "pypi", "face_recognition", "1.3.0", "face_recognition-1.3.0.tar.gz",
-    "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec", sdist=True,
-)  # fmt: skip
-SINGLE = ("obama", "obama2", "obama3", "biden", "obama_partial_face", "obama_partial_face2")
+from models.zoo.face import FACENET_PYTORCH_WHEEL
+from models.zoo.fetch import Fetcher
+from tests.face_photos import SINGLE, load_face_photos
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +37,7 @@ def artifact(zoo_dirs: tuple[Path, Path]) -> Path:
 
 @pytest.fixture(scope="module")
 def photos(zoo_dirs: tuple[Path, Path], artifact: Path) -> dict[str, bytes]:
-    fetcher = Fetcher(zoo_dirs[1])
-    out = {}
-    with tarfile.open(fetcher.fetch(FACE_RECOGNITION)) as tf:
-        for name in SINGLE:
-            member = tf.extractfile(f"face_recognition-1.3.0/tests/test_images/{name}.jpg")
-            assert member is not None
-            out[name] = member.read()
-    with tarfile.open(fetcher.fetch(FACE_API_TARBALL)) as tf:
-        for path in SAMPLE_MEMBERS:
-            member = tf.extractfile(path)
-            assert member is not None
-            out[Path(path).stem] = member.read()
-    return out
+    return load_face_photos(zoo_dirs[1])
 
 
 @pytest.fixture(scope="module")

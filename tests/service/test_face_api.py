@@ -5,35 +5,20 @@ from __future__ import annotations
 
 import base64
 import io
-import tarfile
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from models.zoo.face import FACE_API_TARBALL, SAMPLE_MEMBERS
-from models.zoo.fetch import Fetcher
 from tests.conftest import install_zoo_model
-from tests.models.test_face import FACE_RECOGNITION, SINGLE
+from tests.face_photos import load_face_photos
 from tests.service.conftest import MakeClient
 
 
 @pytest.fixture(scope="module")
 def photos(zoo_dirs: tuple[Path, Path]) -> dict[str, bytes]:
-    fetcher = Fetcher(zoo_dirs[1])
-    out = {}
-    with tarfile.open(fetcher.fetch(FACE_RECOGNITION)) as tf:
-        for name in SINGLE:
-            member = tf.extractfile(f"face_recognition-1.3.0/tests/test_images/{name}.jpg")
-            assert member is not None
-            out[name] = member.read()
-    with tarfile.open(fetcher.fetch(FACE_API_TARBALL)) as tf:
-        for path in SAMPLE_MEMBERS:
-            member = tf.extractfile(path)
-            assert member is not None
-            out[Path(path).stem] = member.read()
-    return out
+    return load_face_photos(zoo_dirs[1])
 
 
 def b64(data: bytes) -> str:
