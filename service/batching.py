@@ -4,6 +4,9 @@ Each request preprocesses its own inputs on a worker thread (decode, tokenize, d
 bad input fails only its request. The preprocessed batches wait in a bounded queue; one collector
 task gathers them until ``max_batch`` rows or ``max_wait_ms`` have passed, pads and concatenates
 them, runs ``forward`` on a worker thread (never on the event loop), and hands each request its rows.
+Up to ``concurrency`` forwards run at once: with one in flight, the model core idles while the
+event loop answers the last batch and takes in the next (measured: busy 58 % of the time on
+2 cores); with two, one group's forward overlaps the other group's HTTP work.
 A full queue answers at once with ``QueueFull`` (HTTP 429 + Retry-After) instead of queueing forever.
 """
 
@@ -56,8 +59,17 @@ def collate(batches: list[Batch]) -> Batch:
 
 
 class DynamicBatcher:
-    def __init__(self, encoder: Encoder, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 512) -> None:
+    def __init__(
+        self,
+        encoder: Encoder,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 512,
+        concurrency: int = 2,
+    ) -> None:
         self.encoder = encoder
+        self._slots = asyncio.Semaphore(max(1, concurrency))
+        self._running: set[asyncio.Task[None]] = set()
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
@@ -71,6 +83,8 @@ class DynamicBatcher:
         self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"batcher-{self.encoder.spec.key}")
 
     async def stop(self) -> None:
+        for running in list(self._running):
+            running.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -90,6 +104,7 @@ class DynamicBatcher:
 
     async def _collect(self) -> None:
         while True:
+            await self._slots.acquire()  # a free forward slot first: then gather while it waits
             first = await self._queue.get()
             group, rows = [first], first.rows
             deadline = time.perf_counter() + self.max_wait
@@ -104,19 +119,26 @@ class DynamicBatcher:
                 group.append(nxt)
                 rows += nxt.rows
             self._queued_rows -= rows
-            try:
-                merged = collate([p.batch for p in group])
-                raw = await anyio.to_thread.run_sync(self.encoder.forward, merged)
-            except Exception as exc:  # a failed forward fails every request of the batch
-                log.exception("forward pass of %s failed", self.encoder.spec.key)
-                for p in group:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            self.batches_run += 1
-            self.rows_run += rows
-            start = 0
+            task = asyncio.get_running_loop().create_task(self._run(group, rows))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, group: list[_Pending], rows: int) -> None:
+        try:
+            merged = collate([p.batch for p in group])
+            raw = await anyio.to_thread.run_sync(self.encoder.forward, merged)
+        except Exception as exc:  # a failed forward fails every request of the batch
+            log.exception("forward pass of %s failed", self.encoder.spec.key)
             for p in group:
                 if not p.future.done():
-                    p.future.set_result(raw[start : start + p.rows])
-                start += p.rows
+                    p.future.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        self.batches_run += 1
+        self.rows_run += rows
+        start = 0
+        for p in group:
+            if not p.future.done():
+                p.future.set_result(raw[start : start + p.rows])
+            start += p.rows

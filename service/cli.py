@@ -64,6 +64,7 @@ def serve(
         log_level=settings.log_level,
         workers=1,
         timeout_graceful_shutdown=30,
+        access_log=settings.access_log,
     )
 
 

