@@ -68,7 +68,7 @@ def tune_nprobe(
     metric: Metric,
     target_recall: float,
     seed: int = 0,
-    queries: int = 200,
+    queries: int = 500,
     k: int = 10,
 ) -> int:
     ivf = index.ivf
@@ -95,7 +95,9 @@ def tune_nprobe(
         )
         recall = hits / sum(len(t) for t in truth_sets)
         if recall >= target_recall:
-            chosen = nprobe
+            # One step of margin: leave-one-out recall on stored vectors runs ~0.01-0.02 above
+            # recall on fresh queries (measured by bench/search.py: 0.97 tuned -> 0.948-0.968).
+            chosen = min(nprobe * 2, int(ivf.nlist))
             log.info("nprobe=%d reaches recall@%d %.3f (target %.2f)", nprobe, kk, recall, target_recall)
             break
     return chosen

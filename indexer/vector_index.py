@@ -18,6 +18,7 @@ import numpy as np
 
 from indexer.errors import InvalidInput
 from indexer.gpu import GpuReplica
+from indexer.threads import ensure_faiss_threads
 from indexer.types import FloatArray, Metric
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class VectorIndex:
             else:
                 index = faiss.IndexIDMap2(index)
         self.index = index
+        self._ivf_index = self._ivf(index)  # looked up once: extract_index_ivf raises on non-IVF
         self.version = 0  # bumped by every mutation; tells the GPU replica when it is stale
         self.gpu = GpuReplica()
 
@@ -76,7 +78,7 @@ class VectorIndex:
 
     @property
     def ivf(self) -> faiss.IndexIVF | None:
-        return self._ivf(self.index)
+        return self._ivf_index
 
     @property
     def is_trained(self) -> bool:
@@ -103,10 +105,12 @@ class VectorIndex:
             self.version += 1
 
     def train(self, prepared: FloatArray) -> None:
+        ensure_faiss_threads()
         self.index.train(prepared)
 
     def add(self, int_ids: np.ndarray, prepared: FloatArray) -> None:
         if len(int_ids):
+            ensure_faiss_threads()
             self.version += 1
             self.index.add_with_ids(prepared, np.ascontiguousarray(int_ids, dtype=np.int64))
 
@@ -136,6 +140,7 @@ class VectorIndex:
         ``k`` allowed ids in the cells it probes; then the allowed vectors are scored exactly, so
         ``k`` results come back whenever ``k`` exist.
         """
+        ensure_faiss_threads()
         selector: faiss.IDSelector | None = None
         dead_batch = None  # must outlive the search: IDSelectorNot keeps only a raw pointer to it
         if allowed is not None:

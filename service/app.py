@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-import faiss
 from fastapi import Depends, FastAPI
 
 from indexer.manager import CollectionManager
 from indexer.store.factory import open_store
+from indexer.threads import set_faiss_threads
 from service.cache import EmbeddingCache, LruCache, RedisCache
 from service.deps import require_api_key
 from service.encoders import EncoderHub
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        faiss.omp_set_num_threads(settings.threads)
+        set_faiss_threads(settings.threads)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         set_torch_threads_if_loaded(settings.threads)
         store = open_store(settings.redis_url, settings.data_dir, settings.redis_prefix)

@@ -237,3 +237,24 @@ def test_store_from_another_data_dir_is_refused(open_collection: OpenCollection,
     shutil.rmtree(tmp_path / "c")  # the store remembers a log this directory no longer has
     with pytest.raises(StoreMismatch, match="does not belong to this metadata store"):
         open_collection(dim=4)
+
+
+def test_faiss_runs_single_threaded_in_every_worker_thread(open_collection: OpenCollection) -> None:
+    import faiss
+
+    from indexer.threads import set_faiss_threads
+
+    c = open_collection(dim=4)
+    c.upsert(ids_of(10), clustered(10, 4))
+    set_faiss_threads(1)
+    seen: list[int] = []
+
+    def worker() -> None:
+        faiss.omp_set_num_threads(2)  # what a fresh OpenMP thread would default to on 2 cores
+        c.search(clustered(1, 4), k=1)
+        seen.append(faiss.omp_get_max_threads())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [1]
