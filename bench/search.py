@@ -61,6 +61,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from indexer.threads import BLAS_THRESHOLD
+
 console = Console(width=176)
 ERS_BIN = Path(sys.executable).parent / "ers"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -560,6 +562,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t = time.perf_counter()
     data, queries = make_data(args.n, args.dim, args.clusters, args.spread, args.query_pool, args.seed)
     faiss.omp_set_num_threads(1)
+    # The same FAISS settings as the server (indexer.threads), so both sides run the same kernels.
+    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
     flat = faiss.IndexIDMap2(faiss.IndexFlatIP(args.dim))
     flat.add_with_ids(data, np.arange(args.n, dtype=np.int64))
     singles = [queries[i : i + 1] for i in range(len(queries))]
@@ -654,16 +658,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 short,
             ),
         ]
-        # Reference, not a target: FAISS takes its BLAS (GEMM) path only when nq * dim >= this global
-        # threshold (default 128000, i.e. >= 1000 queries at dim 128); batches of 32 are scanned query by query.
-        default_threshold = faiss.cvar.distance_compute_blas_threshold
-        faiss.cvar.distance_compute_blas_threshold = 16 * args.dim
+        # Reference, not a target: with FAISS's default BLAS threshold (128000 = nq * dim), batches of 32
+        # are scanned query by query; ERS lowers it (indexer.threads.BLAS_THRESHOLD) for both sides above.
+        default_threshold = 128_000
+        faiss.cvar.distance_compute_blas_threshold = default_threshold
         try:
             extra.append(
-                once(Row(f"in-process Flat, batch {nb}, BLAS*", "in-process", nb), faiss_worker(flat, blocks, k), short)
+                once(
+                    Row(f"in-process Flat, batch {nb}, no BLAS*", "in-process", nb),
+                    faiss_worker(flat, blocks, k),
+                    short,
+                )
             )
         finally:
-            faiss.cvar.distance_compute_blas_threshold = default_threshold
+            faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
         results["faiss_blas_threshold_default"] = default_threshold
         t1_rows: list[tuple[Row, Row | None, float | None]] = [
             (ip_single, None, None),
@@ -743,8 +751,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 [(r, None, None) for r in extra],
                 "/healthz: HTTP + uvicorn + FastAPI/middleware only. 100-item collection: the whole /search "
                 "path (JSON, validation, locks, response) with FAISS cost ~0.\n"
-                f"* in-process reference with faiss.cvar.distance_compute_blas_threshold = 16*dim (default "
-                f"{default_threshold}: FAISS uses BLAS only when queries*dim >= it).",
+                f"* in-process reference with FAISS's default distance_compute_blas_threshold "
+                f"(ERS sets {BLAS_THRESHOLD}; default {default_threshold}: BLAS only when queries*dim >= it).",
             )
         )
         if t2:

@@ -8,7 +8,8 @@ from typing import Any
 
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -39,6 +40,12 @@ SEARCH_DOC = {
         }
     }
 }
+
+
+def _json(body: dict[str, Any]) -> Response:
+    """The hot path skips response-model validation (measured ~0.1-0.3 ms a request): the shape is
+    built right here from typed ``Hit`` objects, and the declared ``response_model`` still documents it."""
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _hits(hits: list[Hit]) -> list[dict[str, Any]]:
@@ -103,7 +110,7 @@ async def _search_body(request: Request) -> tuple[SearchRequest, bytes | None]:
 
 
 @router.post("/{name}/search", response_model=SearchResponse, openapi_extra=SEARCH_DOC)
-async def search(request: Request, collection: CollectionDep, settings: SettingsDep, hub: HubDep) -> dict[str, Any]:
+async def search(request: Request, collection: CollectionDep, settings: SettingsDep, hub: HubDep) -> Response:
     started = time.perf_counter()
     body, upload = await _search_body(request)
     if upload is not None:
@@ -113,13 +120,13 @@ async def search(request: Request, collection: CollectionDep, settings: Settings
     else:
         vectors = await _query_vectors(collection, hub, [body], settings)
     hits = (await anyio.to_thread.run_sync(_run, collection, [body], vectors))[0]
-    return {"results": _hits(hits), "took_ms": round((time.perf_counter() - started) * 1e3, 3)}
+    return _json({"results": _hits(hits), "took_ms": round((time.perf_counter() - started) * 1e3, 3)})
 
 
 @router.post("/{name}/search/batch", response_model=BatchSearchResponse)
 async def search_batch(
     body: BatchSearchRequest, collection: CollectionDep, settings: SettingsDep, hub: HubDep
-) -> dict[str, Any]:
+) -> Response:
     if not body.queries:
         raise InvalidInput("queries is empty")
     if len(body.queries) > settings.max_queries:
@@ -129,4 +136,4 @@ async def search_batch(
     started = time.perf_counter()
     vectors = await _query_vectors(collection, hub, body.queries, settings)
     results = await anyio.to_thread.run_sync(_run, collection, body.queries, vectors)
-    return {"results": [_hits(h) for h in results], "took_ms": round((time.perf_counter() - started) * 1e3, 3)}
+    return _json({"results": [_hits(h) for h in results], "took_ms": round((time.perf_counter() - started) * 1e3, 3)})
