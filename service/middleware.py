@@ -51,8 +51,12 @@ class BodyLimitMiddleware:
             return
         limit = self.limit()
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _too_large(send, limit)
+            if name == b"content-length" and value.isdigit():
+                if int(value) > limit:
+                    await _too_large(send, limit)
+                    return
+                # A declared length within the limit: the server will not read past it.
+                await self.app(scope, receive, send)
                 return
         # Read the (bounded) body before the app sees it, so an oversized chunked upload is refused
         # with 413 instead of surfacing as a parse error half-way through.
