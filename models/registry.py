@@ -40,11 +40,7 @@ def register_family(name: str) -> Callable[[F], F]:
 def family_class(name: str) -> type[Family]:
     if name not in _FAMILIES:
         for module in FAMILY_MODULES:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                if exc.name != module:
-                    raise
+            importlib.import_module(module)
     if name not in _FAMILIES:
         raise ArtifactError(f"unknown encoder family '{name}'; known: {sorted(_FAMILIES)}")
     return _FAMILIES[name]

@@ -54,11 +54,7 @@ def zoo_entry(
 
 def entries() -> dict[str, ZooEntry]:
     for module in ENTRY_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+        importlib.import_module(module)
     return dict(sorted(_ZOO.items()))
 
 
