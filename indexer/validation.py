@@ -14,7 +14,18 @@ MAX_ID_LENGTH = 256
 
 
 def as_matrix(vectors: Any, dim: int, what: str = "vector") -> FloatArray:
-    """Validate and convert to a C-contiguous float32 ``(n, dim)`` matrix."""
+    """Validate and convert to a C-contiguous float32 ``(n, dim)`` matrix.
+
+    A float32 matrix (already validated upstream, e.g. stacked query vectors) is only checked for
+    shape and finiteness, not copied through float64 again: this runs on every search.
+    """
+    if isinstance(vectors, np.ndarray) and vectors.dtype == np.float32 and vectors.ndim == 2:
+        if vectors.shape[1] != dim:
+            raise InvalidInput(f"{what} has dimension {vectors.shape[1]}, collection expects {dim}")
+        if not np.isfinite(vectors).all():
+            row = int(np.argwhere(~np.isfinite(vectors))[0][0])
+            raise InvalidInput(f"{what} {row} contains NaN or Inf")
+        return np.ascontiguousarray(vectors)
     try:
         arr = np.asarray(vectors, dtype=np.float64)
     except (TypeError, ValueError) as exc:

@@ -7,6 +7,7 @@ concurrent requests; the service gets its parallelism from several requests inst
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,28 @@ class TorchRunner:
     def __call__(self, feeds: Batch) -> np.ndarray:
         import torch
 
+        ensure_torch_threads()
         with torch.inference_mode():
             args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self.input_names]
             out = self.module(*args)
         return out.float().cpu().numpy()
 
 
-def set_torch_threads(threads: int) -> None:
-    import torch
+_torch_local = threading.local()
+_torch_wanted = 1
 
-    torch.set_num_threads(threads)
+
+def set_torch_threads(threads: int) -> None:
+    """The intra-op thread count every thread running torch should use (see ``ensure_torch_threads``)."""
+    global _torch_wanted
+    _torch_wanted = max(1, int(threads))
+
+
+def ensure_torch_threads() -> None:
+    """Apply the count in the calling thread. Like OpenMP's, torch's setting is not reliably shared
+    by threads that already exist, and forwards run on request worker threads."""
+    if getattr(_torch_local, "threads", None) != _torch_wanted:
+        import torch
+
+        torch.set_num_threads(_torch_wanted)
+        _torch_local.threads = _torch_wanted

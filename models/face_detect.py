@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.backends import ensure_torch_threads
+
 DETECTOR_FILES = ("pnet.safetensors", "rnet.safetensors", "onet.safetensors")
 
 
@@ -173,6 +175,7 @@ class FaceDetector:
 
     @torch.inference_mode()
     def detect(self, image: np.ndarray) -> list[Face]:
+        ensure_torch_threads()
         boxes = self._propose(image)
         if len(boxes):
             boxes = self._refine(image, boxes)

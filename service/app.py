@@ -34,13 +34,6 @@ def make_cache(settings: Settings, store: object) -> EmbeddingCache | None:
     return LruCache(settings.embed_cache_size)
 
 
-def set_torch_threads_if_loaded(threads: int) -> None:
-    import sys
-
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -48,7 +41,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         set_faiss_threads(settings.threads)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
-        set_torch_threads_if_loaded(settings.threads)
         store = open_store(settings.redis_url, settings.data_dir, settings.redis_prefix)
         manager = CollectionManager(settings.data_dir, store, settings.index_options())
         hub = EncoderHub(settings.models_path, settings.hub_options(), make_cache(settings, store))

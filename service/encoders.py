@@ -12,6 +12,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
+from models.backends import set_torch_threads
 from models.encoder import Encoder
 from models.errors import ArtifactError, EncoderNotFound
 from models.registry import load_encoder
@@ -50,6 +51,7 @@ class EncoderHub:
         self.encoders: dict[str, Encoder] = {}
         self.batchers: dict[str, DynamicBatcher] = {}
         self._lock = threading.Lock()
+        set_torch_threads(options.threads)
 
     def load_all(self) -> None:
         for spec in installed(self.models_dir):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
@@ -92,8 +91,3 @@ class Settings(BaseSettings):
             target_recall=self.target_recall,
             wal_segment_bytes=self.wal_segment_bytes,
         )
-
-
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()

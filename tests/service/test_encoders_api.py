@@ -134,3 +134,20 @@ def test_items_record_the_encoder_version_that_made_them(text_client: TestClient
     assert {h["id"]: h["encoder_version"] for h in hits} == {"new": TINY, "old": "tiny-text@0"}
     bad = text_client.post("/v1/collections", json={"name": "x", "dim": 2, "encoder": "no-version"})
     assert bad.status_code == 422 and "name@version" in bad.json()["error"]["message"]
+
+
+def test_torch_runs_with_the_configured_threads_in_every_thread() -> None:
+    from models.backends import ensure_torch_threads, set_torch_threads
+
+    set_torch_threads(1)
+    seen: list[int] = []
+
+    def worker() -> None:
+        torch.set_num_threads(2)  # a thread that started with a different count
+        ensure_torch_threads()  # what TorchRunner and face detection call before running torch
+        seen.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [1]
