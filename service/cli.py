@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from service import cli_train
 from service.cli_zoo import zoo_app
 from service.client import ClientError, ERSClient
 from service.settings import Settings
@@ -20,6 +21,7 @@ app = typer.Typer(help="ERS, the embedding retrieval service.", no_args_is_help=
 collections_app = typer.Typer(help="Create, list, show and delete collections.", no_args_is_help=True)
 app.add_typer(collections_app, name="collections")
 app.add_typer(zoo_app, name="zoo")
+cli_train.register(app)
 console = Console()
 err = Console(stderr=True)
 
