@@ -7,7 +7,7 @@ offset it has applied (``applied_offset``), so a restart replays exactly the mis
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from indexer.types import CollectionConfig, ItemRecord
@@ -60,6 +60,42 @@ class MetadataStore(Protocol):
 
     def list_docs(self, namespace: str) -> list[dict[str, Any]]:
         """Every document of a namespace, sorted by key."""
+
+    # -- indexing jobs (indexer/jobs) --------------------------------------------------------
+    def create_job(self, job_id: str, doc: dict[str, Any]) -> None:
+        """Register a job (``doc`` holds its ``state`` and ``created_at``); ``AlreadyExists`` if taken."""
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """The doc with every update merged in, plus ``id``, ``done``, ``failed``, ``errors`` (the
+        first few ``{id, reason}``) and ``dead_letters`` (a count); None if unknown."""
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        """Every job as ``get_job`` gives it but with ``errors`` empty, newest first."""
+
+    def update_job(
+        self, job_id: str, changes: dict[str, Any], states: Collection[str] | None = None
+    ) -> dict[str, Any] | None:
+        """Merge ``changes`` atomically, only while the job's ``state`` is one of ``states`` (any
+        when None); the updated job, or None when it is unknown or in another state."""
+
+    def record_job_batch(
+        self,
+        job_id: str,
+        seq: int,
+        done: int,
+        failed: int,
+        errors: Sequence[dict[str, Any]] = (),
+        dead: Sequence[dict[str, Any]] = (),
+    ) -> bool:
+        """Count batch ``seq`` once, atomically: add to ``done``/``failed``, keep the first errors,
+        append the dead letters. False, changing nothing, when ``seq`` was counted before."""
+
+    def job_batches(self, job_id: str) -> set[int]:
+        """Sequence numbers of the batches counted so far (what a resumed job skips)."""
+
+    def job_dead_letters(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]: ...
+
+    def delete_job(self, job_id: str) -> bool: ...
 
     # -- lifecycle ---------------------------------------------------------------------------
     def ping(self) -> None:

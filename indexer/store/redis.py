@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from indexer.errors import AlreadyExists, StoreUnavailable
+from indexer.store.redis_jobs import RedisJobsMixin
 from indexer.types import CollectionConfig, ItemRecord
 
 # Blob: header, then encoder_version (utf-8), payload JSON (utf-8), vector (little-endian f4).
@@ -69,7 +70,7 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-class RedisStore:
+class RedisStore(RedisJobsMixin):
     """``MetadataStore`` over Redis hashes; thread-safe through redis-py's connection pool."""
 
     def __init__(

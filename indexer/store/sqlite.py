@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import AlreadyExists, StoreUnavailable
+from indexer.store.sqlite_jobs import JOBS_SCHEMA, SqliteJobsMixin
 from indexer.types import CollectionConfig, ItemRecord
 
 _SCHEMA = """
@@ -56,7 +57,7 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-class SqliteStore:
+class SqliteStore(SqliteJobsMixin):
     """``MetadataStore`` over one SQLite file; safe to share between threads."""
 
     def __init__(self, path: Path | str, busy_timeout_ms: int = 5000, max_idle: int = 8) -> None:
@@ -70,7 +71,7 @@ class SqliteStore:
         with self._conn() as conn:
             # journal_mode is persistent in the file; setting it once per open is enough.
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+            conn.executescript(_SCHEMA + JOBS_SCHEMA)
 
     # -- connection handling -----------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:

@@ -264,3 +264,70 @@ def test_factory_picks_backend(tmp_path: Path, redis_server: Any) -> None:
     assert isinstance(redis_store, RedisStore)
     redis_store.ping()
     redis_store.close()
+
+
+# -- indexing jobs ---------------------------------------------------------------------------------
+def job_doc(created: float, **kw: Any) -> dict[str, Any]:
+    return {"collection": "docs", "source": {"type": "directory", "path": "/x"}, "state": "queued",
+            "created_at": created, **kw}  # fmt: skip
+
+
+def test_job_lifecycle_and_compare_and_set(store: MetadataStore) -> None:
+    assert store.get_job("j1") is None and store.list_jobs() == []
+    store.create_job("j1", job_doc(1.0))
+    store.create_job("j2", job_doc(2.0, options={"batch": 8, "tags": []}))
+    with pytest.raises(AlreadyExists):
+        store.create_job("j1", job_doc(3.0))
+    job = store.get_job("j2")
+    assert job is not None
+    assert (job["id"], job["state"], job["done"], job["failed"], job["errors"], job["dead_letters"]) == (
+        "j2", "queued", 0, 0, [], 0)  # fmt: skip
+    assert job["options"] == {"batch": 8, "tags": []} and job["source"] == {"type": "directory", "path": "/x"}
+    assert [j["id"] for j in store.list_jobs()] == ["j2", "j1"]  # newest first
+    running = store.update_job("j1", {"state": "running", "total": 10}, states=["queued"])
+    assert running is not None and (running["state"], running["total"]) == ("running", 10)
+    # Compare-and-set: a cancel that lost the race to completion changes nothing.
+    assert store.update_job("j1", {"state": "succeeded"}, states=["running"]) is not None
+    assert store.update_job("j1", {"state": "cancelled"}, states=["queued", "running"]) is None
+    assert store.update_job("missing", {"state": "running"}) is None
+    assert store.update_job("j1", {"note": None}) is not None  # no state condition
+    job = store.get_job("j1")
+    assert job is not None and job["state"] == "succeeded" and job["total"] == 10 and job["note"] is None
+    assert store.delete_job("j1") is True and store.delete_job("j1") is False
+    assert store.get_job("j1") is None and [j["id"] for j in store.list_jobs()] == ["j2"]
+
+
+def test_job_batches_count_once_and_errors_are_capped(store: MetadataStore) -> None:
+    from indexer.store.sqlite_jobs import ERRORS_KEPT
+
+    store.create_job("j", job_doc(1.0))
+    errors = [{"id": f"bad-{i}", "reason": "corrupt ✗"} for i in range(ERRORS_KEPT + 5)]
+    assert store.record_job_batch("j", 0, 3, 2, errors[:2]) is True
+    assert store.record_job_batch("j", 0, 3, 2, errors[:2]) is False  # a redone batch is not counted again
+    assert store.record_job_batch("j", 7, 0, 4, errors[2:], dead=[{"id": "d", "reason": "x", "attempts": 3}])
+    job = store.get_job("j")
+    assert job is not None and (job["done"], job["failed"], job["dead_letters"]) == (3, 6, 1)
+    assert job["errors"] == errors[:ERRORS_KEPT]  # the first ones, in order
+    assert store.job_batches("j") == {0, 7}
+    assert store.job_dead_letters("j") == [{"id": "d", "reason": "x", "attempts": 3}]
+    assert store.job_batches("other") == set() and store.job_dead_letters("other") == []
+
+
+def test_concurrent_batch_records_add_up(store: MetadataStore) -> None:
+    """Several workers recording (and re-recording) batches at once: each counted exactly once."""
+    store.create_job("j", job_doc(1.0))
+    wins: list[int] = []
+
+    def worker() -> None:
+        for seq in range(40):
+            if store.record_job_batch("j", seq, 2, 1):
+                wins.append(seq)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    job = store.get_job("j")
+    assert sorted(wins) == list(range(40))
+    assert job is not None and (job["done"], job["failed"]) == (80, 40)
