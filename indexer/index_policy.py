@@ -5,6 +5,9 @@ thread from the store's raw vectors while searches and writes go on against the 
 records written meanwhile are captured and replayed onto the new index, which is then swapped in
 under the index lock. It is rebuilt again each time the collection grows ``rebuild_growth``-fold.
 An explicit spec that needs training (``IVF1024,PQ32``) also runs flat until it has enough points.
+
+One policy runs per index segment (``indexer.segments``: one per encoder version); each segment
+builds, swaps and snapshots on its own, over its own items.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from indexer.builder import auto_spec, build_index, min_train_points
 from indexer.records import LogRecord
+from indexer.segments import Segment, apply_to_segment
 from indexer.snapshot import SnapshotMeta, load_snapshot, write_snapshot
 from indexer.vector_index import FLAT, VectorIndex, prepare
 
@@ -40,8 +44,9 @@ class IndexOptions:
 
 
 class IndexPolicy:
-    def __init__(self, collection: Collection, options: IndexOptions) -> None:
+    def __init__(self, collection: Collection, options: IndexOptions, segment: Segment) -> None:
         self.c = collection
+        self.seg = segment
         self.options = options
         self.built_n = 0
         self._ops = 0
@@ -54,29 +59,40 @@ class IndexPolicy:
 
     # -- start-up ----------------------------------------------------------------------------
     def load_or_rebuild(self) -> tuple[VectorIndex, int]:
-        cfg = self.c.config
-        snap = load_snapshot(self.c.directory, cfg.dim, cfg.metric)
+        snap = load_snapshot(self.seg.directory, self.seg.dim, self.c.config.metric)
         if snap is not None and snap[1].offset >= self.c.wal.start_offset:
             self.built_n = snap[1].built_n
+            self.seg.snapshot_off = snap[1].offset
             return snap[0], snap[1].offset
         ids, vectors = self._store_vectors()
         index = self._build(self._spec_for(len(ids)), ids, vectors)
         return index, self.c.store_off
 
+    def start_empty(self) -> VectorIndex:
+        """The index of a segment born at a log record (its version's first vectors)."""
+        empty = np.zeros((0, self.seg.dim), dtype=np.float32)
+        return self._build(self._spec_for(0), np.zeros(0, dtype=np.int64), empty)
+
     def _store_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         ids: list[int] = []
         rows: list[np.ndarray] = []
+        dim = self.seg.dim
         for item in self.c.store.iter_items(self.c.name, with_vectors=True):
             assert item.vector is not None
+            if self.c.segment_key(item.encoder_version) != self.seg.key:
+                continue
+            if len(item.vector) != dim:
+                log.error("collection %s: item %s has a %d-d vector in the %d-d segment %s; not indexed",
+                          self.c.name, item.id, len(item.vector), dim, self.seg.key)  # fmt: skip
+                continue
             ids.append(item.int_id)
             rows.append(item.vector)
-        dim = self.c.config.dim
         matrix = np.vstack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
         return np.asarray(ids, dtype=np.int64), matrix.astype(np.float32)
 
     def _build(self, spec: str, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
-        cfg = self.c.config
-        index = build_index(cfg.dim, cfg.metric, spec, ids, prepare(vectors, cfg.metric), self.options.target_recall)
+        metric = self.c.config.metric
+        index = build_index(self.seg.dim, metric, spec, ids, prepare(vectors, metric), self.options.target_recall)
         self.built_n = len(ids)
         return index
 
@@ -85,7 +101,7 @@ class IndexPolicy:
         if target == "auto":
             return FLAT if n < self.options.auto_threshold else auto_spec(n)
         if self._min_train is None:
-            self._min_train = min_train_points(target, self.c.config.dim, self.c.config.metric)
+            self._min_train = min_train_points(target, self.seg.dim, self.c.config.metric)
         return FLAT if n < self._min_train else target
 
     # -- while running -----------------------------------------------------------------------
@@ -109,7 +125,8 @@ class IndexPolicy:
         self._spawn(lambda: self._rebuild(spec))
 
     def _wanted_spec(self) -> str | None:
-        index, n = self.c.index, self.c.count
+        index = self.seg.index
+        n = index.size
         desired = self._spec_for(n)
         if index.spec == FLAT and desired != FLAT:
             return desired
@@ -123,7 +140,7 @@ class IndexPolicy:
         if not self.options.background:
             fn()
             return
-        thread = threading.Thread(target=fn, daemon=True, name=f"ers-{self.c.name}")
+        thread = threading.Thread(target=fn, daemon=True, name=f"ers-{self.c.name}-{self.seg.key}")
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
 
@@ -136,13 +153,12 @@ class IndexPolicy:
             log.info("collection %s: building %s over %d vectors", c.name, spec, len(ids))
             new = self._build(spec, ids, vectors)
             present = set(ids.tolist())
-            from indexer.collection import apply_to_index
-
             with c._writer:
                 with c._rw.write():
                     for offset, record in self._capture or []:
-                        apply_to_index(new, offset, record, c.config.metric, present)
-                    c.index = new
+                        rows = c.rows_of(record, self.seg.key)
+                        apply_to_segment(self.seg, new, rows, offset, record, c.config.metric, present)
+                    self.seg.index = new
                 self._capture = None
             log.info("collection %s: swapped in %s (nprobe=%s)", c.name, spec, new.nprobe)
             self.snapshot()
@@ -158,8 +174,8 @@ class IndexPolicy:
         with self._snap_lock:
             with c._writer:
                 with c._rw.read():
-                    index = c.index
-                    offset = c.index_off
+                    index = self.seg.index
+                    offset = self.seg.index_off
                     data = index.serialize()
                     meta = SnapshotMeta(
                         offset=offset,
@@ -170,11 +186,12 @@ class IndexPolicy:
                         dead=sorted(index.dead),
                     )
                 store_off = c.store_off
-            write_snapshot(c.directory, data, meta)
-            c.wal.truncate_before(min(store_off, offset))
+            write_snapshot(self.seg.directory, data, meta)
+            self.seg.snapshot_off = offset
+            c.truncate_log(store_off)
 
     def describe(self) -> dict[str, Any]:
-        index = self.c.index
+        index = self.seg.index
         return {"active_index": index.spec, "nprobe": index.nprobe, "building": self._building}
 
     def close(self, snapshot: bool) -> None:
