@@ -22,6 +22,8 @@ FAMILY_MODULES = (
     "models.face_resnet",
     "models.facenet",
     "models.face",
+    "models.two_branch",
+    "models.unified",
 )
 Backend = Literal["auto", "onnx", "torch"]
 

@@ -1,0 +1,279 @@
+"""``ers train two-branch``: the two-branch image–text model (``models.two_branch``) trained with the
+bidirectional ranking loss (``models.losses.ranking``) on image–caption pairs (``pairs``).
+
+Publishes two artifacts into the models directory ``--out``: ``<name>-image@<version>`` and
+``<name>-text@<version>``, each naming both in ``spec.config["towers"]`` so a collection bound to
+the image tower answers text queries. Evaluation: Recall@1/5/10 image→text and text→image, beside
+an untrained model and a frozen-features nearest-neighbour baseline (``two_branch_eval``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.errors import ArtifactError
+from models.export import write_artifact
+from models.losses.ranking import RankingLossConfig, ranking_loss
+from models.spec import EncoderSpec
+from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
+from models.training.pairs import PairItem, load_pair_data
+from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
+from models.training.run import (
+    batches,
+    parse_config,
+    pick_device,
+    progress_bar,
+    seed_everything,
+    training_threads,
+    write_card,
+)
+from models.training.two_branch_eval import (
+    EvalSet,
+    effnet_backbone_state,
+    effnet_features,
+    embed,
+    evaluate_artifact,
+    frozen_nn_recall,
+    recall,
+)
+from models.two_branch import TwoBranchConfig, TwoBranchImageFamily, TwoBranchTextFamily, build_vocab
+
+RECIPE = "two-branch"
+BASELINES = ("untrained", "frozen-nn")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "emoji"  # "emoji", or a CSV of image_path,caption
+    limit: int | None = None  # emoji: that many concepts, evenly spread; CSV: the first N images
+    eval_source: str | None = None  # default: emoji-twitter for emoji, a held-out fraction for a CSV
+    eval_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    augment: bool = True  # cnn: random scale and shift of the training images
+
+
+@dataclass(frozen=True)
+class TwoBranchRecipeConfig:
+    name: str = "emoji2b"
+    version: str = "1"
+    seed: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    loss: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    baselines: list[str] = field(default_factory=lambda: ["untrained"])
+
+
+def parse(config: dict[str, Any]) -> tuple[TwoBranchRecipeConfig, DataConfig, TwoBranchConfig, RankingLossConfig,
+                                            OptimConfig]:  # fmt: skip
+    top = parse_config(TwoBranchRecipeConfig, config)
+    unknown = sorted(set(top.baselines) - set(BASELINES))
+    if unknown:
+        raise TrainingError(f"unknown baselines {unknown}; known: {list(BASELINES)}")
+    try:
+        return (top, parse_config(DataConfig, top.data), parse_config(TwoBranchConfig, top.model),
+                parse_config(RankingLossConfig, top.loss), parse_config(OptimConfig, top.train))  # fmt: skip
+    except ValueError as exc:
+        raise TrainingError(f"bad two-branch config: {exc}") from exc
+
+
+def augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random scale (0.85-1.1) and shift (±10%) per image; the border is the white background."""
+    n = pixels.shape[0]
+    scale = 0.85 + 0.25 * torch.rand(n, generator=generator)
+    shift = (torch.rand(n, 2, generator=generator) - 0.5) * 0.2
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = 1.0 / scale, 1.0 / scale, shift
+    grid = F.affine_grid(theta.to(pixels.device), list(pixels.shape), align_corners=False)
+    return F.grid_sample(pixels, grid, padding_mode="border", align_corners=False)
+
+
+class Trainer:
+    """One run: data, towers, optimiser; ``epoch()`` trains one pass over the training items."""
+
+    def __init__(self, request: TrainRequest) -> None:
+        self.request = request
+        self.top, self.data_cfg, self.model_cfg, self.loss_cfg, self.optim = parse(request.config)
+        self.device = pick_device(request.device)
+        self.data_dir = request.data_dir or Path(".ers-data")
+        seed_everything(self.top.seed)
+        d = self.data_cfg
+        self.data = load_pair_data(d.source, self.data_dir / "cache", d.limit, d.eval_source, d.eval_fraction,
+                                   self.top.seed)  # fmt: skip
+        if len(self.data.train) < 2:
+            raise TrainingError("two-branch training needs at least 2 image–caption pairs")
+        captions = [c for item in self.data.train for c in item.captions]
+        needs_vocab = self.model_cfg.text_tower in ("bow", "gru")
+        vocab = build_vocab(captions, self.model_cfg.vocab_size) if needs_vocab else []
+        self.image_family, self.text_family = self._families(vocab)
+        self.image_tower = self.image_family.build_module()
+        self.text_tower = self.text_family.build_module()
+        if self.model_cfg.image_tower == "effnet-mlp":  # the frozen backbone gets ImageNet weights
+            backbone: Any = self.image_tower.backbone
+            backbone.load_state_dict(effnet_backbone_state(self.data_dir), strict=True)
+        self.image_inputs = self._image_inputs(self.data.train, "train")
+        self.eval = EvalSet(self._image_inputs(self.data.eval, "eval"), [it.captions[0] for it in self.data.eval])
+        self.image_tower.to(self.device)
+        self.text_tower.to(self.device)
+        params = [p for m in (self.image_tower, self.text_tower) for p in m.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        self.rng = np.random.default_rng(self.top.seed)
+        self.generator = torch.Generator().manual_seed(self.top.seed)
+        self.history: list[float] = []
+
+    def _families(self, vocab: list[str]) -> tuple[TwoBranchImageFamily, TwoBranchTextFamily]:
+        top, m = self.top, self.model_cfg
+        towers = {"image": f"{top.name}-image@{top.version}", "text": f"{top.name}-text@{top.version}"}
+        data = {**asdict(self.data_cfg), "source": self._absolute(self.data_cfg.source),
+                "eval_source": self._absolute(self.data_cfg.eval_source)}  # fmt: skip
+        common = {"recipe": RECIPE, "towers": towers, "model": m.to_dict(), "data": data, "seed": top.seed}
+        image_extra: dict[str, Any] = {}
+        if m.image_tower == "effnet-mlp":
+            image_extra = {k: v for k, v in self._effnet_spec().config.items()}
+        described = f"two-branch image–text model ({m.image_tower} image tower, {m.text_tower} text tower)"
+        image = EncoderSpec(f"{top.name}-image", top.version, "two-branch-image", "image", m.dim, "cosine",
+                            config={**image_extra, **common}, description=f"image tower of the {described}",
+                            source=f"ers train two-branch on {self.data.description}")  # fmt: skip
+        text = EncoderSpec(f"{top.name}-text", top.version, "two-branch-text", "text", m.dim, "cosine",
+                           config={**common, "vocab": vocab}, description=f"text tower of the {described}",
+                           source=f"ers train two-branch on {self.data.description}")  # fmt: skip
+        return TwoBranchImageFamily(image), TwoBranchTextFamily(text)
+
+    @staticmethod
+    def _absolute(source: str | None) -> str | None:
+        return str(Path(source).resolve()) if source and Path(source).is_file() else source
+
+    def _effnet_spec(self) -> EncoderSpec:
+        from models.artifact import verify_artifact
+        from models.zoo import pull
+
+        try:
+            pull("effnet-lite0", self.data_dir / "models", self.data_dir / "cache")
+            return verify_artifact(self.data_dir / "models" / "effnet-lite0@1")
+        except ArtifactError as exc:
+            raise TrainingError(f"the effnet-mlp image tower needs effnet-lite0@1: {exc.message}") from exc
+
+    def _image_inputs(self, items: list[PairItem], what: str) -> torch.Tensor:
+        """cnn: preprocessed pixels; effnet-mlp: L2-normalised frozen features (computed once, cached)."""
+        images = [it.image for it in items]
+        if self.model_cfg.image_tower == "effnet-mlp":
+            features = effnet_features(images, self.data_dir, progress=self.request.progress, what=what)
+            return torch.from_numpy(features)
+        pixels = np.concatenate([self.image_family.preprocess(images[i : i + 256])["pixels"]
+                                 for i in range(0, len(images), 256)])  # fmt: skip
+        return torch.from_numpy(pixels)
+
+    def image_head(self, inputs: torch.Tensor) -> torch.Tensor:
+        tower: Any = self.image_tower
+        return tower.head(inputs) if self.model_cfg.image_tower == "effnet-mlp" else tower(inputs)
+
+    def text_batch(self, texts: list[str]) -> torch.Tensor:
+        (value,) = self.text_family.preprocess(texts).values()
+        return torch.from_numpy(value).to(self.device)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n, size = len(self.data.train), min(self.optim.batch_size, len(self.data.train))
+        return n // size
+
+    def epoch(self, bar: Any) -> float:
+        self.image_tower.train()
+        self.text_tower.train()
+        losses = []
+        size = min(self.optim.batch_size, len(self.data.train))
+        for idx in batches(len(self.data.train), size, self.rng):
+            items = [self.data.train[int(i)] for i in idx]
+            texts = [it.captions[int(self.rng.integers(len(it.captions)))] for it in items]
+            images = self.image_inputs[torch.from_numpy(idx)]
+            if self.model_cfg.image_tower == "cnn" and self.optim.augment:
+                images = augment(images, self.generator)
+            loss, parts = ranking_loss(self.image_head(images.to(self.device)), self.text_tower(self.text_batch(texts)),
+                                       self.loss_cfg)  # fmt: skip
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+            bar.step(loss=losses[-1], **parts)
+        self.history.append(float(np.mean(losses)))
+        return self.history[-1]
+
+    def evaluate(self) -> dict[str, float]:
+        image, text = embed(self.image_head, self.text_tower, self.text_batch, self.eval, self.device)
+        return recall(image @ text.T)
+
+    def state(self) -> dict[str, Any]:
+        return {"image": self.image_tower.state_dict(), "text": self.text_tower.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": rng_state(), "loader": self.rng.bit_generator.state,
+                "augment": self.generator.get_state(), "history": self.history,
+                "config": self.request.config}  # fmt: skip
+
+    def restore(self, state: dict[str, Any]) -> int:
+        if state.get("config") != self.request.config:
+            raise TrainingError("the checkpoint was made with a different config; resume with the same one")
+        self.image_tower.load_state_dict(state["image"])
+        self.text_tower.load_state_dict(state["text"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        self.rng.bit_generator.state = state["loader"]
+        self.generator.set_state(state["augment"])
+        self.history = list(state["history"])
+        return int(state["epoch"])
+
+
+@register_recipe(RECIPE)
+class TwoBranchRecipe:
+    name = RECIPE
+
+    def train(self, request: TrainRequest) -> TrainResult:
+        torch.set_num_threads(training_threads())
+        started = time.perf_counter()
+        t = Trainer(request)
+        checkpoints = Checkpointer(request.out / ".checkpoints" / t.top.name)
+        metrics: dict[str, Any] = {}
+        if "untrained" in t.top.baselines:
+            metrics.update({f"untrained_{k}": v for k, v in t.evaluate().items()})
+        first_epoch = 0
+        if request.resume:
+            state = checkpoints.latest()
+            if state is None:
+                raise TrainingError(f"nothing to resume: no checkpoint in {checkpoints.directory}")
+            first_epoch = t.restore(state)
+        epochs = t.optim.epochs
+        with progress_bar((epochs - first_epoch) * t.steps_per_epoch, f"two-branch {t.top.name}",
+                          request.progress) as bar:  # fmt: skip
+            for epoch in range(first_epoch, epochs):
+                t.epoch(bar)
+                checkpoints.save(epoch + 1, t.state())
+        metrics.update(t.evaluate())
+        if "frozen-nn" in t.top.baselines:
+            metrics.update(frozen_nn_recall(t.data, t.data_dir, request.progress))
+        metrics.update({"epochs": epochs, "steps": epochs * t.steps_per_epoch, "train_items": len(t.data.train),
+                        "eval_items": len(t.data.eval), "loss_first_epoch": t.history[0] if t.history else None,
+                        "loss_last_epoch": t.history[-1] if t.history else None, "loss_history": t.history,
+                        "device": t.device, "seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
+        artifacts = {}
+        for family, module in ((t.image_family, t.image_tower), (t.text_family, t.text_tower)):
+            destination = request.out / family.spec.key
+            spec = write_artifact(family, module.cpu().eval(), destination)
+            notes = (f"Trained on {t.data.description}. Recall@K on the evaluation items: `i2t_*` ranks every "
+                     "caption for each image, `t2i_*` every image for each caption.")  # fmt: skip
+            write_card(destination, spec, metrics, request.config, notes)
+            artifacts[family.spec.key] = destination
+        return TrainResult(artifacts[t.image_family.spec.key], metrics)
+
+    def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
+        return evaluate_artifact(artifact, data, data_dir or Path(".ers-data"))
