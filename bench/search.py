@@ -61,7 +61,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from indexer.threads import BLAS_THRESHOLD
+from indexer.threads import BLAS_THRESHOLD_MAX as BLAS_THRESHOLD
 
 console = Console(width=176)
 ERS_BIN = Path(sys.executable).parent / "ers"

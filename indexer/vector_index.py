@@ -18,7 +18,7 @@ import numpy as np
 
 from indexer.errors import InvalidInput
 from indexer.gpu import GpuReplica
-from indexer.threads import ensure_faiss_threads
+from indexer.threads import ensure_faiss_threads, note_dim
 from indexer.types import FloatArray, Metric
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class VectorIndex:
         self.metric = metric
         self.spec = spec
         self.dead: set[int] = set()
+        note_dim(dim)
         if index is None:
             index = faiss.index_factory(dim, spec, faiss_metric(metric))
             ivf = self._ivf(index)
@@ -162,9 +163,11 @@ class VectorIndex:
         scores = -distances if self.metric == "l2" else distances
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         if allowed is not None and not self.is_exact:
-            want = min(k, len(allowed))
-            if int((ids >= 0).sum(axis=1).min()) < want:
-                return self._exact_subset(queries, k, allowed)
+            # Per row, so a query's answer does not depend on the other queries of the call
+            # (concurrent searches are merged into one call).
+            short = (ids >= 0).sum(axis=1) < min(k, len(allowed))
+            if short.any():
+                scores[short], ids[short] = self._exact_subset(queries[short], k, allowed)
         return scores, ids
 
     def _exact_subset(self, queries: FloatArray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

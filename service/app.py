@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     auth = [Depends(require_api_key)]
     app.include_router(collections.router, dependencies=auth)
     app.include_router(search.router, dependencies=auth)
+    search.document(app)
     app.include_router(encoders.router, dependencies=auth)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, limit=lambda: settings.max_body_bytes)

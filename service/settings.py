@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # performance: one intra-op thread per FAISS call; concurrency comes from the thread pool
     threads: int = 1
     worker_threads: int = 16
+    # FAISS search calls in flight (divided by `threads`); searches arriving meanwhile are merged
+    search_concurrency: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
     # indexing
     auto_index_threshold: int = 20_000
     snapshot_every: int = 10_000
