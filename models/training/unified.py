@@ -1,0 +1,270 @@
+"""``ers train unified``: a two-tower Unified Embedding retrieval model on categorical records.
+
+Data: InstEval ratings (students × lecturers) or a user's CSV of interactions (``data: path.csv``
+with a ``columns`` spec). Protocol: per query, ``holdout`` of its items rated ``>= min_rating`` are
+held out; the rest train the towers with in-batch softmax. Evaluation ranks every item for each
+query with held-out items (its training items excluded) and reports recall@K of the held-out
+items, against two baselines: popularity (training positives per item) and the untrained model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.data.insteval import Interactions, RecordColumns, Split, holdout_split, load_insteval, load_records_csv
+from models.encoder import encode
+from models.losses.contrastive import in_batch_softmax
+from models.spec import EncoderSpec
+from models.training.checkpoint import Checkpointer
+from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
+from models.training.run import (
+    batches,
+    config_dict,
+    parse_config,
+    pick_device,
+    progress_bar,
+    seed_everything,
+    write_card,
+)
+from models.unified import FAMILY, TOWERS, UnifiedConfig, build_two_tower, layout, parameter_count, record_indices
+
+RECIPE = "unified"
+
+
+@dataclass
+class UnifiedTrainConfig:
+    name: str = "unified"
+    version: str = "1"
+    seed: int = 0
+    data: str = "insteval"  # "insteval", or a CSV of interactions (needs ``columns``)
+    columns: dict[str, Any] | None = None  # query, item (column lists), query_id, item_id, rating
+    limit: int | None = None  # keep the first N interactions (tiny runs)
+    min_rating: float = 4.0  # held-out targets are items rated at least this
+    train_min_rating: float | None = None  # training positives; None: every training interaction
+    holdout: float = 0.2  # fraction of each query's high-rated items held out
+    multiplexed: bool = True  # one shared table (False: the same rows split into one table per feature)
+    table_rows: int = 2048
+    emb_dim: int = 16
+    chunks: dict[str, int] = field(default_factory=dict)  # feature -> chunks (variable-length variant)
+    hidden: int = 128
+    dim: int = 64
+    epochs: int = 10
+    batch_size: int = 512
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    temperature: float = 0.05
+    logq_correction: bool = False
+    ks: list[int] = field(default_factory=lambda: [10, 50])
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.table_rows < 1 or not 0 < self.holdout < 1:
+            raise TrainingError("unified config: need epochs >= 1, batch_size >= 2, table_rows >= 1, 0 < holdout < 1")
+        if self.data != "insteval" and self.columns is None:
+            raise TrainingError(f"unified config: data '{self.data}' is a CSV, so `columns` must say which is which")
+
+
+def load_data(data: str, columns: dict[str, Any] | None, limit: int | None, cache_dir: Path) -> Interactions:
+    if data == "insteval":
+        return load_insteval(cache_dir, limit)
+    path = Path(data)
+    if not path.is_file():
+        raise TrainingError(f"data '{data}' is neither 'insteval' nor a CSV file")
+    return load_records_csv(path, RecordColumns.from_config(columns or {}), limit)
+
+
+def model_config(cfg: UnifiedTrainConfig, data: Interactions) -> UnifiedConfig:
+    features = {"query": data.columns.query, "item": data.columns.item}
+    vocab = {f: len({r[f] for r in data.queries}) for f in data.columns.query}
+    vocab.update({f: len({r[f] for r in data.items}) for f in data.columns.item})
+    try:
+        slots = layout(features, vocab, cfg.table_rows, cfg.multiplexed, cfg.chunks)
+    except ValueError as exc:
+        raise TrainingError(f"unified config: {exc}") from exc
+    return UnifiedConfig(cfg.table_rows, cfg.emb_dim, cfg.hidden, cfg.dim, slots["query"], slots["item"])
+
+
+def seen_matrix(data: Interactions, rows: np.ndarray) -> np.ndarray:
+    seen = np.zeros((len(data.queries), len(data.items)), dtype=bool)
+    seen[data.query_index[rows], data.item_index[rows]] = True
+    return seen
+
+
+def recall_at_k(
+    scores: np.ndarray, queries: np.ndarray, split: Split, seen: np.ndarray, ks: list[int]
+) -> dict[str, float]:
+    """Mean over ``queries`` of |top-K ∩ held out| / |held out|; ``scores`` is (len(queries), items)."""
+    scores = np.where(seen[queries], -np.inf, scores)
+    top = np.argsort(-scores, axis=1, kind="stable")[:, : max(ks)]
+    out = {}
+    for k in ks:
+        hits = [np.isin(split.held_out[int(q)], top[row, :k]).mean() for row, q in enumerate(queries)]
+        out[f"recall@{k}"] = float(np.mean(hits))
+    return out
+
+
+def popularity_scores(data: Interactions, positives: np.ndarray, n_queries: int) -> np.ndarray:
+    counts = np.bincount(data.item_index[positives], minlength=len(data.items)).astype(np.float64)
+    return np.broadcast_to(counts, (n_queries, len(data.items)))
+
+
+def tower_vectors(model: Any, tower: str, indices: np.ndarray, device: str) -> np.ndarray:
+    """The training module's vectors for hashed records (what the served tower must reproduce)."""
+    import torch
+
+    with torch.no_grad():
+        module = model.query if tower == "query" else model.item
+        return np.asarray(module(torch.from_numpy(indices).to(device)).float().cpu().numpy())
+
+
+@register_recipe(RECIPE)
+class UnifiedRecipe:
+    name: str
+
+    def train(self, request: TrainRequest) -> TrainResult:
+        import torch
+
+        cfg = parse_config(UnifiedTrainConfig, request.config)
+        cfg.check()
+        device = pick_device(request.device)
+        started = time.monotonic()
+        data = load_data(cfg.data, cfg.columns, cfg.limit, (request.data_dir or Path(".ers-data")) / "cache")
+        split = holdout_split(data, cfg.min_rating, cfg.holdout, cfg.seed)
+        if not split.held_out:
+            raise TrainingError("no query has two or more high-rated items: nothing to hold out and evaluate")
+        mcfg = model_config(cfg, data)
+        q_idx, i_idx = record_indices(data.queries, mcfg.query), record_indices(data.items, mcfg.item)
+        threshold = cfg.train_min_rating
+        positives = split.train if threshold is None else split.train[data.ratings[split.train] >= threshold]
+        item_log_q = np.log(np.bincount(data.item_index[positives], minlength=len(data.items)) / len(positives) + 1e-12)
+
+        seed_everything(cfg.seed)
+        model = build_two_tower(mcfg).to(device)
+        evaluated = np.asarray(sorted(split.held_out), dtype=np.int64)
+        seen = seen_matrix(data, split.train)
+
+        def model_recall() -> dict[str, float]:
+            model.eval()
+            q, i = tower_vectors(model, "query", q_idx[evaluated], device), tower_vectors(model, "item", i_idx, device)
+            model.train()
+            return recall_at_k(q @ i.T, evaluated, split, seen, cfg.ks)
+
+        untrained = model_recall()
+        popularity = recall_at_k(popularity_scores(data, positives, len(evaluated)), evaluated, split, seen, cfg.ks)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        ckpt = Checkpointer(request.out / ".checkpoints" / cfg.name)
+        start, losses = 0, []
+        state = ckpt.latest() if request.resume else None
+        if state is not None:
+            if state["config"] != config_dict(cfg):
+                raise TrainingError(f"{ckpt.directory}: the checkpoint was made with a different config; cannot resume")
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start, losses = int(state["epoch"]) + 1, list(state["losses"])
+
+        if len(positives) < 2:
+            raise TrainingError(f"only {len(positives)} training pairs; in-batch softmax needs at least two")
+        steps = max(1, len(positives) // cfg.batch_size)  # as many as ``batches`` gives (it drops the last partial one)
+        q_all = torch.from_numpy(q_idx).to(device)
+        i_all = torch.from_numpy(i_idx).to(device)
+        log_q = torch.from_numpy(item_log_q.astype(np.float32)).to(device)
+        model.train()
+        with progress_bar(steps * (cfg.epochs - start), f"unified {cfg.name}", request.progress) as bar:
+            for epoch in range(start, cfg.epochs):
+                rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch order: a resumed run repeats it
+                total = 0.0
+                for rows in batches(len(positives), cfg.batch_size, rng):
+                    pair = positives[rows]
+                    qi = torch.from_numpy(data.query_index[pair]).to(device)
+                    ii = torch.from_numpy(data.item_index[pair]).to(device)
+                    q, i = model(q_all[qi], i_all[ii])  # (B, dim) each
+                    loss = in_batch_softmax(q, i, cfg.temperature, ii, log_q[ii] if cfg.logq_correction else None)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    total += loss.item()
+                    bar.step(loss=loss.item(), epoch=float(epoch + 1))
+                losses.append(total / steps)
+                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "losses": losses,
+                         "config": config_dict(cfg)}  # fmt: skip
+                ckpt.save(epoch, state)
+
+        trained = model_recall()
+        metrics: dict[str, Any] = {
+            **trained,
+            **{f"popularity_{k}": v for k, v in popularity.items()},
+            **{f"untrained_{k}": v for k, v in untrained.items()},
+            "loss_first_epoch": losses[0], "loss_last_epoch": losses[-1], "epochs": cfg.epochs,
+            "layout": "multiplexed" if cfg.multiplexed else "one table per feature",
+            "parameters": parameter_count(mcfg)["total"], "embedding_parameters": parameter_count(mcfg)["embedding"],
+            "queries_evaluated": len(evaluated), "items": len(data.items), "training_pairs": len(positives),
+            "device": device, "train_seconds": round(time.monotonic() - started, 1),
+        }  # fmt: skip
+        artifacts = publish_towers(model.cpu(), mcfg, cfg, data, request.out)
+        notes = (
+            f"Two towers over one {'shared (multiplexed)' if cfg.multiplexed else 'per-feature split'} embedding "
+            f"table of {cfg.table_rows} rows × {cfg.emb_dim}. Evaluation: per query, {cfg.holdout:.0%} of its items "
+            f"rated >= {cfg.min_rating:g} held out (seed {cfg.seed}); every item ranked, training items excluded."
+        )
+        for directory, spec in artifacts:
+            write_card(directory, spec, metrics, config_dict(cfg), notes)
+        return TrainResult(artifacts[0][0], metrics)
+
+    def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
+        from models.artifact import verify_artifact
+        from models.registry import load_encoder
+
+        spec = verify_artifact(artifact)
+        keys = spec.config["towers"]
+        encoders = {t: load_encoder(artifact.parent / keys[t], backend="onnx") for t in TOWERS}
+        conf = spec.config
+        cfg = parse_config(UnifiedTrainConfig, conf["train"])
+        source = data or cfg.data
+        interactions = load_data(source, cfg.columns, cfg.limit if data is None else None,
+                                 (data_dir or Path(".ers-data")) / "cache")  # fmt: skip
+        split = holdout_split(interactions, cfg.min_rating, cfg.holdout, cfg.seed)
+        evaluated = np.asarray(sorted(split.held_out), dtype=np.int64)
+        q = encode(encoders["query"], [interactions.queries[int(r)] for r in evaluated])
+        i = encode(encoders["item"], interactions.items)
+        seen = seen_matrix(interactions, split.train)
+        threshold = cfg.train_min_rating
+        positives = split.train if threshold is None else split.train[interactions.ratings[split.train] >= threshold]
+        popularity = recall_at_k(
+            popularity_scores(interactions, positives, len(evaluated)), evaluated, split, seen, cfg.ks
+        )
+        return {
+            **recall_at_k(q @ i.T, evaluated, split, seen, cfg.ks),
+            **{f"popularity_{k}": v for k, v in popularity.items()},
+            "queries_evaluated": len(evaluated), "items": len(interactions.items), "data": source,
+        }  # fmt: skip
+
+
+def publish_towers(
+    model: Any, mcfg: UnifiedConfig, cfg: UnifiedTrainConfig, data: Interactions, out: Path
+) -> list[tuple[Path, EncoderSpec]]:
+    """``out/<name>-query@<version>`` and ``out/<name>-item@<version>``, each naming the other."""
+    from models.export import write_artifact
+    from models.unified import UnifiedTowerFamily
+
+    keys = {t: f"{cfg.name}-{t}@{cfg.version}" for t in TOWERS}
+    records = {"query": data.queries[:2], "item": data.items[:2]}
+    published = []
+    kind = "multiplexed table" if cfg.multiplexed else "one table per feature"
+    for tower in TOWERS:
+        spec = EncoderSpec(
+            name=f"{cfg.name}-{tower}", version=cfg.version, family=FAMILY, modality="record", dim=cfg.dim,
+            metric="cosine",
+            config={"recipe": RECIPE, "tower": tower, "towers": keys, "model": mcfg.to_json(),
+                    "examples": records[tower], "train": config_dict(cfg)},
+            description=f"Unified Embedding {tower} tower ({kind}); records of {[s.name for s in mcfg.slots(tower)]}",
+            source=f"ers train unified (data: {cfg.data})",
+            license="model: same as its training data",
+        )  # fmt: skip
+        module = model.query if tower == "query" else model.item
+        write_artifact(UnifiedTowerFamily(spec), module, out / keys[tower])
+        published.append((out / keys[tower], spec))
+    return published
