@@ -23,7 +23,9 @@ FAMILY_MODULES = (
     "models.facenet",
     "models.face",
     "models.two_branch",
+    "models.convirt",
     "models.unified",
+    "models.fmnist_cnn",
 )
 Backend = Literal["auto", "onnx", "torch"]
 

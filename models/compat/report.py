@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -117,9 +117,9 @@ def cross_test(
     return {"top1": float(top1.mean()), "mAP": float(defined.mean()) if len(defined) else 0.0}
 
 
-def embed(encoder: Encoder, inputs: Sequence[Any], batch: int = ENCODE_BATCH) -> np.ndarray:
+def embed(encoder: Encoder, inputs: Sequence[Any] | np.ndarray, batch: int = ENCODE_BATCH) -> np.ndarray:
     """All inputs through ``encoder`` in batches (bounded memory for a whole test set)."""
-    parts = [encode(encoder, inputs[i : i + batch]) for i in range(0, len(inputs), batch)]
+    parts = [encode(encoder, cast(Sequence[Any], inputs[i : i + batch])) for i in range(0, len(inputs), batch)]
     return np.concatenate(parts) if parts else np.zeros((0, encoder.spec.dim), np.float32)
 
 
@@ -185,8 +185,8 @@ def report_from_vectors(
 def compatibility_report(
     old: Encoder,
     new: Encoder,
-    inputs: Sequence[Any],
-    labels: Sequence[Any],
+    inputs: Sequence[Any] | np.ndarray,
+    labels: Sequence[Any] | np.ndarray,
     leave_self_out: bool = True,
     compat_dims: int | None = None,
 ) -> CompatReport:

@@ -22,6 +22,7 @@ RECIPE_MODULES = (
     "models.training.facenet",
     "models.training.convirt",
     "models.training.unified",
+    "models.training.fmnist",
 )
 
 

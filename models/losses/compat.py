@@ -1,0 +1,52 @@
+"""Backward-compatible training terms (BCT, BT², OCA); the methods combine them in models/compat.
+
+All terms work on cosine geometry: features and classifier rows are L2-normalised, logits are
+``scale · cos``, so the first ``d_old`` dims of a new embedding are judged exactly as the service
+compares them with old vectors (prefix, renormalised).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cosine_logits(features: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, d) features against (C, d) class weights -> (B, C) logits ``scale · cos``."""
+    return scale * F.normalize(features, dim=1) @ F.normalize(weight, dim=1).T
+
+
+def classification_loss(
+    features: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Normalised-softmax cross-entropy: the new model's own objective."""
+    return F.cross_entropy(cosine_logits(features, weight, scale), labels)
+
+
+def influence_loss(
+    prefix: torch.Tensor, old_classifier: torch.Tensor, labels: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """BCT's influence loss: the new features' compatible prefix (B, d_old) must be classified correctly
+    by the *frozen* old classifier (C, d_old) (rows for classes the old model never saw are
+    pseudo-classifier weights, the class mean of old features)."""
+    return F.cross_entropy(cosine_logits(prefix, old_classifier.detach(), scale), labels)
+
+
+def alignment_loss(prefix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``1 - mean cos(prefix_i, target_i)``: pull each (B, d_old) prefix to its (B, d_old) old-space target
+    (BT²: the old model's feature of the same item; OCA: the old prototype of the item's class)."""
+    return 1.0 - (F.normalize(prefix, dim=1) * F.normalize(target.detach(), dim=1)).sum(dim=1).mean()
+
+
+def relational_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher ‖ student) of the in-batch neighbour distributions (cosine / temperature, self excluded).
+
+    Dimension-free: the (B, d_new+d_extra) student keeps the (B, d_t) independently trained teacher's
+    neighbourhood structure, which is the information BT²'s extra dimensions exist to carry.
+    """
+    s, t = F.normalize(student, dim=1), F.normalize(teacher.detach(), dim=1)
+    eye = torch.eye(len(s), dtype=torch.bool, device=s.device)
+    s_logits = (s @ s.T / temperature).masked_fill(eye, -1e4)  # (B, B)
+    t_logits = (t @ t.T / temperature).masked_fill(eye, -1e4)  # (B, B)
+    return F.kl_div(F.log_softmax(s_logits, dim=1), F.log_softmax(t_logits, dim=1), log_target=True,
+                    reduction="batchmean")  # fmt: skip
