@@ -18,7 +18,7 @@ from service.encoders import EncoderHub
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.routes import collections, encoders, health, search
+from service.routes import collections, encoders, health, jobs, search
 from service.settings import Settings
 
 log = logging.getLogger("ers")
@@ -44,18 +44,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = open_store(settings.redis_url, settings.data_dir, settings.redis_prefix)
         manager = CollectionManager(settings.data_dir, store, settings.index_options())
         hub = EncoderHub(settings.models_path, settings.hub_options(), make_cache(settings, store))
+        runner = jobs.make_runner(settings, store, manager, hub)
         try:
             await anyio.to_thread.run_sync(manager.open_all)
             await anyio.to_thread.run_sync(hub.load_all)
             await hub.start()
             app.state.manager = manager
             app.state.hub = hub
+            app.state.jobs = runner
+            await anyio.to_thread.run_sync(runner.start)  # resumes the jobs a previous run left
             log.info(
                 "ERS ready: %d collections in %s, encoders %s",
                 len(manager.list()), settings.data_dir, sorted(hub.encoders) or "none",
             )  # fmt: skip
             yield
         finally:
+            await anyio.to_thread.run_sync(runner.stop)  # before the collections close
             await hub.stop()
             await anyio.to_thread.run_sync(manager.close)
             store.close()
@@ -69,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(search.router, dependencies=auth)
     search.document(app)
     app.include_router(encoders.router, dependencies=auth)
+    app.include_router(jobs.router, dependencies=auth)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, limit=lambda: settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

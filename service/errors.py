@@ -18,6 +18,7 @@ from indexer.errors import (
     NotFoundError,
     StoreUnavailable,
 )
+from indexer.jobs.errors import JobConflict, PathRefused
 from models.errors import ArtifactError, EncoderNotFound, InputTooLarge, InvalidEncoderInput, ModelError, ZooError
 from service.batching import QueueFull
 
@@ -30,6 +31,8 @@ MODEL_STATUS: list[tuple[type[ModelError], int]] = [
 ]
 STATUS: list[tuple[type[ERSError], int]] = [
     (NotFoundError, 404),
+    (PathRefused, 403),
+    (JobConflict, 409),
     (AlreadyExists, 409),
     (InvalidInput, 422),
     (LimitExceeded, 413),

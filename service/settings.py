@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from indexer.index_policy import IndexOptions
+from indexer.jobs.model import JobOptions
 from service.encoders import HubOptions
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -53,6 +54,15 @@ class Settings(BaseSettings):
     embed_cache_size: int = 10_000
     max_image_pixels: int = 40_000_000
     max_inputs: int = 256
+    # indexing jobs: server paths only under these ':'-separated roots (none: server paths refused)
+    allowed_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    job_runner: Literal["embedded", "redis"] = "embedded"  # redis: `ers worker` processes encode
+    job_batch: int = 64  # items per encoder batch / stream entry / durable write
+    job_concurrency: int = 1  # jobs run at once (embedded runner)
+    job_encode_threads: int = 1  # encoder threads per job (embedded runner)
+    job_max_attempts: int = 3  # tries of a batch before its items become dead letters
+    job_claim_idle_ms: int = 30_000  # a worker's batch idle this long is taken over by another
+    job_backlog: int = 32  # batches of a job waiting in the Redis stream at most
     # CLI client
     url: str = "http://127.0.0.1:8080"
     api_key: str | None = None
@@ -62,6 +72,13 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p for p in value.split(":") if p.strip()]
         return value
 
     @property
@@ -84,6 +101,19 @@ class Settings(BaseSettings):
             max_queue=self.batch_queue,
             concurrency=max(1, self.batch_concurrency // max(1, self.threads)),
             threads=self.threads,
+        )
+
+    def job_options(self) -> JobOptions:
+        return JobOptions(
+            allowed_roots=tuple(self.allowed_roots),
+            uploads_dir=self.data_dir / "uploads",
+            batch_size=self.job_batch,
+            concurrency=self.job_concurrency,
+            encode_threads=self.job_encode_threads,
+            max_attempts=self.job_max_attempts,
+            claim_idle_ms=self.job_claim_idle_ms,
+            backlog=self.job_backlog,
+            max_image_pixels=self.max_image_pixels,
         )
 
     def index_options(self) -> IndexOptions:

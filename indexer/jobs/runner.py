@@ -1,0 +1,214 @@
+"""The runner interface and what both runners share: submitting, cancelling, progress, writing.
+
+A runner is chosen by configuration (``ERS_JOB_RUNNER``): ``embedded`` (threads in the server,
+state in the server's store) or ``redis`` (Redis Streams and ``ers worker`` processes). Either way
+the server owns the collections, so every write goes through ``Collection.upsert`` (WAL fsync ->
+store -> index) and a batch is counted in the job only after that write returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from indexer.collection import Collection
+from indexer.durable import fsync_dir
+from indexer.errors import InvalidInput
+from indexer.jobs.encode import Target
+from indexer.jobs.errors import JobConflict, JobNotFound, SourceInvalid
+from indexer.jobs.model import ACTIVE, MAX_BATCH, TERMINAL, Encoded, JobOptions, public_view
+from indexer.jobs.sources import MANIFEST_SUFFIXES, UPLOAD_FILES, resolve
+from indexer.manager import CollectionManager
+from indexer.store.base import MetadataStore
+from models.encoder import Encoder
+
+log = logging.getLogger(__name__)
+CLIENT_OPTIONS = {"batch_size", "pattern"}
+EncoderGetter = Callable[[str], Encoder]
+
+
+def check_client_options(options: dict[str, Any], default_batch: int) -> dict[str, Any]:
+    unknown = set(options) - CLIENT_OPTIONS
+    if unknown:
+        raise InvalidInput(f"unknown job options {sorted(unknown)}; known: {sorted(CLIENT_OPTIONS)}")
+    batch = options.get("batch_size", default_batch)
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH:
+        raise InvalidInput(f"options.batch_size must be an integer from 1 to {MAX_BATCH}")
+    pattern = options.get("pattern")
+    if pattern is not None and (not isinstance(pattern, str) or not pattern):
+        raise InvalidInput("options.pattern must be a non-empty glob such as '*.png'")
+    return {"batch_size": batch, **({"pattern": pattern} if pattern else {})}
+
+
+def safe_upload_name(name: str) -> str:
+    base = os.path.basename(name.replace("\\", "/"))
+    if not base or base in (".", "..") or base.startswith(".") or "\x00" in base:
+        raise InvalidInput(f"upload file name '{name}' is not allowed")
+    return base
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class JobRunner(ABC):
+    """Submit, observe and cancel jobs; ``start``/``stop`` run with the server's lifespan."""
+
+    name = "abstract"
+
+    def __init__(
+        self, store: MetadataStore, manager: CollectionManager, options: JobOptions, get_encoder: EncoderGetter
+    ) -> None:
+        self.store = store
+        self.manager = manager
+        self.options = options
+        self.get_encoder = get_encoder
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def _enqueue(self, job_id: str) -> None:
+        """Have the job run (soon); called after it is stored as ``queued``."""
+
+    # -- the API ---------------------------------------------------------------------------------
+    def submit(self, collection: str, source: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+        coll = self.manager.get(collection)  # 404 first: the commonest mistake
+        opts = check_client_options(options, self.options.batch_size)
+        spec = resolve(source, self.options.allowed_roots)
+        if spec["type"] == "directory" and coll.config.encoder is None:
+            raise InvalidInput(f"collection '{collection}' has no encoder: a directory of files needs one")
+        return self._create(uuid.uuid4().hex, coll, spec, opts)
+
+    def submit_upload(
+        self,
+        collection: str,
+        manifest_name: str,
+        manifest: bytes,
+        files: Sequence[tuple[str, bytes]],
+        options: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Stage an uploaded manifest (and the files it names) durably under the data directory,
+        then run it like a server manifest: a restart resumes it like any other job."""
+        coll = self.manager.get(collection)
+        opts = check_client_options(options, self.options.batch_size)
+        suffix = Path(manifest_name).suffix.lower() or ".jsonl"
+        if suffix not in MANIFEST_SUFFIXES:
+            raise SourceInvalid("the uploaded manifest must be JSON lines (.jsonl, .ndjson) or .csv")
+        job_id = uuid.uuid4().hex
+        staging = self.options.uploads_dir / job_id
+        names = [safe_upload_name(n) for n, _ in files]
+        if len(set(names)) != len(names):
+            raise InvalidInput("two uploaded files have the same name")
+        (staging / UPLOAD_FILES).mkdir(parents=True)
+        try:
+            for name, (_, data) in zip(names, files, strict=True):
+                write_durably(staging / UPLOAD_FILES / name, data)
+            write_durably(staging / f"manifest{suffix}", manifest)
+            fsync_dir(staging / UPLOAD_FILES)
+            fsync_dir(staging)
+            spec = {"type": "upload", "path": str(staging / f"manifest{suffix}")}
+            return self._create(job_id, coll, spec, opts)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def _create(self, job_id: str, coll: Collection, spec: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
+        doc = {"collection": coll.name, "source": spec, "options": opts, "runner": self.name, "state": "queued",
+               "created_at": time.time(), "encoder": coll.config.encoder}  # fmt: skip
+        self.store.create_job(job_id, doc)
+        self._enqueue(job_id)
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return public_view(job)
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        return [public_view(j) for j in self.store.list_jobs()]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        job = self.store.update_job(job_id, {"state": "cancelled", "finished_at": time.time()}, states=ACTIVE)
+        if job is None:
+            current = self.get(job_id)  # 404 when unknown
+            raise JobConflict(
+                f"job '{job_id}' is already {current['state']}; only queued or running jobs can be cancelled"
+            )
+        self._cancelled(job_id)
+        return public_view(job)
+
+    @abstractmethod
+    def _cancelled(self, job_id: str) -> None:
+        """Stop local work on the job at once (the stored state stops it too, a little later)."""
+
+    # -- shared by the runners ----------------------------------------------------------------------
+    def target(self, job: dict[str, Any]) -> Target:
+        coll = self.manager.get(job["collection"])
+        return Target(coll.name, coll.dim_for(coll.config.encoder), coll.config.encoder)
+
+    def begin(self, job_id: str, total: int) -> dict[str, Any] | None:
+        """Mark the job running with its total; remember where this run starts for the rate.
+        None when it was cancelled meanwhile."""
+        job = self.store.get_job(job_id)
+        if job is None:
+            return None
+        now = time.time()
+        changes = {"state": "running", "total": total, "run_started_at": now,
+                   "run_started_processed": job["done"] + job["failed"]}  # fmt: skip
+        if not job.get("started_at"):
+            changes["started_at"] = now
+        return self.store.update_job(job_id, changes, states=ACTIVE)
+
+    def write(self, job_id: str, enc: Encoded, dead: Sequence[dict[str, Any]] = ()) -> None:
+        """Durably upsert one encoded batch, then count it (once, whatever happens after)."""
+        if enc.ids:
+            job = self.store.get_job(job_id)
+            collection = self.manager.get(job["collection"] if job else "")
+            collection.upsert(enc.ids, enc.vectors, enc.payloads, enc.versions)
+        self.store.record_job_batch(job_id, enc.seq, enc.done, len(enc.failures),
+                                    [f.to_json() for f in enc.failures], dead)  # fmt: skip
+
+    def finish(self, job_id: str) -> dict[str, Any] | None:
+        """``succeeded`` (a cancel that came first wins), with this run's final rate."""
+        job = self.store.get_job(job_id)
+        if job is None or job["state"] != "running":
+            return job
+        now = time.time()
+        since = job["done"] + job["failed"] - int(job.get("run_started_processed", 0))
+        elapsed = now - float(job.get("run_started_at") or now)
+        rate = round(since / elapsed, 2) if elapsed > 0 else None
+        done = self.store.update_job(job_id, {"state": "succeeded", "finished_at": now, "items_per_s": rate},
+                                     states=["running"])  # fmt: skip
+        log.info("job %s succeeded: %s", job_id, done and {k: done[k] for k in ("total", "done", "failed")})
+        return done
+
+    def fail(self, job_id: str, message: str) -> None:
+        log.warning("job %s failed: %s", job_id, message)
+        self.store.update_job(job_id, {"state": "failed", "message": message, "finished_at": time.time()},
+                              states=ACTIVE)  # fmt: skip
+
+    def cleanup(self, job_id: str) -> None:
+        """Drop an upload's staged files once its job is over."""
+        job = self.store.get_job(job_id)
+        if job is not None and job["state"] in TERMINAL and job["source"].get("type") == "upload":
+            shutil.rmtree(Path(job["source"]["path"]).parent, ignore_errors=True)
+
+    def active_jobs(self) -> list[str]:
+        """Jobs of this runner still to do, oldest first (what a restarted server resumes)."""
+        jobs = [j for j in self.store.list_jobs() if j["state"] in ACTIVE and j.get("runner") == self.name]
+        return [j["id"] for j in sorted(jobs, key=lambda j: j.get("created_at") or 0.0)]

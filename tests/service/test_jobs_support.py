@@ -1,0 +1,87 @@
+"""Helpers shared by the job tests (no tests here): tiny encoders built in the test, source trees
+with deliberately broken files, and polling a job to its end."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from models.export import write_artifact
+from models.spec import EncoderSpec
+from models.text_hash import HashedNgramFamily
+from models.two_branch import TwoBranchImageFamily
+
+TEXT = "tiny-text@1"
+IMAGE = "tiny-image@1"
+TEXT_LIMIT = 200  # max_chars of the tiny text encoder
+
+
+def build_text(models_dir: Path, key: str = TEXT, dim: int = 16) -> EncoderSpec:
+    torch.manual_seed(0)
+    name, version = key.split("@")
+    spec = EncoderSpec(name=name, version=version, family="hashed-ngram", modality="text", dim=dim,
+                       config={"buckets": 256, "hidden": 32, "dim": dim, "max_chars": TEXT_LIMIT})  # fmt: skip
+    family = HashedNgramFamily(spec)
+    return write_artifact(family, family.build_module(), models_dir / key)
+
+
+def build_image(models_dir: Path, key: str = IMAGE, dim: int = 16) -> EncoderSpec:
+    torch.manual_seed(0)
+    name, version = key.split("@")
+    model = {"dim": dim, "image_size": 16, "cnn_channels": [4, 8], "image_tower": "cnn"}
+    spec = EncoderSpec(name=name, version=version, family="two-branch-image", modality="image", dim=dim,
+                       config={"model": model})  # fmt: skip
+    family = TwoBranchImageFamily(spec)
+    return write_artifact(family, family.build_module(), models_dir / key)
+
+
+def png(seed: int, size: int = 24) -> bytes:
+    colour = ((seed * 53) % 256, (seed * 97) % 256, (seed * 31) % 256)
+    image = Image.new("RGB", (size, size), colour)
+    image.putpixel((seed % size, (seed // size) % size), (255 - colour[0], 0, 0))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def text_tree(root: Path, good: int) -> tuple[list[str], dict[str, str]]:
+    """``good`` readable text files in two folders, plus broken ones; returns (good ids, bad id ->
+    a word the reason must contain)."""
+    ids = []
+    for n in range(good):
+        rel = f"{'a' if n % 2 else 'b'}/doc-{n:03d}.txt"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(f"document number {n} about topic {n % 7} and colour {n % 5}")
+        ids.append(rel)
+    (root / "bad").mkdir()
+    (root / "bad/latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))  # not UTF-8
+    (root / "bad/long.txt").write_text("word " * (TEXT_LIMIT // 2))  # over the encoder's limit
+    (root / "bad/empty.txt").write_text("   ")  # the encoder refuses empty text
+    os.symlink(root / "nowhere.txt", root / "bad/dangling.txt")  # unreadable
+    bad = {"bad/latin1.txt": "UTF-8", "bad/long.txt": "limit", "bad/empty.txt": "non-empty",
+           "bad/dangling.txt": "unreadable"}  # fmt: skip
+    return ids, bad
+
+
+def wait_for(
+    get: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], bool], timeout: float = 60
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = get()
+        if done(job):
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job did not get there within {timeout}s: {job}")
+        time.sleep(0.05)
+
+
+def finished(job: dict[str, Any]) -> bool:
+    return job["state"] in ("succeeded", "failed", "cancelled")
