@@ -1,0 +1,97 @@
+"""The BT² table in miniature on Fashion-MNIST, and a 3-step upgrade chain with AC/AM, in one command.
+
+    .venv/bin/python bench/compat.py [--train-per-class 2000] [--epochs 4] [--out DIR] [--threads 2]
+
+Protocol (BT² CIFAR-100 50→100, scaled down): the old model is trained on classes 0-4, every new
+model on all 10; embedding 128-d (+32 extra dims for BT² and OCA); the whole test split (10,000
+images) is query and gallery with leave-self-out, cosine. Rows: Independent (no compat loss), BCT,
+BT² (distilling the Independent model), OCA. Chain: 4 classes → 7 → 10, each step OCA-compatible
+with the previous model (128 → 160 → 192 dims). Every model is trained here by the ``fmnist`` recipe
+(``--train-per-class`` images per class: a subsample of the 6,000, to fit a 2-core CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from models.compat.matrix import average_compatibility, average_multimodel_accuracy, chain_matrix
+from models.compat.report import compat_chain, embed, report_from_vectors
+from models.data.fashion_mnist import load_fashion_mnist
+from models.registry import load_encoder
+from models.spec import EncoderSpec
+from models.training.fmnist import FmnistRecipe
+from models.training.recipe import TrainRequest
+
+
+def train(
+    out: Path, data_dir: Path, config: dict[str, Any], old: Path | None = None, method: str | None = None
+) -> Path:
+    t0 = time.time()
+    request = TrainRequest(config=config, out=out, data_dir=data_dir, compatible_with=old, method=method,  # type: ignore[arg-type]
+                           progress=False)  # fmt: skip
+    artifact = FmnistRecipe().train(request).artifact
+    print(f"  trained {artifact.name} ({method or 'independent'}) in {time.time() - t0:.0f} s", flush=True)
+    return artifact
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train-per-class", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=None, help="models directory (default: a temp dir)")
+    parser.add_argument("--data-dir", type=Path, default=Path(".ers-data"), help="Fashion-MNIST cache root")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-chain", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = args.out or Path(tempfile.mkdtemp(prefix="ers-bench-compat-"))
+    base = {"epochs": args.epochs, "train_per_class": args.train_per_class, "eval_items": 2000, "dim": 128,
+            "d_extra": 32}  # fmt: skip
+    data = load_fashion_mnist(args.data_dir / "cache")
+    x, y = data.test_images, data.test_labels
+    t0 = time.time()
+    print(f"models in {out}; {args.train_per_class} train images per class, {args.epochs} epochs")
+
+    old = train(out, args.data_dir, {**base, "name": "fm-old", "classes": [0, 1, 2, 3, 4]})
+    ind = train(out, args.data_dir, {**base, "name": "fm-independent"})
+    rows = {"Independent": ind}
+    for method in ("bct", "bt2", "oca"):
+        extra = {"teacher": str(ind)} if method == "bt2" else {}
+        label = method.upper().replace("BT2", "BT²")
+        rows[label] = train(out, args.data_dir, {**base, "name": f"fm-{method}", **extra}, old, method)
+    old_vecs = embed(load_encoder(old), x)
+    print(f"\nBT² table in miniature: Fashion-MNIST, old on 5 classes, new on 10; test split (n={len(y)}) "
+          "query = gallery, leave-self-out, cosine")  # fmt: skip
+    print(f"{'method':<12}{'old/old top1':>13}{'mAP':>7}{'new/old top1':>14}{'mAP':>7}{'new/new top1':>14}{'mAP':>7}"
+          f"{'criterion':>11}{'neg.flips':>11}")  # fmt: skip
+    for label, artifact in rows.items():
+        new = load_encoder(artifact)
+        r = report_from_vectors(old_vecs, embed(new, x), y, new.spec.compat_dims, old.name, artifact.name)
+        print(f"{label:<12}{r.old_old['top1']:>13.4f}{r.old_old['mAP']:>7.3f}{r.new_old['top1']:>14.4f}"
+              f"{r.new_old['mAP']:>7.3f}{r.new_new['top1']:>14.4f}{r.new_new['mAP']:>7.3f}"
+              f"{'yes' if r.criterion_met else 'no':>11}{r.negative_flips:>11.4f}")  # fmt: skip
+
+    if not args.skip_chain:
+        print("\nChain: classes 0-3 -> 0-6 -> 0-9, each OCA-compatible with the previous model")
+        c1 = train(out, args.data_dir, {**base, "name": "fm-chain", "classes": [0, 1, 2, 3]})
+        c2 = train(out, args.data_dir, {**base, "name": "fm-chain", "classes": list(range(7))}, c1, "oca")
+        c3 = train(out, args.data_dir, {**base, "name": "fm-chain", "classes": list(range(10))}, c2, "oca")
+        specs = {p.name: EncoderSpec.load(p) for p in (c1, c2, c3)}
+        keys = [p.name for p in (c1, c2, c3)]
+        vecs = [embed(load_encoder(p), x) for p in (c1, c2, c3)]
+        matrix = chain_matrix(vecs, y, lambda i, j: compat_chain(specs.__getitem__, keys[i], keys[j]))
+        print(f"{'query / gallery':<18}" + "".join(f"{k:>14}" for k in keys))
+        for i, k in enumerate(keys):
+            print(f"{k:<18}" + "".join(f"{matrix[i, j]:>14.4f}" if j <= i else f"{'':>14}" for j in range(3)))
+        print(f"AC = {average_compatibility(matrix):.3f}   AM = {average_multimodel_accuracy(matrix):.4f}  (top-1)")
+    print(f"\ntotal {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
