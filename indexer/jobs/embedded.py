@@ -18,29 +18,15 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from indexer.errors import CollectionNotFound, StoreUnavailable
-from indexer.jobs.encode import Target, encode_batch
+from indexer.jobs.encode import Target, encode_batch, give_up
 from indexer.jobs.errors import SourceInvalid
-from indexer.jobs.model import ACTIVE, Batch, Encoded, Failure
+from indexer.jobs.model import ACTIVE, Batch, Encoded
 from indexer.jobs.runner import JobRunner
 from indexer.jobs.sources import Source, load
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _END = object()  # end of a stage's output
-
-
-def give_up(batch: Batch, attempts: int, reason: str) -> tuple[Encoded, list[dict[str, Any]]]:
-    """Every item of a batch that failed ``attempts`` times: failed, and a dead letter each."""
-    enc = Encoded(batch.seq)
-    dead: list[dict[str, Any]] = []
-    for entry in batch.entries:
-        if isinstance(entry, Failure):
-            enc.failures.append(entry)
-            continue
-        why = f"gave up after {attempts} attempts: {reason}"
-        enc.failures.append(Failure(entry.id, why))
-        dead.append({"id": entry.id, "reason": why, "attempts": attempts})
-    return enc, dead
 
 
 class EmbeddedRunner(JobRunner):

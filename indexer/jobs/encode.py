@@ -17,7 +17,7 @@ import numpy as np
 
 from indexer.errors import ERSError
 from indexer.jobs.errors import ItemError
-from indexer.jobs.model import Encoded, Entry, Failure, Item
+from indexer.jobs.model import Batch, Encoded, Entry, Failure, Item
 from indexer.validation import as_matrix, check_ids
 from models.encoder import Encoder
 from models.errors import ModelError
@@ -98,6 +98,14 @@ def encode_batch(
     raw_items: list[Item] = []
     raw_inputs: list[Any] = []
     encoder: Encoder | None = None
+    if (
+        target.encoder is not None
+        and get_encoder is not None
+        and any(isinstance(e, Item) and e.kind != "vector" for e in entries)
+    ):
+        # Outside the per-item handling: a missing or broken encoder is not any item's fault; the
+        # batch fails and is retried (then given up as dead letters).
+        encoder = get_encoder(target.encoder)
     for entry in entries:
         if isinstance(entry, Failure):
             out.failures.append(entry)
@@ -111,9 +119,8 @@ def encode_batch(
                 out.versions.append(target.encoder)
                 out.done += 1
                 continue
-            if target.encoder is None or get_encoder is None:
+            if encoder is None:
                 raise ItemError(f"collection '{target.collection}' has no encoder: give vectors")
-            encoder = encoder or get_encoder(target.encoder)
             raw_inputs.append(raw_input(entry, encoder.spec.modality, max_pixels))
             raw_items.append(entry)
         except (ItemError, ModelError, ERSError) as exc:
@@ -147,3 +154,17 @@ def _collect(out: Encoded, rows: list[np.ndarray], items: list[Item], vectors: A
             out.payloads.append(payload)
             out.versions.append(key)
         out.done += 1
+
+
+def give_up(batch: Batch, attempts: int, reason: str) -> tuple[Encoded, list[dict[str, Any]]]:
+    """Every item of a batch that failed ``attempts`` times: failed, and a dead letter each."""
+    enc = Encoded(batch.seq)
+    dead: list[dict[str, Any]] = []
+    for entry in batch.entries:
+        if isinstance(entry, Failure):
+            enc.failures.append(entry)
+            continue
+        why = f"gave up after {attempts} attempts: {reason}"
+        enc.failures.append(Failure(entry.id, why))
+        dead.append({"id": entry.id, "reason": why, "attempts": attempts})
+    return enc, dead
