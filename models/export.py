@@ -57,17 +57,30 @@ def parity(family: Family, module: Any, onnx_path: Path, inputs: Sequence[Any]) 
     return float(np.max(np.abs(torch_out - onnx_out)))
 
 
-def write_artifact(family: Family, module: Any, destination: Path, max_diff: float = 1e-4) -> EncoderSpec:
-    """Save weights + ONNX + spec for ``module`` and publish ``destination`` after a parity check."""
+def write_artifact(
+    family: Family,
+    module: Any,
+    destination: Path,
+    max_diff: float = 1e-4,
+    dynamic: dict[str, dict[int, str]] | None = None,
+    extra_files: dict[str, Path] | None = None,
+) -> EncoderSpec:
+    """Save weights + ONNX + spec for ``module`` and publish ``destination`` after a parity check.
+
+    ``dynamic``: axes besides the batch left free in the ONNX graph (a text model's sequence axis).
+    ``extra_files``: files the family reads at preprocessing (e.g. ``tokenizer.json``), copied in first.
+    """
     from models.artifact import publish_artifact
 
     staging = destination.with_name(f".staging-{destination.name}")
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
+    for name, source in (extra_files or {}).items():
+        shutil.copyfile(source, staging / name)
     family.directory = staging
     save_weights(module, staging)
-    export_onnx(family, module, staging)
+    export_onnx(family, module, staging, dynamic)
     family.spec.save(staging)
     diff = parity(family, module, staging / ONNX_FILE, family.example_inputs())
     if diff > max_diff:
