@@ -75,9 +75,9 @@ def layout(
 ) -> dict[str, tuple[FeatureSlot, ...]]:
     """Feature slots per tower. Multiplexed: every feature hashes into all ``table_rows`` rows.
 
-    One table per feature: the rows are split among features in proportion to their vocabulary
-    size (each chunk of a feature counting as one more claim), and a feature never gets more rows
-    than it has values times chunks; the rows it cannot use go to the others.
+    One table per feature: features whose vocabulary (times chunks) fits in an equal share of the
+    rows left get a row per value and chunk (no collisions; smallest first), and the rows left are
+    split among the others in proportion to their vocabulary size.
     """
     chunks = dict(chunks or {})
     names = [f for side in features.values() for f in side]
@@ -90,17 +90,14 @@ def layout(
     rows = {f: table_rows for f in names}
     if not multiplexed:
         rows, left, open_ = {}, table_rows, sorted(names, key=lambda f: need[f])
-        while open_:
-            share = left * need[open_[0]] / sum(need[f] for f in open_)
-            if need[open_[0]] <= share:  # small vocabularies get a row per value (and chunk), no collisions
-                rows[open_[0]] = need[open_[0]]
-            else:  # the rest split what is left in proportion
-                total = sum(need[f] for f in open_)
-                for i, f in enumerate(open_):
-                    rows[f] = max(1, left * need[f] // total) if i < len(open_) - 1 else 0
-                rows[open_[-1]] = left - sum(rows[f] for f in open_[:-1])
-                break
+        while open_ and need[open_[0]] <= left // len(open_):
+            rows[open_[0]] = need[open_[0]]
             left -= rows[open_.pop(0)]
+        total = sum(need[f] for f in open_)
+        for f in open_[:-1]:
+            rows[f] = max(1, left * need[f] // total)
+        if open_:
+            rows[open_[-1]] = left - sum(rows[f] for f in open_[:-1])
     out: dict[str, tuple[FeatureSlot, ...]] = {}
     offset = 0
     for tower, side in features.items():

@@ -1,0 +1,205 @@
+"""Unified Embedding: hashing and layouts, the records loaders, and the tiny recipe on real InstEval ratings."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from models.data.insteval import INSTEVAL_COLUMNS, RecordColumns, insteval_csv, load_insteval, parse_records_csv
+from models.encoder import encode
+from models.errors import InvalidEncoderInput
+from models.registry import load_encoder
+from models.spec import EncoderSpec
+from models.training.checkpoint import Checkpointer
+from models.training.recipe import TrainingError, TrainRequest, recipe
+from models.training.run import load_config
+from models.training.unified import tower_vectors
+from models.unified import UnifiedConfig, UnifiedTowerFamily, build_two_tower, layout, record_indices, stable_hash
+
+torch.set_num_threads(1)
+TINY = "unified-tiny"
+
+
+def insteval_data_dir(zoo_dirs: tuple[Path, Path], root: Path) -> Path:
+    """A data dir whose cache holds the InstEval CSV (fetched once per session into the zoo cache)."""
+    csv = insteval_csv(zoo_dirs[1])
+    target = root / "cache" / "insteval" / csv.name
+    if not target.exists():
+        target.parent.mkdir(parents=True)
+        os.link(csv, target)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(zoo_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
+    """``ers train unified --config unified-tiny``: (models dir, data dir, metrics)."""
+    from service.cli import app
+
+    root = tmp_path_factory.mktemp("unified")
+    data_dir, out = insteval_data_dir(zoo_dirs, root / "data"), root / "models"
+    result = CliRunner().invoke(
+        app, ["train", "unified", "--config", TINY, "--out", str(out), "--data-dir", str(data_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / f"{TINY}-query@1" / "metrics.json").read_text())
+    return out, data_dir, metrics
+
+
+def test_hash_is_stable_across_processes_and_salted_per_feature() -> None:
+    assert stable_hash("query:s", 0, "1") == 10401723561159055422  # fixed forever: served vectors depend on it
+    assert stable_hash("query:s", 0, "1") != stable_hash("query:studage", 0, "1")
+    assert stable_hash("query:s", 0, "1") != stable_hash("query:s", 1, "1")
+
+
+def test_layouts_have_equal_rows_and_separate_tables_do_not_overlap() -> None:
+    features = {"query": ("s", "studage"), "item": ("d", "dept")}
+    vocab = {"s": 2972, "studage": 4, "d": 1128, "dept": 14}
+    mux = layout(features, vocab, 512, multiplexed=True, chunks={"s": 2})
+    assert all(slot.offset == 0 and slot.rows == 512 for side in mux.values() for slot in side)
+    sep = layout(features, vocab, 512, multiplexed=False, chunks={"s": 2})
+    slots = sorted((slot for side in sep.values() for slot in side), key=lambda s: s.offset)
+    assert sum(s.rows for s in slots) == 512
+    assert all(a.offset + a.rows == b.offset for a, b in itertools.pairwise(slots))
+    by_name = {s.name: s for s in slots}
+    assert by_name["studage"].rows == 4 and by_name["dept"].rows == 14  # small vocabularies: no collisions
+    assert by_name["s"].rows > by_name["d"].rows and by_name["s"].chunks == 2
+    idx = record_indices([{"s": 5, "studage": "2"}], sep["query"])
+    assert (
+        idx.shape == (1, 3)
+        and by_name["s"].offset <= idx[0, :2].min()
+        and idx[0, 1] < by_name["s"].offset + by_name["s"].rows
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"s": "1"}, "feature 'studage' is missing"),
+        ({"s": 1.5, "studage": "2"}, "must be a string or an integer, got float"),
+        ({"s": True, "studage": "2"}, "must be a string or an integer, got bool"),
+        ({"s": ["1"], "studage": "2"}, "got list"),
+        ({"s": " ", "studage": "2"}, "is empty"),
+        ("[1, 2]", "must be a JSON object"),
+    ],
+)
+def test_bad_records_are_refused_clearly(record: Any, message: str) -> None:
+    slots = layout({"query": ("s", "studage")}, {"s": 10, "studage": 4}, 64, multiplexed=True)["query"]
+    with pytest.raises(InvalidEncoderInput, match=message):
+        record_indices([record], slots)
+
+
+def test_records_csv_loader_checks_columns_and_consistency() -> None:
+    cols = RecordColumns(query=("user", "age"), item=("song", "genre"), query_id="user", item_id="song", rating="stars")
+    data = parse_records_csv("user,age,song,genre,stars\nu1,20,a,rock,5\nu2,30,a,rock,3\nu1,20,b,jazz,4\n", cols)
+    assert data.queries == [{"user": "u1", "age": "20"}, {"user": "u2", "age": "30"}]
+    assert data.items == [{"song": "a", "genre": "rock"}, {"song": "b", "genre": "jazz"}]
+    assert data.query_index.tolist() == [0, 1, 0] and data.item_index.tolist() == [0, 0, 1]
+    assert data.ratings.tolist() == [5.0, 3.0, 4.0]
+    with pytest.raises(TrainingError, match=r"columns \['stars'\] are missing"):
+        parse_records_csv("user,age,song,genre\nu1,20,a,rock\n", cols)
+    with pytest.raises(TrainingError, match="line 3: user=u1 has \\['age'\\]"):
+        parse_records_csv("user,age,song,genre,stars\nu1,20,a,rock,5\nu1,21,b,jazz,4\n", cols)
+    with pytest.raises(TrainingError, match="line 2: rating 'x' is not a number"):
+        parse_records_csv("user,age,song,genre,stars\nu1,20,a,rock,x\n", cols)
+
+
+def test_insteval_loads_real_ratings(zoo_dirs: tuple[Path, Path]) -> None:
+    data = load_insteval(zoo_dirs[1])
+    assert len(data) == 73421 and len(data.queries) == 2972 and len(data.items) == 1128
+    assert data.columns == INSTEVAL_COLUMNS and set(data.ratings.tolist()) == {1.0, 2.0, 3.0, 4.0, 5.0}
+
+
+def test_tiny_training_loss_falls_and_beats_baselines(trained: tuple[Path, Path, dict[str, Any]]) -> None:
+    _, _, m = trained
+    assert m["loss_last_epoch"] < m["loss_first_epoch"]
+    for k in (10, 50):
+        assert m[f"recall@{k}"] > m[f"popularity_recall@{k}"] and m[f"recall@{k}"] > m[f"untrained_recall@{k}"]
+
+
+def test_towers_round_trip_with_onnx_parity(trained: tuple[Path, Path, dict[str, Any]]) -> None:
+    out, _, _ = trained
+    records: dict[str, list[dict[str, Any]]] = {
+        "query": [{"s": "1", "studage": "2"}, {"s": 3, "studage": 8}],
+        "item": [{"d": 1002, "dept": "2"}],
+    }
+    for tower in ("query", "item"):
+        directory = out / f"{TINY}-{tower}@1"
+        spec = EncoderSpec.load(directory)
+        assert spec.modality == "record" and spec.config["recipe"] == "unified"
+        assert spec.config["towers"] == {"query": f"{TINY}-query@1", "item": f"{TINY}-item@1"}
+        assert (directory / "MODEL_CARD.md").is_file() and (directory / "metrics.json").is_file()
+        onnx, torch_ = load_encoder(directory, backend="onnx"), load_encoder(directory, backend="torch")
+        a, b = encode(onnx, records[tower]), encode(torch_, records[tower])
+        assert a.shape == (len(records[tower]), spec.dim) and np.abs(a - b).max() < 1e-5
+
+
+def test_served_towers_give_the_training_vectors(trained: tuple[Path, Path, dict[str, Any]]) -> None:
+    """The training module (from the last epoch checkpoint) and the served ONNX towers agree."""
+    out, data_dir, _ = trained
+    spec = EncoderSpec.load(out / f"{TINY}-query@1")
+    mcfg = UnifiedConfig.from_json(spec.config["model"])
+    model = build_two_tower(mcfg)
+    state = Checkpointer(out / ".checkpoints" / TINY).latest()
+    assert state is not None and state["epoch"] == load_config(TINY)["epochs"] - 1
+    model.load_state_dict(state["model"])
+    model.eval()
+    data = load_insteval(data_dir / "cache", limit=load_config(TINY)["limit"])
+    for tower, records in (("query", data.queries), ("item", data.items)):
+        served = encode(load_encoder(out / f"{TINY}-{tower}@1", backend="onnx"), records)
+        trained_vectors = tower_vectors(model, tower, record_indices(records, mcfg.slots(tower)), "cpu")
+        assert np.abs(served - trained_vectors).max() < 1e-5
+
+
+def test_eval_reproduces_the_training_metrics(trained: tuple[Path, Path, dict[str, Any]]) -> None:
+    from service.cli import app
+
+    out, data_dir, metrics = trained
+    args = ["eval", str(out / f"{TINY}-item@1"), "--data-dir", str(data_dir), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.output)
+    for key in ("recall@10", "recall@50", "popularity_recall@10"):
+        assert evaluated[key] == pytest.approx(metrics[key], abs=0.02)
+
+
+def test_resume_finishes_an_interrupted_run_identically(
+    trained: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    out, data_dir, metrics = trained
+    shutil.copytree(out / ".checkpoints", tmp_path / ".checkpoints")
+    last = Checkpointer(tmp_path / ".checkpoints" / TINY).epochs()[-1]
+    shutil.rmtree(last)  # as if the run had died during its last epoch
+    request = TrainRequest(config=load_config(TINY), out=tmp_path, resume=True, data_dir=data_dir, progress=False)
+    resumed = recipe("unified").train(request).metrics
+    assert resumed["first_epoch_run"] == load_config(TINY)["epochs"] - 1 and metrics["first_epoch_run"] == 0
+    for key in ("loss_first_epoch", "loss_last_epoch", "recall@10", "recall@50"):
+        assert resumed[key] == pytest.approx(metrics[key], rel=1e-6)
+
+
+def test_trains_on_a_users_records_csv(zoo_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A CSV with its own column names (real InstEval rows, renamed) and the column spec in the config."""
+    source = insteval_csv(zoo_dirs[1]).read_text().splitlines()[:401]
+    rows = [line.split(",")[1:] for line in source]
+    rows[0] = ["student", "lecturer", "semester", "lecture_age", "service", "department", "stars"]
+    csv = tmp_path / "ratings.csv"
+    csv.write_text("\n".join(",".join(r).replace('"', "") for r in rows) + "\n")
+    columns = {"query": ["student", "semester"], "item": ["lecturer", "department"], "query_id": "student",
+               "item_id": "lecturer", "rating": "stars"}  # fmt: skip
+    config = {**load_config(TINY), "name": "mine", "data": str(csv), "columns": columns, "limit": None, "epochs": 2}
+    config.pop("chunks")
+    result = recipe("unified").train(TrainRequest(config=config, out=tmp_path / "models", progress=False))
+    assert result.metrics["items"] > 50 and result.metrics["loss_last_epoch"] < result.metrics["loss_first_epoch"]
+    served = load_encoder(tmp_path / "models" / "mine-query@1")
+    assert isinstance(served.family, UnifiedTowerFamily)  # type: ignore[attr-defined]
+    assert encode(served, [{"student": "1", "semester": "2"}]).shape == (1, 16)
+    with pytest.raises(TrainingError, match="columns"):
+        recipe("unified").train(TrainRequest(config={**config, "columns": None}, out=tmp_path / "x", progress=False))
