@@ -57,7 +57,7 @@ class TwoBranchConfig:
     image_size: int = 32  # cnn: input side in pixels
     cnn_channels: tuple[int, ...] = (32, 64, 128, 256)  # cnn: one conv block (and 2x pooling) each
     feature_dim: int = 1280  # effnet-mlp: frozen feature size
-    image_hidden: int = 512  # effnet-mlp: MLP hidden width
+    image_hidden: int = 512  # effnet-mlp: MLP hidden width; 0: one linear map
     text_tower: TextTower = "ngram"
     text_hidden: int = 512  # bow / ngram: MLP hidden width; gru: hidden state size
     buckets: int = 8192  # ngram: hashed feature size
@@ -147,6 +147,8 @@ def token_ids(texts: Sequence[str], vocab: dict[str, int], max_tokens: int) -> n
 
 
 def mlp(cin: int, hidden: int, cout: int, dropout: float) -> nn.Sequential:
+    if hidden == 0:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, cout))
     return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, cout))
 
 

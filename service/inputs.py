@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,10 +13,14 @@ import numpy as np
 from indexer.collection import Collection
 from indexer.errors import InvalidInput
 from models.images import check_image
+from models.spec import EncoderSpec
 from service.encoders import EncoderHub
 from service.settings import Settings
 
 FACE_SEPARATOR = "#face"
+# Query kind -> the tower role that embeds it in a multi-tower model (see ``query_encoder_key``).
+# Two-tower record models: a collection bound to the item tower embeds record queries with the query tower.
+QUERY_TOWER_ROLES = {"text": "text", "image": "image", "record": "query"}
 
 
 def decode_base64_image(value: str, what: str) -> bytes:
@@ -27,8 +32,20 @@ def decode_base64_image(value: str, what: str) -> bytes:
         raise InvalidInput(f"{what}: image is not valid base64") from exc
 
 
-def raw_input(text: str | None, image: str | bytes | None, modality: str, what: str, settings: Settings) -> Any:
-    """The encoder input for a text or image field, checked against the encoder's modality."""
+def raw_input(
+    text: str | None,
+    image: str | bytes | None,
+    modality: str,
+    what: str,
+    settings: Settings,
+    record: dict[str, Any] | None = None,
+) -> Any:
+    """The encoder input for a text, image or record field, checked against the encoder's modality."""
+    if record is not None:
+        if modality != "record":
+            raise InvalidInput(f"{what}: this collection's encoder takes {modality} input, not records")
+        # Canonical JSON text: the record encoder parses it, and the embedding cache keys on it.
+        return json.dumps(record, sort_keys=True, separators=(",", ":"))
     if text is not None:
         if modality != "text":
             raise InvalidInput(f"{what}: this collection's encoder takes {modality} input, not text")
@@ -41,10 +58,12 @@ def raw_input(text: str | None, image: str | bytes | None, modality: str, what: 
     return data
 
 
-def bound_encoder(collection: Collection) -> str:
-    if collection.config.encoder is None:
+def bound_encoder(collection: Collection, encoder: str | None = None) -> str:
+    """The encoder that embeds for ``collection``: ``encoder`` when the caller pinned it, else the active one."""
+    encoder = encoder or collection.config.encoder
+    if encoder is None:
         raise InvalidInput(f"collection '{collection.name}' has no encoder: send vectors, or create it with an encoder")
-    return collection.config.encoder
+    return encoder
 
 
 @dataclass
@@ -64,21 +83,23 @@ async def prepare_items(
     Face encoders give one item per detected face: ``{id}#face{n}``, with the box in the payload.
     """
     out = Prepared()
+    pinned = collection.config.encoder  # read once: a migration mid-request must not relabel vectors
     raw_rows: list[int] = []
     raw_inputs: list[Any] = []
     for row, item in enumerate(items):
-        given = [f for f in ("vector", "text", "image") if item.get(f) is not None]
+        given = [f for f in ("vector", "text", "image", "record") if item.get(f) is not None]
         if len(given) != 1:
-            raise InvalidInput(f"item '{item['id']}': give exactly one of vector, text or image")
+            raise InvalidInput(f"item '{item['id']}': give exactly one of vector, text, image or record")
         if item.get("vector") is not None:
             continue
-        key = bound_encoder(collection)
+        key = bound_encoder(collection, pinned)
         modality = hub.spec(key).modality
-        raw_inputs.append(raw_input(item.get("text"), item.get("image"), modality, f"item '{item['id']}'", settings))
+        what = f"item '{item['id']}'"
+        raw_inputs.append(raw_input(item.get("text"), item.get("image"), modality, what, settings, item.get("record")))
         raw_rows.append(row)
     embedded = {}
     if raw_inputs:
-        key = bound_encoder(collection)
+        key = bound_encoder(collection, pinned)
         results = await hub.embed(key, raw_inputs)
         embedded = dict(zip(raw_rows, results, strict=True))
     for row, item in enumerate(items):
@@ -87,10 +108,10 @@ async def prepare_items(
             out.ids.append(item["id"])
             out.vectors.append(np.asarray(item["vector"], dtype=np.float64))
             out.payloads.append(payload)
-            out.versions.append(version or collection.config.encoder)
+            out.versions.append(version or pinned)
             continue
         result = embedded[row]
-        key = bound_encoder(collection)
+        key = bound_encoder(collection, pinned)
         if not result.faces:
             if hub.spec(key).modality == "face":
                 out.skipped.append({"id": item["id"], "reason": "no face found"})
@@ -108,13 +129,38 @@ async def prepare_items(
     return out
 
 
+def query_encoder_key(spec: EncoderSpec, kind: str) -> str:
+    """The encoder that embeds a ``kind`` query ("text", "image"...) for a collection bound to ``spec``.
+
+    A multi-tower model (two-branch image–text, two-tower records) names its towers in
+    ``spec.config["towers"]``, role -> key: a collection bound to the gallery tower answers a query of
+    another kind with that kind's tower. Everything else embeds queries with the bound encoder itself.
+    """
+    towers = spec.config.get("towers")
+    role = QUERY_TOWER_ROLES.get(kind)
+    if isinstance(towers, dict) and role is not None and isinstance(towers.get(role), str):
+        return str(towers[role])
+    return spec.key
+
+
 async def query_vector(
-    collection: Collection, hub: EncoderHub, settings: Settings, text: str | None, image: str | bytes | None
+    collection: Collection,
+    hub: EncoderHub,
+    settings: Settings,
+    text: str | None,
+    image: str | bytes | None,
+    record: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """One query vector from text or an image (a face collection uses the most confident face)."""
-    key = bound_encoder(collection)
-    modality = hub.spec(key).modality
-    value = raw_input(text, image, modality, "query", settings)
+    """One query vector from text, an image (a face collection uses the most confident face) or a record."""
+    bound = hub.spec(bound_encoder(collection))
+    kind = "record" if record is not None else "text" if text is not None else "image"
+    key = query_encoder_key(bound, kind)
+    spec = bound if key == bound.key else hub.spec(key)
+    if spec.dim != bound.dim:
+        raise InvalidInput(f"query: encoder {key} gives {spec.dim}-d vectors but {bound.key} (this collection's) "
+                           f"gives {bound.dim}-d; they are not towers of one model")  # fmt: skip
+    modality = spec.modality
+    value = raw_input(text, image, modality, "query", settings, record)
     result = (await hub.embed(key, [value]))[0]
     if len(result.vectors) == 0:
         raise InvalidInput("query: no face found in the image")

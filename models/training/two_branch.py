@@ -64,6 +64,9 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     augment: bool = True  # cnn: random scale and shift of the training images
+    # effnet-mlp: Gaussian noise of this norm added to the unit-length frozen features, so the head
+    # does not fit the exact features of one drawing style (the evaluation images are another style)
+    feature_noise: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,9 @@ class Trainer:
             images = self.image_inputs[torch.from_numpy(idx)]
             if self.model_cfg.image_tower == "cnn" and self.optim.augment:
                 images = augment(images, self.generator)
+            elif self.model_cfg.image_tower == "effnet-mlp" and self.optim.feature_noise > 0:
+                noise = torch.randn(images.shape, generator=self.generator)
+                images = F.normalize(images + noise * (self.optim.feature_noise / images.shape[1] ** 0.5), dim=-1)
             loss, parts = ranking_loss(self.image_head(images.to(self.device)), self.text_tower(self.text_batch(texts)),
                                        self.loss_cfg)  # fmt: skip
             self.optimizer.zero_grad(set_to_none=True)
@@ -212,7 +218,8 @@ class Trainer:
         return self.history[-1]
 
     def evaluate(self) -> dict[str, float]:
-        image, text = embed(self.image_head, self.text_tower, self.text_batch, self.eval, self.device)
+        towers = (self.image_tower, self.text_tower)
+        image, text = embed(towers, self.image_head, self.text_batch, self.eval, self.device)
         return recall(image @ text.T)
 
     def state(self) -> dict[str, Any]:
@@ -234,46 +241,58 @@ class Trainer:
         return int(state["epoch"])
 
 
+def fit(request: TrainRequest) -> tuple[Trainer, dict[str, Any]]:
+    """Train (or resume) to the configured epoch, checkpointing each epoch; the trainer and its metrics."""
+    torch.set_num_threads(training_threads())
+    started = time.perf_counter()
+    t = Trainer(request)
+    checkpoints = Checkpointer(request.out / ".checkpoints" / t.top.name)
+    metrics: dict[str, Any] = {}
+    if "untrained" in t.top.baselines:
+        metrics.update({f"untrained_{k}": v for k, v in t.evaluate().items()})
+    first_epoch = 0
+    if request.resume:
+        state = checkpoints.latest()
+        if state is None:
+            raise TrainingError(f"nothing to resume: no checkpoint in {checkpoints.directory}")
+        first_epoch = t.restore(state)
+    epochs = t.optim.epochs
+    steps = (epochs - first_epoch) * t.steps_per_epoch
+    with progress_bar(steps, f"two-branch {t.top.name}", request.progress) as bar:
+        for epoch in range(first_epoch, epochs):
+            t.epoch(bar)
+            checkpoints.save(epoch + 1, t.state())
+    metrics.update(t.evaluate())
+    if "frozen-nn" in t.top.baselines:
+        metrics.update(frozen_nn_recall(t.data, t.data_dir, request.progress))
+    metrics.update({"epochs": epochs, "steps": epochs * t.steps_per_epoch, "train_items": len(t.data.train),
+                    "eval_items": len(t.data.eval), "loss_first_epoch": t.history[0] if t.history else None,
+                    "loss_last_epoch": t.history[-1] if t.history else None, "loss_history": t.history,
+                    "device": t.device, "seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
+    return t, metrics
+
+
+def publish(t: Trainer, request: TrainRequest, metrics: dict[str, Any]) -> TrainResult:
+    """Both towers as artifacts in the models directory ``request.out``, with metrics and model card."""
+    artifacts = {}
+    notes = (f"Trained on {t.data.description}. Recall@K on the evaluation items: `i2t_*` ranks every caption "
+             "for each image, `t2i_*` every image for each caption; `untrained_*` and `frozen_nn_*` are the "
+             "baselines.")  # fmt: skip
+    for family, module in ((t.image_family, t.image_tower), (t.text_family, t.text_tower)):
+        destination = request.out / family.spec.key
+        spec = write_artifact(family, module.cpu().eval(), destination)
+        write_card(destination, spec, metrics, request.config, notes)
+        artifacts[family.spec.key] = destination
+    return TrainResult(artifacts[t.image_family.spec.key], metrics)
+
+
 @register_recipe(RECIPE)
 class TwoBranchRecipe:
     name = RECIPE
 
     def train(self, request: TrainRequest) -> TrainResult:
-        torch.set_num_threads(training_threads())
-        started = time.perf_counter()
-        t = Trainer(request)
-        checkpoints = Checkpointer(request.out / ".checkpoints" / t.top.name)
-        metrics: dict[str, Any] = {}
-        if "untrained" in t.top.baselines:
-            metrics.update({f"untrained_{k}": v for k, v in t.evaluate().items()})
-        first_epoch = 0
-        if request.resume:
-            state = checkpoints.latest()
-            if state is None:
-                raise TrainingError(f"nothing to resume: no checkpoint in {checkpoints.directory}")
-            first_epoch = t.restore(state)
-        epochs = t.optim.epochs
-        with progress_bar((epochs - first_epoch) * t.steps_per_epoch, f"two-branch {t.top.name}",
-                          request.progress) as bar:  # fmt: skip
-            for epoch in range(first_epoch, epochs):
-                t.epoch(bar)
-                checkpoints.save(epoch + 1, t.state())
-        metrics.update(t.evaluate())
-        if "frozen-nn" in t.top.baselines:
-            metrics.update(frozen_nn_recall(t.data, t.data_dir, request.progress))
-        metrics.update({"epochs": epochs, "steps": epochs * t.steps_per_epoch, "train_items": len(t.data.train),
-                        "eval_items": len(t.data.eval), "loss_first_epoch": t.history[0] if t.history else None,
-                        "loss_last_epoch": t.history[-1] if t.history else None, "loss_history": t.history,
-                        "device": t.device, "seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
-        artifacts = {}
-        for family, module in ((t.image_family, t.image_tower), (t.text_family, t.text_tower)):
-            destination = request.out / family.spec.key
-            spec = write_artifact(family, module.cpu().eval(), destination)
-            notes = (f"Trained on {t.data.description}. Recall@K on the evaluation items: `i2t_*` ranks every "
-                     "caption for each image, `t2i_*` every image for each caption.")  # fmt: skip
-            write_card(destination, spec, metrics, request.config, notes)
-            artifacts[family.spec.key] = destination
-        return TrainResult(artifacts[t.image_family.spec.key], metrics)
+        trainer, metrics = fit(request)
+        return publish(trainer, request, metrics)
 
     def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
         return evaluate_artifact(artifact, data, data_dir or Path(".ers-data"))

@@ -48,14 +48,16 @@ def recall(sim: np.ndarray | torch.Tensor, prefix: str = "") -> dict[str, float]
 
 @torch.no_grad()
 def embed(
+    towers: tuple[torch.nn.Module, torch.nn.Module],
     image_head: Callable[[torch.Tensor], torch.Tensor],
-    text_tower: torch.nn.Module,
     text_batch: Callable[[list[str]], torch.Tensor],
     data: EvalSet,
     device: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of the evaluation items with the training modules (eval mode), in chunks."""
-    modules = [m for m in (getattr(image_head, "__self__", None), text_tower) if isinstance(m, torch.nn.Module)]
+    """Embeddings of the evaluation items with the training ``towers`` (image, text) in eval mode;
+    ``image_head`` runs the image tower on its training-time inputs."""
+    modules = list(towers)
+    text_tower = towers[1]
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()

@@ -1,0 +1,159 @@
+"""``ers train two-branch`` on real emoji image–name pairs: the loss falls, both towers publish as
+artifacts that load through the registry, the ONNX towers give the training modules' vectors, resume
+continues exactly, ``ers eval`` scores the artifact, and a user's CSV of image_path,caption trains."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from models.encoder import encode
+from models.registry import load_encoder
+from models.training.pairs import emoji_captions, load_pairs_csv
+from models.training.recipe import TrainingError, TrainRequest
+from models.training.run import load_config
+from models.training.two_branch import TwoBranchRecipe, fit, publish
+from models.training.two_branch_eval import embed, evaluate_artifact
+
+LIMIT = 300
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("models.training.two_branch.training_threads", lambda: 1)
+    monkeypatch.setattr("models.training.run.training_threads", lambda: 1)
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(zoo_dirs: tuple[Path, Path]) -> Path:
+    return zoo_dirs[1].parent  # the session's zoo root: cache/ holds the emoji tarballs, models/ the zoo
+
+
+def tiny(**sections: dict[str, Any]) -> dict[str, Any]:
+    config = load_config("two-branch-tiny")
+    for name, values in sections.items():
+        config[name] = {**config[name], **values}
+    return config
+
+
+def served_matches_training(t: Any, out: Path) -> None:
+    """The published ONNX towers, loaded by the registry as the service loads them, embed the raw
+    evaluation images and captions exactly as the training modules did."""
+    image_vectors, text_vectors = embed((t.image_tower, t.text_tower), t.image_head, t.text_batch, t.eval, "cpu")
+    image = load_encoder(out / t.image_family.spec.key, backend="onnx")
+    text = load_encoder(out / t.text_family.spec.key, backend="onnx")
+    assert image.backend == text.backend == "onnx"
+    served_images = encode(image, [it.image for it in t.data.eval[:64]])
+    served_texts = encode(text, [it.captions[0] for it in t.data.eval[:64]])
+    np.testing.assert_allclose(served_images, image_vectors[:64], atol=2e-4)
+    np.testing.assert_allclose(served_texts, text_vectors[:64], atol=2e-4)
+
+
+@pytest.mark.parametrize("text_tower", ["ngram", "bow", "gru"])
+def test_each_text_tower_trains_publishes_and_serves_the_same_vectors(
+    text_tower: str, tmp_path: Path, data_dir: Path
+) -> None:
+    request = TrainRequest(tiny(model={"text_tower": text_tower}), tmp_path / "models", data_dir=data_dir,
+                           progress=False)  # fmt: skip
+    t, metrics = fit(request)
+    history = metrics["loss_history"]
+    assert len(history) == 4 and history[-1] < history[0] * 0.9, history
+    result = publish(t, request, metrics)
+    assert result.artifact == tmp_path / "models" / "emoji2b-tiny-image@1"
+    for key, modality in (("emoji2b-tiny-image@1", "image"), ("emoji2b-tiny-text@1", "text")):
+        directory = tmp_path / "models" / key
+        assert {"model.onnx", "model.safetensors", "spec.json", "metrics.json", "MODEL_CARD.md"} <= {
+            p.name for p in directory.iterdir()}  # fmt: skip
+        spec = load_encoder(directory, backend="torch").spec
+        assert spec.modality == modality and spec.dim == 64
+        assert spec.config["recipe"] == "two-branch"
+        assert spec.config["towers"] == {"image": "emoji2b-tiny-image@1", "text": "emoji2b-tiny-text@1"}
+    served_matches_training(t, tmp_path / "models")
+    # The trained model ranks the held-out Twitter-style drawings better than its untrained start.
+    assert metrics["t2i_r@10"] > metrics["untrained_t2i_r@10"] and metrics["i2t_r@10"] > metrics["untrained_i2t_r@10"]
+
+
+def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path: Path, data_dir: Path) -> None:
+    config = tiny(train={"epochs": 3})
+    full = TwoBranchRecipe().train(TrainRequest(config, tmp_path / "a", data_dir=data_dir, progress=False))
+    interrupted = TrainRequest(config, tmp_path / "b", data_dir=data_dir, progress=False)
+    t, _ = fit(interrupted)
+    checkpoints = tmp_path / "b" / ".checkpoints" / "emoji2b-tiny"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-0002", "epoch-0003"]
+    import shutil
+
+    shutil.rmtree(checkpoints / "epoch-0003")  # as if killed during the last epoch
+    resumed = TwoBranchRecipe().train(dataclasses.replace(interrupted, resume=True))
+    assert resumed.metrics["loss_history"] == full.metrics["loss_history"]
+    for key in ("emoji2b-tiny-image@1", "emoji2b-tiny-text@1"):
+        a, b = (load_file(str(tmp_path / run / key / "model.safetensors")) for run in ("a", "b"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), key
+    with pytest.raises(TrainingError, match="different config"):
+        fit(dataclasses.replace(interrupted, config=tiny(train={"epochs": 5}), resume=True))
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        fit(TrainRequest(config, tmp_path / "c", data_dir=data_dir, progress=False, resume=True))
+
+
+def test_ers_eval_scores_the_served_towers(tmp_path: Path, data_dir: Path) -> None:
+    from service.cli import app
+
+    result = TwoBranchRecipe().train(TrainRequest(tiny(), tmp_path / "m", data_dir=data_dir, progress=False))
+    served = evaluate_artifact(tmp_path / "m" / "emoji2b-tiny-text@1", None, data_dir)
+    assert served["items"] == LIMIT and served["data"] == "emoji-twitter"
+    for key in ("i2t_r@1", "i2t_r@10", "t2i_r@1", "t2i_r@10"):  # ONNX towers rank as training measured
+        assert abs(served[key] - result.metrics[key]) <= 2 / LIMIT, (key, served[key], result.metrics[key])
+    out = CliRunner().invoke(app, ["eval", str(result.artifact), "--data", "emoji-google", "--data-dir",
+                                   str(data_dir), "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert '"data": "emoji-google"' in out.output and '"t2i_r@5"' in out.output
+
+
+def write_pairs_csv(directory: Path, data_dir: Path, n: int) -> Path:
+    from models.data.emoji import load_emoji
+
+    (directory / "img").mkdir(parents=True)
+    path = directory / "pairs.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_path", "caption", "ignored"])
+        for e in load_emoji(data_dir / "cache", n):
+            (directory / "img" / f"{e.code}.png").write_bytes(e.google_png)
+            for caption in emoji_captions(e.name, e.short_names, e.category, e.subcategory)[:2]:
+                writer.writerow([f"img/{e.code}.png", caption, "x"])
+    return path
+
+
+def test_a_csv_of_image_paths_and_captions_trains(tmp_path: Path, data_dir: Path) -> None:
+    pairs = write_pairs_csv(tmp_path / "mine", data_dir, 120)
+    items = load_pairs_csv(pairs)
+    assert len(items) == 120 and all(1 <= len(it.captions) <= 2 for it in items)
+    config = tiny(data={"source": str(pairs), "limit": None, "eval_fraction": 0.2}, train={"batch_size": 32})
+    result = TwoBranchRecipe().train(TrainRequest(config, tmp_path / "models", data_dir=data_dir, progress=False))
+    assert result.metrics["train_items"] == 96 and result.metrics["eval_items"] == 24
+    served = evaluate_artifact(result.artifact, None, data_dir)  # the same seeded held-out split
+    assert served["items"] == 24 and abs(served["t2i_r@10"] - result.metrics["t2i_r@10"]) <= 1 / 24
+
+
+def test_bad_inputs_are_clear_errors(tmp_path: Path, data_dir: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,text\na.png,a cat\n")
+    with pytest.raises(TrainingError, match="needs image_path and caption"):
+        load_pairs_csv(bad)
+    bad.write_text("image_path,caption\nmissing.png,a cat\n")
+    with pytest.raises(TrainingError, match=r"missing\.png .*cannot be read"):
+        load_pairs_csv(bad)
+    with pytest.raises(TrainingError, match="unknown config keys"):
+        fit(TrainRequest(tiny(model={"txt_tower": "gru"}), tmp_path / "m", data_dir=data_dir))
+    with pytest.raises(TrainingError, match="text_tower must be one of"):
+        fit(TrainRequest(tiny(model={"text_tower": "lstm"}), tmp_path / "m", data_dir=data_dir))
+    with pytest.raises(TrainingError, match="sampling must be one of"):
+        fit(TrainRequest(tiny(loss={"sampling": "random"}), tmp_path / "m", data_dir=data_dir))
