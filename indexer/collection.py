@@ -347,6 +347,19 @@ class Collection:
         assert vector is not None
         return vector
 
+    def query_vector_of(self, item_id: str) -> FloatArray:
+        """A stored item's vector as a query of the active encoder (search by id)."""
+        item = self.get(item_id, with_vector=True)
+        active = self.config.encoder
+        if self.segment_key(item.encoder_version) != self.segment_key(active):
+            raise InvalidInput(
+                f"item '{item_id}' was embedded by {item.encoder_version} but this collection now queries with "
+                f"{active}; search by id works for items of the active encoder (search with the item's text or "
+                "image instead, or re-embed it)"
+            )
+        assert item.vector is not None
+        return item.vector
+
     def search(
         self,
         queries: Any,

@@ -20,6 +20,7 @@ from indexer.collection import Collection
 from indexer.durable import fsync_dir
 from indexer.errors import AlreadyExists, CollectionNotFound, DataDirLocked, InvalidInput
 from indexer.index_policy import IndexOptions
+from indexer.segments import EVAL_NAMESPACE, STATE_NAMESPACE, CompatResolver
 from indexer.store.base import MetadataStore
 from indexer.types import COLLECTION_NAME_RE, METRICS, CollectionConfig, Metric
 from indexer.vector_index import validate_spec
@@ -57,8 +58,15 @@ class DataDirLock:
 
 
 class CollectionManager:
-    def __init__(self, data_dir: Path, store: MetadataStore, options: IndexOptions | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        store: MetadataStore,
+        options: IndexOptions | None = None,
+        compat: CompatResolver | None = None,
+    ) -> None:
         self.data_dir = data_dir
+        self.compat = compat  # which encoder versions' vectors a query may be compared with
         self.root = data_dir / "collections"
         self.store = store
         self.options = options or IndexOptions()
@@ -82,7 +90,7 @@ class CollectionManager:
         for name, cfg in known.items():
             (self.root / name / DELETED_MARKER).unlink(missing_ok=True)  # a delete that never finished
             started = time.perf_counter()
-            self._collections[name] = Collection(cfg, self.root / name, self.store, self.options)
+            self._collections[name] = Collection(cfg, self.root / name, self.store, self.options, self.compat)
             log.info(
                 "opened %s (%d items) in %.2fs", name, self._collections[name].count, time.perf_counter() - started
             )
@@ -103,6 +111,8 @@ class CollectionManager:
             if name in self._collections:
                 raise AlreadyExists(f"collection '{name}' already exists")
             self.store.create_collection(cfg)
+            for namespace in (STATE_NAMESPACE, EVAL_NAMESPACE):  # left by a delete that crashed half-way
+                self.store.delete_doc(namespace, name)
             directory = self.root / name
             if directory.exists():
                 if (directory / DELETED_MARKER).exists():  # a delete interrupted by a crash
@@ -111,7 +121,7 @@ class CollectionManager:
                     aside = self.root / f".orphaned-{name}-{int(time.time())}"
                     log.warning("moving unknown directory %s to %s", directory, aside)
                     directory.rename(aside)
-            collection = Collection(cfg, directory, self.store, self.options)
+            collection = Collection(cfg, directory, self.store, self.options, self.compat)
             self._collections[name] = collection
             return collection
 
@@ -133,6 +143,8 @@ class CollectionManager:
             marker.touch()
             fsync_dir(collection.directory)
             self.store.delete_collection(name)
+            for namespace in (STATE_NAMESPACE, EVAL_NAMESPACE):
+                self.store.delete_doc(namespace, name)
             del self._collections[name]
             collection.close(snapshot=False)
             shutil.rmtree(collection.directory, ignore_errors=True)

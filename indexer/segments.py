@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STATE_NAMESPACE = "ers-encoder-state"
+EVAL_NAMESPACE = "ers-eval-sets"  # a collection's labelled evaluation set (service.migrations)
 SEGMENTS_DIR = "segments"
 SEGMENT_META = "segment.json"
 

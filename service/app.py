@@ -18,7 +18,8 @@ from service.encoders import EncoderHub
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.routes import collections, encoders, health, jobs, search
+from service.migrations import SpecCompat
+from service.routes import collections, encoders, health, jobs, migrations, search
 from service.settings import Settings
 
 log = logging.getLogger("ers")
@@ -42,7 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         set_faiss_threads(settings.threads)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         store = open_store(settings.redis_url, settings.data_dir, settings.redis_prefix)
-        manager = CollectionManager(settings.data_dir, store, settings.index_options())
+        compat = SpecCompat(settings.models_path)  # which encoder versions' vectors a query may meet
+        manager = CollectionManager(settings.data_dir, store, settings.index_options(), compat)
         hub = EncoderHub(settings.models_path, settings.hub_options(), make_cache(settings, store))
         runner = jobs.make_runner(settings, store, manager, hub)
         try:
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(search.router, dependencies=auth)
     search.document(app)
     app.include_router(encoders.router, dependencies=auth)
+    migrations.install(app, dependencies=auth)
     app.include_router(jobs.router, dependencies=auth)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, limit=lambda: settings.max_body_bytes)

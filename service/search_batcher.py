@@ -51,6 +51,7 @@ class _Queue:
     k: int
     flt: dict[str, Any] | None
     waiting: list[_Pending]
+    version: str | None = None  # encoder version of the query vectors (None: the collection's active one)
 
 
 def filter_key(flt: dict[str, Any] | None) -> str:
@@ -61,7 +62,7 @@ class SearchBatcher:
     def __init__(self, concurrency: int, max_rows: int = 256) -> None:
         self.free = max(1, concurrency)
         self.max_rows = max(1, max_rows)
-        self._queues: dict[tuple[Collection, int, str], _Queue] = {}
+        self._queues: dict[tuple[Collection, int, str, str | None], _Queue] = {}
         self._running: set[asyncio.Task[None]] = set()
         self.calls = 0  # FAISS calls made
         self.searches = 0  # submissions answered (a merged call answers several)
@@ -73,14 +74,15 @@ class SearchBatcher:
         k: int,
         flt: dict[str, Any] | None = None,
         exclude: list[str | None] | None = None,
+        version: str | None = None,
     ) -> Results:
         """Top-``k`` hits per row of ``vectors``, computed together with concurrent searches."""
         future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
         pending = _Pending(vectors, exclude or [None] * len(vectors), future)
-        key = (collection, k, filter_key(flt))
+        key = (collection, k, filter_key(flt), version)
         queue = self._queues.get(key)
         if queue is None:
-            self._queues[key] = _Queue(collection, k, flt, [pending])
+            self._queues[key] = _Queue(collection, k, flt, [pending], version)
         else:
             queue.waiting.append(pending)
         self._dispatch()
@@ -109,7 +111,9 @@ class SearchBatcher:
     async def _run(self, queue: _Queue, group: list[_Pending]) -> None:
         answers: list[Results | Exception]
         try:
-            answers = await anyio.to_thread.run_sync(search_group, queue.collection, queue.k, queue.flt, group)
+            answers = await anyio.to_thread.run_sync(
+                search_group, queue.collection, queue.k, queue.flt, group, queue.version
+            )
         except Exception as exc:  # search_group catches search errors; this is the thread hop failing
             answers = [exc] * len(group)
         except BaseException:  # cancelled at shutdown: nobody may wait forever
@@ -130,21 +134,21 @@ class SearchBatcher:
 
 
 def search_group(
-    collection: Collection, k: int, flt: dict[str, Any] | None, group: list[_Pending]
+    collection: Collection, k: int, flt: dict[str, Any] | None, group: list[_Pending], version: str | None = None
 ) -> list[Results | Exception]:
     """One FAISS call for the whole group (worker thread); each search alone if that fails."""
     if len(group) == 1:
         try:
-            return [collection.search(group[0].vectors, k, flt, exclude=group[0].exclude)]
+            return [collection.search(group[0].vectors, k, flt, exclude=group[0].exclude, version=version)]
         except Exception as exc:
             return [exc]
     try:
         matrix = np.concatenate([p.vectors for p in group])
         exclude = [e for p in group for e in p.exclude]
-        hits = collection.search(matrix, k, flt, exclude=exclude)
+        hits = collection.search(matrix, k, flt, exclude=exclude, version=version)
     except Exception:
         log.debug("merged search of %d requests failed; answering each alone", len(group), exc_info=True)
-        return [answer for p in group for answer in search_group(collection, k, flt, [p])]
+        return [answer for p in group for answer in search_group(collection, k, flt, [p], version)]
     out: list[Results | Exception] = []
     start = 0
     for p in group:

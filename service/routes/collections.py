@@ -126,9 +126,9 @@ async def upsert_items(
         raise InvalidInput("items is empty")
     if len(items) > settings.max_batch:
         raise LimitExceeded(f"{len(items)} items in one request; the limit is {settings.max_batch} (ERS_MAX_BATCH)")
-    dim = collection.config.dim
     for item in items:
         vector = item.get("vector")
+        dim = collection.dim_for(item.get("encoder_version") or collection.config.encoder)  # per encoder version
         if vector is not None and len(vector) != dim:
             raise InvalidInput(f"item '{item['id']}': vector has dimension {len(vector)}, collection expects {dim}")
     prepared = await prepare_items(collection, hub, settings, items)

@@ -1,0 +1,131 @@
+"""Encoder migrations of a collection (backward-compatible upgrades) and its labelled evaluation set.
+
+- ``POST /v1/collections/{name}/migrations`` ``{"to": "name@version", "force": false, "backfill": "none",
+  "eval": {"inputs": [...], "labels": [...]}}`` checks compatibility by spec (409 when not), runs the
+  compatibility gate (409 when the criterion fails, unless ``force``) and switches the query encoder.
+- ``POST /v1/collections/{name}/migrations`` ``{"rollback": true}`` — or ``POST .../migrations/rollback``
+  — returns to the previous query encoder.
+- ``GET /v1/collections/{name}/migrations``: the active encoder and the history, each with its reports.
+- ``PUT|GET|DELETE /v1/collections/{name}/eval-set``: the labelled inputs the gate uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import anyio.to_thread
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from indexer.errors import InvalidInput
+from models.encoder import Encoder
+from service.deps import CollectionDep, HubDep
+from service.errors import error_response
+from service.migrations import (
+    EVAL_NAMESPACE,
+    EvalSet,
+    MigrationRefused,
+    Migrations,
+    SpecCompat,
+    describe_eval_set,
+    put_eval_set,
+)
+
+router = APIRouter(prefix="/v1/collections", tags=["migrations"])
+
+
+class EvalSetIn(BaseModel):
+    inputs: list[Any] = Field(description="texts, or base64 images, as the collection's encoders take them")
+    labels: list[Any] = Field(description="one label per input; items of one label are relevant to each other")
+
+
+class MigrationCreate(BaseModel):
+    to: str | None = Field(default=None, description="name@version of the new query encoder")
+    force: bool = Field(default=False, description="migrate even when the compatibility gate fails or has no data")
+    backfill: Literal["none", "background"] = Field(
+        default="none", description="none: old items stay as they are, searched through the compatible prefix"
+    )
+    eval: EvalSetIn | None = Field(default=None, description="evaluation set for this gate only")
+    rollback: bool = Field(default=False, description="return to the previous query encoder instead")
+
+
+def migrations_of(request: Request) -> Migrations:
+    state = request.app.state
+    found: Migrations | None = getattr(state, "migrations", None)
+    if found is None:
+        manager, models_dir = state.manager, state.settings.models_path
+        compat = manager.compat if isinstance(manager.compat, SpecCompat) else SpecCompat(models_dir)
+        found = state.migrations = Migrations(manager.store, compat, models_dir)
+    return found
+
+
+@router.post("/{name}/migrations", status_code=201)
+async def create_migration(body: MigrationCreate, request: Request, collection: CollectionDep, hub: HubDep) -> Any:
+    migrations = migrations_of(request)
+    if body.rollback:
+        if body.to is not None:
+            raise InvalidInput("give either 'to' or 'rollback', not both")
+        entry = await anyio.to_thread.run_sync(migrations.rollback, collection)
+        return {"migration": entry, "active": collection.config.encoder}
+    if body.to is None:
+        raise InvalidInput("give 'to' (name@version of the new encoder) or 'rollback': true")
+    if body.backfill == "background":
+        raise InvalidInput(
+            "backfill 'background' is not available yet on this server (it needs kept sources and the batch job "
+            "runner); migrate with backfill 'none': old items stay searchable through the compatible prefix"
+        )
+    new = await anyio.to_thread.run_sync(hub.get, body.to)  # 422 naming `ers zoo pull` when missing
+    eval_set = EvalSet(body.eval.inputs, body.eval.labels, "request") if body.eval is not None else None
+    old: dict[str, Encoder] = {}
+    has_data = eval_set is not None or migrations.store.get_doc(EVAL_NAMESPACE, collection.name) is not None
+    if has_data:
+        versions = set(migrations.gallery_versions(collection)) | {collection.config.encoder or ""}
+        for version in sorted(v for v in versions if v and v != body.to and migrations.compat.spec(v) is not None):
+            old[version] = await anyio.to_thread.run_sync(hub.get, version)
+    entry = await anyio.to_thread.run_sync(
+        lambda: migrations.migrate(collection, body.to or "", new, old, body.force, body.backfill, eval_set)
+    )
+    return {"migration": entry, "active": collection.config.encoder}
+
+
+@router.post("/{name}/migrations/rollback", status_code=201)
+async def rollback(request: Request, collection: CollectionDep) -> Any:
+    entry = await anyio.to_thread.run_sync(migrations_of(request).rollback, collection)
+    return {"migration": entry, "active": collection.config.encoder}
+
+
+@router.get("/{name}/migrations")
+def list_migrations(collection: CollectionDep) -> dict[str, Any]:
+    return {
+        "active": collection.config.encoder,
+        "dim": collection.config.dim,
+        "versions": {str(k): v for k, v in collection.version_counts().items()},
+        "history": collection.state.history,
+    }
+
+
+@router.put("/{name}/eval-set")
+def put_eval(body: EvalSetIn, request: Request, collection: CollectionDep) -> dict[str, Any]:
+    return put_eval_set(migrations_of(request).store, collection.name, body.inputs, body.labels)
+
+
+@router.get("/{name}/eval-set")
+def get_eval(request: Request, collection: CollectionDep) -> dict[str, Any]:
+    return describe_eval_set(migrations_of(request).store, collection.name)
+
+
+@router.delete("/{name}/eval-set", status_code=204)
+def delete_eval(request: Request, collection: CollectionDep) -> Response:
+    migrations_of(request).store.delete_doc(EVAL_NAMESPACE, collection.name)
+    return Response(status_code=204)
+
+
+def install(app: FastAPI, dependencies: Sequence[Any]) -> None:
+    """Mount the routes; a refused migration answers 409 Conflict with the reason."""
+    app.include_router(router, dependencies=list(dependencies))
+
+    @app.exception_handler(MigrationRefused)
+    async def _refused(_: Request, exc: MigrationRefused) -> JSONResponse:
+        return error_response(409, exc.code, exc.message)
