@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 from PIL import Image
 
@@ -17,6 +20,7 @@ from models.export import write_artifact
 from models.spec import EncoderSpec
 from models.text_hash import HashedNgramFamily
 from models.two_branch import TwoBranchImageFamily
+from tests.service.server_proc import ERS_BIN
 
 TEXT = "tiny-text@1"
 IMAGE = "tiny-image@1"
@@ -85,3 +89,37 @@ def wait_for(
 
 def finished(job: dict[str, Any]) -> bool:
     return job["state"] in ("succeeded", "failed", "cancelled")
+
+
+def text_manifest(path: Path, n: int) -> list[str]:
+    """A JSONL manifest of ``n`` short texts; returns the ids."""
+    ids = [f"t{i}" for i in range(n)]
+    path.write_text(
+        "".join(f'{{"id": "{i}", "text": "item {i} of group {n % 13}", "payload": {{"n": 1}}}}\n' for i in ids)
+    )
+    return ids
+
+
+def start_worker(redis_url: str, prefix: str, models_dir: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """A real ``ers worker`` child process (its own session, so signals reach only it)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("ERS_")}
+    full.update({"PYTHONUNBUFFERED": "1", **{f"ERS_{k.upper()}": v for k, v in env.items()}})
+    args = [str(ERS_BIN), "worker", "--redis-url", redis_url, "--redis-prefix", prefix, "--models-dir", str(models_dir)]
+    with open(log, "ab") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=full, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def missing_items(url: str, collection: str, ids: list[str]) -> list[str]:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        return [i for i in ids if client.get(f"/v1/collections/{collection}/items/{i}").status_code != 200]
