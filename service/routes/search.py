@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -101,14 +102,30 @@ async def _query_matrix(
                 raise InvalidInput(f"query {i}: vector is empty")
             vectors.append(as_matrix(q.vector, dim, f"query {i} vector")[0])
         elif q.id is not None:
-            vectors.append(await anyio.to_thread.run_sync(collection.vector_of, q.id))
+            vectors.append(await anyio.to_thread.run_sync(collection.query_vector_of, q.id))
         else:
             vectors.append(await query_vector(collection, hub, settings, q.text, q.image))
     return np.stack(vectors).astype(np.float32, copy=False)
 
 
+async def _pinned(collection: Collection, make: Callable[[], Awaitable[np.ndarray]]) -> tuple[np.ndarray, str | None]:
+    """The query matrix and the encoder version it belongs to, pinned when the request starts: a
+    search in flight during a migration finishes on the encoder it started with (made again, once,
+    if the switch fell while its queries were being embedded)."""
+    cfg = collection.config
+    matrix = await make()
+    if collection.config is not cfg:
+        cfg = collection.config
+        matrix = await make()
+    return matrix, cfg.encoder
+
+
 async def _run(
-    searcher: SearchBatcher, collection: Collection, queries: list[SearchRequest], matrix: np.ndarray
+    searcher: SearchBatcher,
+    collection: Collection,
+    queries: list[SearchRequest],
+    matrix: np.ndarray,
+    version: str | None = None,
 ) -> list[list[Hit]]:
     # Group queries that share a filter: each group is one search at the group's largest k
     # (merged with other requests' searches of the same collection, k and filter).
@@ -119,7 +136,7 @@ async def _run(
     async def one(rows: list[int]) -> list[list[Hit]]:
         k = max(queries[r].k for r in rows)
         exclude = [queries[r].id for r in rows]
-        return await searcher.search(collection, matrix[rows], k, queries[rows[0]].filter, exclude)
+        return await searcher.search(collection, matrix[rows], k, queries[rows[0]].filter, exclude, version)
 
     found = await asyncio.gather(*(one(rows) for rows in groups.values()))
     out: list[list[Hit]] = [[] for _ in queries]
@@ -159,12 +176,17 @@ async def search(request: Request, collection: CollectionDep, settings: Settings
     started = time.perf_counter()
     body, upload = await _search_body(request)
     if upload is not None:
-        matrix = (await query_vector(collection, hub, settings, None, upload))[None, :]
         if body.k > settings.max_k:
             raise LimitExceeded(f"k={body.k} is over the limit of {settings.max_k} (ERS_MAX_K)")
+
+        async def make() -> np.ndarray:
+            assert upload is not None
+            return (await query_vector(collection, hub, settings, None, upload))[None, :]
+
+        matrix, version = await _pinned(collection, make)
     else:
-        matrix = await _query_matrix(collection, hub, [body], settings)
-    hits = (await _run(batcher(request, settings), collection, [body], matrix))[0]
+        matrix, version = await _pinned(collection, lambda: _query_matrix(collection, hub, [body], settings))
+    hits = (await _run(batcher(request, settings), collection, [body], matrix, version))[0]
     return _json({"results": _hits(hits), "took_ms": round((time.perf_counter() - started) * 1e3, 3)})
 
 
@@ -178,8 +200,8 @@ async def search_batch(request: Request, collection: CollectionDep, settings: Se
             f"{len(body.queries)} queries in one request; the limit is {settings.max_queries} (ERS_MAX_QUERIES)"
         )
     started = time.perf_counter()
-    matrix = await _query_matrix(collection, hub, body.queries, settings)
-    results = await _run(batcher(request, settings), collection, body.queries, matrix)
+    matrix, version = await _pinned(collection, lambda: _query_matrix(collection, hub, body.queries, settings))
+    results = await _run(batcher(request, settings), collection, body.queries, matrix, version)
     return _json({"results": [_hits(h) for h in results], "took_ms": round((time.perf_counter() - started) * 1e3, 3)})
 
 
