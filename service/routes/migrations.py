@@ -102,6 +102,7 @@ def list_migrations(collection: CollectionDep) -> dict[str, Any]:
         "active": collection.config.encoder,
         "dim": collection.config.dim,
         "versions": {str(k): v for k, v in collection.version_counts().items()},
+        "segments": collection.stats()["segments"],  # one index per encoder version
         "history": collection.state.history,
     }
 

@@ -156,7 +156,7 @@ def test_migration_end_to_end(make_client: MakeClient, tmp_path: Path, models_di
     mixed = client.post("/v1/collections/fm/search", json={"image": images[0], "k": 50}).json()["results"]
     assert {h["encoder_version"] for h in mixed} == {V1, V2}
     assert [h["score"] for h in mixed] == sorted((h["score"] for h in mixed), reverse=True)
-    segments = {s["encoder_version"]: s for s in client.get("/v1/collections/fm").json()["segments"]}
+    segments = {s["encoder_version"]: s for s in client.get("/v1/collections/fm/migrations").json()["segments"]}
     assert (segments[V1]["dim"], segments[V1]["indexed"]) == (32, 200)
     assert (segments[V2]["dim"], segments[V2]["indexed"]) == (40, 20)
 
