@@ -38,6 +38,9 @@ class ItemIn(BaseModel):
     vector: list[float] | None = None
     text: str | None = Field(default=None, description="raw text, embedded by the collection's encoder")
     image: str | None = Field(default=None, description="base64 image, embedded by the collection's encoder")
+    record: dict[str, Any] | None = Field(
+        default=None, description="categorical record (feature -> string or integer), for record encoders"
+    )
     payload: dict[str, Any] | None = None
     encoder_version: str | None = Field(
         default=None, description="name@version that made the vector; defaults to the collection's encoder"
@@ -74,6 +77,9 @@ class SearchRequest(BaseModel):
     id: str | None = Field(default=None, description="search with a stored item's vector (it is left out)")
     text: str | None = Field(default=None, description="embedded by the collection's encoder")
     image: str | None = Field(default=None, description="base64 image, embedded by the collection's encoder")
+    record: dict[str, Any] | None = Field(
+        default=None, description="categorical record; a two-tower model embeds it with its query tower"
+    )
     k: int = Field(default=10, ge=1)
     filter: dict[str, Any] | None = Field(
         default=None, description='{"field": value} | {"field": {"in": [...]}} | {"field": {"gte": 1, "lt": 5}}'
@@ -81,9 +87,9 @@ class SearchRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
-        given = [f for f in ("vector", "id", "text", "image") if getattr(self, f) is not None]
+        given = [f for f in ("vector", "id", "text", "image", "record") if getattr(self, f) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'vector', 'id', 'text' or 'image'")
+            raise ValueError("give exactly one of 'vector', 'id', 'text', 'image' or 'record'")
         return self
 
 

@@ -104,7 +104,7 @@ async def _query_matrix(
         elif q.id is not None:
             vectors.append(await anyio.to_thread.run_sync(collection.query_vector_of, q.id))
         else:
-            vectors.append(await query_vector(collection, hub, settings, q.text, q.image))
+            vectors.append(await query_vector(collection, hub, settings, q.text, q.image, q.record))
     return np.stack(vectors).astype(np.float32, copy=False)
 
 
