@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from service import cli_compat, cli_jobs, cli_train
+from service import cli_compat, cli_jobs, cli_migrate, cli_train
 from service.cli_zoo import zoo_app
 from service.client import ClientError, ERSClient
 from service.settings import Settings
@@ -24,6 +24,7 @@ app.add_typer(zoo_app, name="zoo")
 cli_train.register(app)
 cli_compat.register(app)
 cli_jobs.register(app)
+cli_migrate.register(app)
 console = Console()
 err = Console(stderr=True)
 

@@ -15,16 +15,22 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from models.data.fashion_mnist import FashionMNIST, load_fashion_mnist
 from models.export import write_artifact
@@ -34,7 +40,11 @@ from models.spec import EncoderSpec
 from models.training.fmnist import FmnistRecipe
 from models.training.recipe import TrainRequest
 from models.training.run import load_config
+from service.app import create_app
+from service.cli import app as cli_app
+from service.settings import Settings
 from tests.service.conftest import MakeClient
+from tests.service.test_cli import _free_port
 
 V1, V2, OTHER = "fmnist-tiny@1", "fmnist-tiny@2", "fmnist-other@1"
 EXTRA = 8
@@ -191,3 +201,42 @@ def test_mixed_collection_survives_restart(
     after = again.post("/v1/collections/fm/search", json={"image": images[3], "k": 40}).json()["results"]
     assert [(h["id"], h["encoder_version"]) for h in after] == [(h["id"], h["encoder_version"]) for h in before]
     assert len(again.get("/v1/collections/fm/migrations").json()["history"]) == 1
+
+
+def test_migrate_command(
+    tmp_path: Path, models_dir: Path, fmnist: FashionMNIST, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(models_dir, tmp_path / "data" / "models")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(data_dir=tmp_path / "data")), host="127.0.0.1",
+                                           port=port, log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("ERS_URL", url)
+        httpx.post(f"{url}/v1/collections", json={"name": "fm", "encoder": V1}).raise_for_status()
+        images, labels = sample(fmnist, 30)
+        httpx.put(f"{url}/v1/collections/fm/items", json={"items": gallery_items("g", images, labels)},
+                  timeout=60).raise_for_status()  # fmt: skip
+        eval_file = tmp_path / "eval.json"
+        eval_file.write_text(json.dumps({"inputs": images, "labels": labels}))
+        runner = CliRunner()
+        r = runner.invoke(cli_app, ["migrate", "fm", "--to", OTHER])
+        assert r.exit_code == 1 and "not compatible" in r.output
+        r = runner.invoke(cli_app, ["migrate", "fm", "--to", V2, "--eval", str(eval_file)])
+        assert r.exit_code == 1 and "compatibility gate failed" in r.output
+        r = runner.invoke(cli_app, ["migrate", "fm", "--to", V2, "--eval", str(eval_file), "--force"])
+        assert r.exit_code == 0, r.output
+        assert "new/old" in r.output and f"fm now queries with {V2}" in r.output
+        r = runner.invoke(cli_app, ["migrate", "fm", "--history"])
+        assert r.exit_code == 0 and f"active encoder: {V2}" in r.output and "gate: forced" in r.output
+        r = runner.invoke(cli_app, ["migrate", "fm", "--rollback"])
+        assert r.exit_code == 0 and f"fm now queries with {V1}" in r.output
+        assert runner.invoke(cli_app, ["migrate", "fm"]).exit_code == 2
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
