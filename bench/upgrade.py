@@ -82,7 +82,8 @@ def gallery_images(data_dir: Path, n: int) -> tuple[np.ndarray, np.ndarray, np.n
 
 
 def embed_all(encoder: Encoder, images: np.ndarray) -> np.ndarray:
-    return np.concatenate([encode(encoder, images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
+    # the fmnist-cnn family takes a (n, 28, 28) uint8 array as a batch of images as it is
+    return np.concatenate([encode(encoder, images[i : i + BATCH]) for i in range(0, len(images), BATCH)])  # type: ignore[arg-type]
 
 
 def png(image: np.ndarray) -> str:
