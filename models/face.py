@@ -77,7 +77,7 @@ class FaceFamily(Family):
             return self._detector
 
     def preprocess(self, inputs: Sequence[Any]) -> Batch:
-        size = self.image_size
+        size = int(self.spec.config.get("image_size", self.image_size))  # trained variants set their own
         padding = float(self.spec.config.get("padding", DLIB_PADDING))
         max_faces = int(self.spec.config.get("max_faces", DEFAULT_MAX_FACES))
         crops, owners, boxes, scores = [], [], [], []

@@ -10,16 +10,20 @@ Input: 160x160 RGB faces standardised as ``(x - 127.5) / 128`` (facenet-pytorch'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.errors import ZooError
+from models.encoder import Batch
+from models.errors import ArtifactError, ZooError
 from models.face import FaceFamily
+from models.images import decode_image
 from models.registry import register_family
 from models.spec import EncoderSpec, split_key
 
@@ -32,6 +36,23 @@ class FaceNetConfig:
     dim: int = 512
     repeats: tuple[int, int, int] = (5, 10, 5)  # Block35, Block17, Block8 (+ one final Block8)
     scales: tuple[float, float, float] = (0.17, 0.10, 0.20)
+    # Small variants (trained here on 2 CPU cores): every channel count times ``width``, and no stem
+    # max-pool, which keeps the grids of a 64 px input (13/6/2) near those of 160 px (17/8/3).
+    width: float = 1.0
+    stem_pool: bool = True
+    dropout: float = 0.6
+
+    def channels(self, full: int) -> int:
+        return max(1, round(full * self.width))
+
+    @property
+    def grid_channels(self) -> tuple[int, int, int]:
+        """Channels at the Block35, Block17 and Block8 grids: 256, 896, 1792 at full width. Derived
+        from the reductions' concatenations so any ``width`` adds up exactly."""
+        c35 = self.channels(256)
+        c17 = self.channels(384) + self.channels(256) + c35  # Mixed6a: conv, conv chain, max-pool
+        c8 = self.channels(384) + 2 * self.channels(256) + c17  # Mixed7a: three conv chains, max-pool
+        return c35, c17, c8
 
 
 class BasicConv2d(nn.Module):
@@ -66,44 +87,45 @@ class _Residual(nn.Module):
 
 
 class Block35(_Residual):  # 35x35 grid in the paper; 17x17 at 160 px
-    def __init__(self, scale: float = 1.0) -> None:
+    def __init__(self, scale: float = 1.0, ch: int = 256, b: int = 32) -> None:
         super().__init__(scale, relu=True)
-        self.branch0 = BasicConv2d(256, 32, 1)
-        self.branch1 = _chain((256, 32, 1, 1, 0), (32, 32, 3, 1, 1))
-        self.branch2 = _chain((256, 32, 1, 1, 0), (32, 32, 3, 1, 1), (32, 32, 3, 1, 1))
-        self.conv2d = nn.Conv2d(96, 256, kernel_size=1)
+        self.branch0 = BasicConv2d(ch, b, 1)
+        self.branch1 = _chain((ch, b, 1, 1, 0), (b, b, 3, 1, 1))
+        self.branch2 = _chain((ch, b, 1, 1, 0), (b, b, 3, 1, 1), (b, b, 3, 1, 1))
+        self.conv2d = nn.Conv2d(3 * b, ch, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._combine(x, [self.branch0(x), self.branch1(x), self.branch2(x)])  # (B, 256, 17, 17)
 
 
 class Block17(_Residual):
-    def __init__(self, scale: float = 1.0) -> None:
+    def __init__(self, scale: float = 1.0, ch: int = 896, b: int = 128) -> None:
         super().__init__(scale, relu=True)
-        self.branch0 = BasicConv2d(896, 128, 1)
-        self.branch1 = _chain((896, 128, 1, 1, 0), (128, 128, (1, 7), 1, (0, 3)), (128, 128, (7, 1), 1, (3, 0)))
-        self.conv2d = nn.Conv2d(256, 896, kernel_size=1)
+        self.branch0 = BasicConv2d(ch, b, 1)
+        self.branch1 = _chain((ch, b, 1, 1, 0), (b, b, (1, 7), 1, (0, 3)), (b, b, (7, 1), 1, (3, 0)))
+        self.conv2d = nn.Conv2d(2 * b, ch, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._combine(x, [self.branch0(x), self.branch1(x)])  # (B, 896, 8, 8)
 
 
 class Block8(_Residual):
-    def __init__(self, scale: float = 1.0, relu: bool = True) -> None:
+    def __init__(self, scale: float = 1.0, relu: bool = True, ch: int = 1792, b: int = 192) -> None:
         super().__init__(scale, relu=relu)
-        self.branch0 = BasicConv2d(1792, 192, 1)
-        self.branch1 = _chain((1792, 192, 1, 1, 0), (192, 192, (1, 3), 1, (0, 1)), (192, 192, (3, 1), 1, (1, 0)))
-        self.conv2d = nn.Conv2d(384, 1792, kernel_size=1)
+        self.branch0 = BasicConv2d(ch, b, 1)
+        self.branch1 = _chain((ch, b, 1, 1, 0), (b, b, (1, 3), 1, (0, 1)), (b, b, (3, 1), 1, (1, 0)))
+        self.conv2d = nn.Conv2d(2 * b, ch, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._combine(x, [self.branch0(x), self.branch1(x)])  # (B, 1792, 3, 3)
 
 
 class Mixed6a(nn.Module):  # reduction A: 17x17x256 -> 8x8x896
-    def __init__(self) -> None:
+    def __init__(self, cfg: FaceNetConfig) -> None:
         super().__init__()
-        self.branch0 = BasicConv2d(256, 384, 3, 2)
-        self.branch1 = _chain((256, 192, 1, 1, 0), (192, 192, 3, 1, 1), (192, 256, 3, 2, 0))
+        c, cin = cfg.channels, cfg.grid_channels[0]
+        self.branch0 = BasicConv2d(cin, c(384), 3, 2)
+        self.branch1 = _chain((cin, c(192), 1, 1, 0), (c(192), c(192), 3, 1, 1), (c(192), c(256), 3, 2, 0))
         self.branch2 = nn.MaxPool2d(3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,11 +133,12 @@ class Mixed6a(nn.Module):  # reduction A: 17x17x256 -> 8x8x896
 
 
 class Mixed7a(nn.Module):  # reduction B: 8x8x896 -> 3x3x1792
-    def __init__(self) -> None:
+    def __init__(self, cfg: FaceNetConfig) -> None:
         super().__init__()
-        self.branch0 = _chain((896, 256, 1, 1, 0), (256, 384, 3, 2, 0))
-        self.branch1 = _chain((896, 256, 1, 1, 0), (256, 256, 3, 2, 0))
-        self.branch2 = _chain((896, 256, 1, 1, 0), (256, 256, 3, 1, 1), (256, 256, 3, 2, 0))
+        c, cin = cfg.channels, cfg.grid_channels[1]
+        self.branch0 = _chain((cin, c(256), 1, 1, 0), (c(256), c(384), 3, 2, 0))
+        self.branch1 = _chain((cin, c(256), 1, 1, 0), (c(256), c(256), 3, 2, 0))
+        self.branch2 = _chain((cin, c(256), 1, 1, 0), (c(256), c(256), 3, 1, 1), (c(256), c(256), 3, 2, 0))
         self.branch3 = nn.MaxPool2d(3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,26 +149,28 @@ class InceptionResnetV1(nn.Module):
     def __init__(self, config: FaceNetConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or FaceNetConfig()
-        self.conv2d_1a = BasicConv2d(3, 32, 3, 2)
-        self.conv2d_2a = BasicConv2d(32, 32, 3, 1)
-        self.conv2d_2b = BasicConv2d(32, 64, 3, 1, 1)
-        self.maxpool_3a = nn.MaxPool2d(3, stride=2)
-        self.conv2d_3b = BasicConv2d(64, 80, 1)
-        self.conv2d_4a = BasicConv2d(80, 192, 3)
-        self.conv2d_4b = BasicConv2d(192, 256, 3, 2)
-        self.repeat_1 = nn.Sequential(*(Block35(cfg.scales[0]) for _ in range(cfg.repeats[0])))
-        self.mixed_6a = Mixed6a()
-        self.repeat_2 = nn.Sequential(*(Block17(cfg.scales[1]) for _ in range(cfg.repeats[1])))
-        self.mixed_7a = Mixed7a()
-        self.repeat_3 = nn.Sequential(*(Block8(cfg.scales[2]) for _ in range(cfg.repeats[2])))
-        self.block8 = Block8(relu=False)
+        c = cfg.channels
+        c35, c17, c8 = cfg.grid_channels
+        self.conv2d_1a = BasicConv2d(3, c(32), 3, 2)
+        self.conv2d_2a = BasicConv2d(c(32), c(32), 3, 1)
+        self.conv2d_2b = BasicConv2d(c(32), c(64), 3, 1, 1)
+        self.maxpool_3a: nn.Module = nn.MaxPool2d(3, stride=2) if cfg.stem_pool else nn.Identity()
+        self.conv2d_3b = BasicConv2d(c(64), c(80), 1)
+        self.conv2d_4a = BasicConv2d(c(80), c(192), 3)
+        self.conv2d_4b = BasicConv2d(c(192), c35, 3, 2)
+        self.repeat_1 = nn.Sequential(*(Block35(cfg.scales[0], c35, c(32)) for _ in range(cfg.repeats[0])))
+        self.mixed_6a = Mixed6a(cfg)
+        self.repeat_2 = nn.Sequential(*(Block17(cfg.scales[1], c17, c(128)) for _ in range(cfg.repeats[1])))
+        self.mixed_7a = Mixed7a(cfg)
+        self.repeat_3 = nn.Sequential(*(Block8(cfg.scales[2], True, c8, c(192)) for _ in range(cfg.repeats[2])))
+        self.block8 = Block8(relu=False, ch=c8, b=c(192))
         self.avgpool_1a = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(0.6)
-        self.last_linear = nn.Linear(1792, cfg.dim, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.last_linear = nn.Linear(c8, cfg.dim, bias=False)
         self.last_bn = nn.BatchNorm1d(cfg.dim, eps=0.001, momentum=0.1, affine=True)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # pixels: (B, 3, 160, 160), (RGB - 127.5) / 128
+        # pixels: (B, 3, 160, 160), (RGB - 127.5) / 128; shapes below are for the full 160 px model
         x = self.conv2d_2b(self.conv2d_2a(self.conv2d_1a(pixels)))  # (B, 64, 77, 77)
         x = self.conv2d_4b(self.conv2d_4a(self.conv2d_3b(self.maxpool_3a(x))))  # (B, 256, 17, 17)
         x = self.mixed_6a(self.repeat_1(x))  # (B, 896, 8, 8)
@@ -156,8 +181,38 @@ class InceptionResnetV1(nn.Module):
         return F.normalize(x, p=2, dim=1)  # unit length
 
 
+NETWORK_KEYS = ("image_size", "repeats", "scales", "width", "stem_pool")
+
+
+def facenet_config(spec: EncoderSpec) -> FaceNetConfig:
+    """The network a spec describes: ``spec.config["network"]`` (trained variants) or the full model."""
+    given = dict(spec.config.get("network") or {})
+    unknown = sorted(set(given) - set(NETWORK_KEYS))
+    if unknown:
+        raise ArtifactError(f"{spec.key}: unknown facenet network settings {unknown}; known: {list(NETWORK_KEYS)}")
+    for key in ("repeats", "scales"):
+        if key in given:
+            given[key] = tuple(given[key])
+    given.setdefault("image_size", int(spec.config.get("image_size", 160)))
+    return FaceNetConfig(dim=spec.dim, **given)
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3): the whole image squashed, bilinear with antialiasing.
+    Training data goes through this same function, so served vectors match training code."""
+    from PIL import Image
+
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+
+
 @register_family("facenet")
 class FaceNetFamily(FaceFamily):
+    """Faces found by MTCNN and aligned, or, with ``spec.config["detect"] = false``, every input
+    image taken whole as one already-aligned crop (face folders cropped beforehand, or the emoji
+    "identities" the recipe trains on here)."""
+
     image_size = 160
     template = "facenet"
 
@@ -165,8 +220,23 @@ class FaceNetFamily(FaceFamily):
         x = (crops.astype(np.float32) - 127.5) / 128.0  # (F, S, S, 3)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (F, 3, S, S)
 
+    def preprocess(self, inputs: Sequence[Any]) -> Batch:
+        if self.spec.config.get("detect", True):
+            return super().preprocess(inputs)
+        size = int(self.spec.config.get("image_size", self.image_size))
+        images = [decode_image(item) for item in inputs]
+        crops = np.zeros((0, size, size, 3), np.uint8)
+        if images:
+            crops = np.stack([resize_square(im, size) for im in images])  # (N, S, S, 3)
+        return {
+            "pixels": self.normalise(crops),  # (N, 3, S, S) float32
+            "_owner": np.arange(len(images), dtype=np.int64),  # one "face" per input: the whole image
+            "_boxes": np.asarray([[0, 0, im.shape[1], im.shape[0]] for im in images], np.float32).reshape(-1, 4),
+            "_scores": np.ones(len(images), dtype=np.float32),
+        }
+
     def build_module(self) -> InceptionResnetV1:
-        return InceptionResnetV1(FaceNetConfig(dim=self.spec.dim))
+        return InceptionResnetV1(facenet_config(self.spec))
 
 
 def _checkpoint_state(path: Path) -> dict[str, torch.Tensor]:

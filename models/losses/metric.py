@@ -59,7 +59,9 @@ def semi_hard_mask(dist: torch.Tensor, labels: torch.Tensor, margin: float) -> t
 
 
 def semi_hard_triplet_loss(dist: torch.Tensor, labels: torch.Tensor, margin: float = 0.2) -> TripletStats:
-    """Mean of ``d(a,p) - d(a,n) + margin`` over the semi-hard triplets (each term lies in (0, margin))."""
+    """``d(a,p) - d(a,n) + margin`` summed over the semi-hard triplets (each term lies in (0, margin)),
+    divided by the number of valid triplets: easy triplets count as zero, so the loss falls as the
+    identities separate (a mean over the semi-hard ones alone would hover near margin / 2)."""
     mask = semi_hard_mask(dist, labels, margin)  # (B, B, B)
     terms = dist[:, :, None] - dist[:, None, :] + margin  # (B, B, B)
     count = int(mask.sum())
@@ -67,7 +69,7 @@ def semi_hard_triplet_loss(dist: torch.Tensor, labels: torch.Tensor, margin: flo
     considered = int((positives.sum(dim=1) * negatives.sum(dim=1)).sum())  # every valid (a, p, n)
     if count == 0:
         return TripletStats(dist.sum() * 0.0, 0, considered)  # keeps the graph; nothing to learn here
-    return TripletStats(terms[mask].mean(), count, considered)
+    return TripletStats(terms[mask].sum() / considered, count, considered)
 
 
 def batch_hard_pairs(dist: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
