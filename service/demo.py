@@ -4,8 +4,14 @@ Pulls two zoo encoders (``minilm-l6`` text, ``effnet-lite0`` image) into ``<data
 loads ~1.9k emojis drawn in two styles (npm ``emoji-datasource-google`` / ``-twitter``), starts
 ``ers serve`` on 127.0.0.1 with the embedded store, and indexes the Google-style images and the
 emoji names. Then: image→image search (a Twitter-style emoji should find its Google-style twin;
-recall@1 / recall@5 measured), text search over the names, and a restart that keeps every item.
-Text→image search needs a joint text–image model and is not shown.
+recall@1 / recall@5 measured), text search over the names, text→image search, and a restart that
+keeps every item.
+
+Text→image search uses a two-branch image–text model (``ers train two-branch``): on first run, when
+``<data-dir>/models`` holds no such model, the demo trains the small config (``two-branch-small``:
+a CNN on 32-pixel drawings and a hashed n-gram text tower) on the Google-style drawings and their
+names, short names and categories, with a progress bar. A collection bound to its image tower holds
+the drawings; a text query is embedded by its text tower (``spec.config["towers"]``).
 """
 
 from __future__ import annotations
@@ -43,7 +49,10 @@ from service.settings import Settings
 
 console = Console()
 IMAGE_ENCODER, TEXT_ENCODER = "effnet-lite0", "minilm-l6"
-IMAGES, NAMES = "emoji-images", "emoji-names"
+IMAGES, NAMES, PICTURES = "emoji-images", "emoji-names", "emoji-pictures"
+COLLECTIONS = (IMAGES, NAMES, PICTURES)
+TWO_BRANCH_CONFIG = "two-branch-small"
+PICTURE_QUERIES = ["red heart", "cat face", "rocket", "pizza", "flag japan", "smiling face with sunglasses"]
 BATCH = 32  # items per upsert request (= ERS_BATCH_MAX: one forward pass on the server)
 WORKERS = 3  # requests in flight: the server preprocesses the next batch while one runs
 TEXT_QUERIES = ["happy face with sunglasses", "red heart", "rocket to space", "a cup of hot coffee", "flag of japan"]
@@ -100,6 +109,40 @@ def pull_encoders(settings: Settings) -> None:
                       f"({'present' if present else 'pulled'}, {time.perf_counter() - started:.1f} s)")  # fmt: skip
 
 
+def ensure_two_branch(settings: Settings, limit: int | None, config_name: str) -> str:
+    """The image tower's key of the two-branch model, trained now when the models dir has none."""
+    from models.artifact import verify_artifact
+    from models.errors import ArtifactError, ModelError
+    from models.training.recipe import TrainRequest
+    from models.training.run import load_config
+    from models.training.two_branch import TwoBranchRecipe
+
+    config = load_config(config_name)
+    name, version = config.get("name", "emoji2b"), config.get("version", "1")
+    key = f"{name}-image@{version}"
+    try:
+        for tower in ("image", "text"):
+            verify_artifact(settings.models_path / f"{name}-{tower}@{version}")
+        console.print(f"[green]✓[/green] {key} + {name}-text@{version}: two-branch image–text model (present)")
+        return key
+    except ArtifactError:
+        pass
+    if limit is not None:
+        config["data"] = {**config.get("data", {}), "limit": limit}
+    console.print(f"training the two-branch image–text model ({config_name}) on the Google-style emojis: once")
+    started = time.perf_counter()
+    request = TrainRequest(config=config, out=settings.models_path, data_dir=settings.data_dir)
+    try:
+        result = TwoBranchRecipe().train(request)
+    except ModelError as exc:
+        raise SystemExit(f"could not train the two-branch model: {exc.message}") from exc
+    m = result.metrics
+    console.print(f"[green]✓[/green] {key} + {name}-text@{version} trained in {time.perf_counter() - started:.0f} s; "
+                  f"on the unseen Twitter-style drawings: text→image recall@10 {m['t2i_r@10']:.3f} "
+                  f"(untrained {m.get('untrained_t2i_r@10', 0.0):.3f})")  # fmt: skip
+    return key
+
+
 def load_data(settings: Settings, limit: int | None) -> list[Any]:
     from models.data.emoji import GOOGLE, TWITTER, load_emoji
     from models.errors import ModelError
@@ -147,8 +190,9 @@ def parallel(url: str, jobs: Sequence[Callable[[ERSClient], Any]], on_done: Call
             client.close()
 
 
-def index(url: str, api: ERSClient, emojis: list[Any]) -> None:
-    for name, encoder in ((IMAGES, f"{IMAGE_ENCODER}@1"), (NAMES, f"{TEXT_ENCODER}@1")):
+def index(url: str, api: ERSClient, emojis: list[Any], picture_encoder: str) -> None:
+    bound = ((IMAGES, f"{IMAGE_ENCODER}@1"), (NAMES, f"{TEXT_ENCODER}@1"), (PICTURES, picture_encoder))
+    for name, encoder in bound:
         with contextlib.suppress(ClientError):
             api.request("DELETE", f"/v1/collections/{name}")
         api.request("POST", "/v1/collections", json={"name": name, "encoder": encoder})
@@ -162,16 +206,20 @@ def index(url: str, api: ERSClient, emojis: list[Any]) -> None:
         items = [{"id": e.code, "text": e.text, "payload": payload(e)} for e in chunk]
         return lambda c: c.request("PUT", f"/v1/collections/{NAMES}/items", json={"items": items})
 
+    def pictures(chunk: list[Any]) -> Callable[[ERSClient], Any]:
+        items = [{"id": e.code, "image": image_b64(e.google_png), "payload": payload(e)} for e in chunk]
+        return lambda c: c.request("PUT", f"/v1/collections/{PICTURES}/items", json={"items": items})
+
     jobs, kinds = [], []
-    for chunk in chunks:  # interleaved: the two encoders have separate batchers and run side by side
-        jobs += [images(chunk), names(chunk)]
-        kinds += [IMAGES, NAMES]
+    for chunk in chunks:  # interleaved: the encoders have separate batchers and run side by side
+        jobs += [images(chunk), names(chunk), pictures(chunk)]
+        kinds += [IMAGES, NAMES, PICTURES]
     columns = [TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]  # fmt: skip
     with Progress(*columns, console=console) as progress:
-        tasks = {kind: progress.add_task(kind, total=len(emojis)) for kind in (IMAGES, NAMES)}
+        tasks = {kind: progress.add_task(kind, total=len(emojis)) for kind in COLLECTIONS}
         parallel(url, jobs, lambda i, res: progress.advance(tasks[kinds[i]], res["upserted"]))
-    for name in (IMAGES, NAMES):
+    for name in COLLECTIONS:
         info = api.request("GET", f"/v1/collections/{name}")
         console.print(f"{name}: {info['count']} items, {info['dim']}-d {info['metric']}, encoder {info['encoder']}")
 
@@ -222,28 +270,52 @@ def text_search(api: ERSClient) -> str:
     return first
 
 
+def picture_search(api: ERSClient, emojis: list[Any], n_queries: int) -> None:
+    """Text queries against the drawings, embedded by the two-branch model's text tower."""
+    table = Table("query", "top 3 drawings (their names, cosine)", title="text → image (two-branch model)")
+    for query in PICTURE_QUERIES:
+        res = api.request("POST", f"/v1/collections/{PICTURES}/search", json={"text": query, "k": 3})["results"]
+        table.add_row(query, ", ".join(f"{r['payload']['name']} ({r['score']:.2f})" for r in res))
+    console.print(table)
+    n = min(n_queries, len(emojis))
+    queries = [emojis[int(i * len(emojis) / n)] for i in range(n)]
+    found = {1: 0, 5: 0}
+    for e in queries:  # an emoji's name as the query: is its drawing first / in the top 5?
+        res = api.request("POST", f"/v1/collections/{PICTURES}/search", json={"text": e.text, "k": 5})["results"]
+        ids = [r["id"] for r in res]
+        found[1] += ids[:1] == [e.code]
+        found[5] += e.code in ids
+    console.print(f"text→image recall@1 {found[1] / n:.3f} recall@5 {found[5] / n:.3f} over {n} names "
+                  f"against {len(emojis)} Google-style drawings (the style it was trained on)")  # fmt: skip
+
+
 def counts(api: ERSClient) -> dict[str, int]:
-    return {name: int(api.request("GET", f"/v1/collections/{name}")["count"]) for name in (IMAGES, NAMES)}
+    return {name: int(api.request("GET", f"/v1/collections/{name}")["count"]) for name in COLLECTIONS}
 
 
-def run(data_dir: Path, port: int, limit: int | None, n_queries: int, wait: bool) -> None:
+def run(
+    data_dir: Path, port: int, limit: int | None, n_queries: int, wait: bool, two_branch: str = TWO_BRANCH_CONFIG
+) -> None:
     started = time.perf_counter()
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(data_dir=data_dir)
     console.rule("[bold]ERS demo: real encoders, real emoji data")
     pull_encoders(settings)
     emojis = load_data(settings, limit)
+    picture_encoder = ensure_two_branch(settings, limit, two_branch)
     console.print(f"starting [bold]ers serve[/bold] on 127.0.0.1:{port}, data in {data_dir} (SQLite, no Redis)")
     proc = start_server(data_dir, port)
     url = f"http://127.0.0.1:{port}"
     api = ERSClient(url, timeout=120)
     try:
         console.rule("indexing through the REST API (PUT /v1/collections/{name}/items)")
-        index(url, api, emojis)
+        index(url, api, emojis, picture_encoder)
         console.rule("image → image: each Twitter-style emoji should find its Google-style twin")
         image_search(url, emojis, n_queries)
         console.rule("text search")
         first = text_search(api)
+        console.rule("text → image: a text query searches the drawings")
+        picture_search(api, emojis, n_queries)
         console.rule("restart")
         before = counts(api)
         stop_server(proc)
@@ -277,8 +349,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="index only N emojis (evenly spread); default all")
     parser.add_argument("--queries", type=int, default=300, help="Twitter-style queries for recall@k")
     parser.add_argument("--exit", action="store_true", help="stop the server when the demo is done")
+    parser.add_argument("--two-branch-config", default=TWO_BRANCH_CONFIG, help="config trained when no model is cached")
     args = parser.parse_args()
-    run(args.data_dir.resolve(), args.port, args.limit, args.queries, wait=not args.exit)
+    run(args.data_dir.resolve(), args.port, args.limit, args.queries, not args.exit, args.two_branch_config)
 
 
 if __name__ == "__main__":

@@ -226,7 +226,9 @@ class Trainer:
         return {"image": self.image_tower.state_dict(), "text": self.text_tower.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "rng": rng_state(), "loader": self.rng.bit_generator.state,
                 "augment": self.generator.get_state(), "history": self.history,
-                "config": self.request.config}  # fmt: skip
+                "config": self.request.config,
+                # dropout on a GPU draws from CUDA's generators, which rng_state() leaves out
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device == "cuda" else []}  # fmt: skip
 
     def restore(self, state: dict[str, Any]) -> int:
         if state.get("config") != self.request.config:
@@ -237,6 +239,8 @@ class Trainer:
         set_rng_state(state["rng"])
         self.rng.bit_generator.state = state["loader"]
         self.generator.set_state(state["augment"])
+        if self.device == "cuda" and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
         self.history = list(state["history"])
         return int(state["epoch"])
 

@@ -74,7 +74,9 @@ def test_a_text_query_searches_images_through_the_text_tower(
     assert found_in_top5 >= 12, found_in_top5
 
 
-def test_an_image_query_still_uses_the_image_tower(make_client: MakeClient, towers: tuple[Path, list[PairItem]]) -> None:
+def test_an_image_query_still_uses_the_image_tower(
+    make_client: MakeClient, towers: tuple[Path, list[PairItem]]
+) -> None:
     models, items = towers
     client = bound_to_image_tower(make_client, models, items[:20])
     res = client.post("/v1/collections/emoji/search", json={"image": b64(items[3].image), "k": 1})
@@ -102,7 +104,7 @@ def test_a_tower_of_another_dimension_is_refused(
     from models.artifact import write_manifest
     from models.spec import EncoderSpec
 
-    models, items = towers
+    models = towers[0]
     copy = tmp_path / "models"
     shutil.copytree(models, copy)
     text_dir = copy / "emoji2b-tiny-text@1"

@@ -54,6 +54,7 @@ def served_matches_training(t: Any, out: Path) -> None:
     assert image.backend == text.backend == "onnx"
     served_images = encode(image, [it.image for it in t.data.eval[:64]])
     served_texts = encode(text, [it.captions[0] for it in t.data.eval[:64]])
+    np.testing.assert_allclose(encode(text, [t.data.eval[5].captions[0]])[0], text_vectors[5], atol=2e-4)  # batch 1
     np.testing.assert_allclose(served_images, image_vectors[:64], atol=2e-4)
     np.testing.assert_allclose(served_texts, text_vectors[:64], atol=2e-4)
 
@@ -86,7 +87,7 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path: Path, 
     config = tiny(train={"epochs": 3})
     full = TwoBranchRecipe().train(TrainRequest(config, tmp_path / "a", data_dir=data_dir, progress=False))
     interrupted = TrainRequest(config, tmp_path / "b", data_dir=data_dir, progress=False)
-    t, _ = fit(interrupted)
+    fit(interrupted)
     checkpoints = tmp_path / "b" / ".checkpoints" / "emoji2b-tiny"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch-0002", "epoch-0003"]
     import shutil
