@@ -13,6 +13,11 @@ class CollectionCreate(BaseModel):
     metric: Literal["cosine", "ip", "l2"] | None = Field(default=None, description="default: encoder's, else cosine")
     encoder: str | None = Field(default=None, description="name@version of the encoder that makes vectors")
     index: str = Field(default="auto", description="'auto' or a FAISS factory string, e.g. HNSW32, IVF1024,PQ32")
+    keep_sources: bool = Field(
+        default=False,
+        description="keep each embedded item's raw input (text, image, record), so a migration can re-encode "
+        "it with a newer encoder in the background (backfill); deleted with the item",
+    )
 
 
 class CollectionInfo(BaseModel):
@@ -27,6 +32,7 @@ class CollectionInfo(BaseModel):
     nprobe: int | None
     building: bool
     created_at: float
+    keep_sources: bool = False
 
 
 class CollectionList(BaseModel):
@@ -116,7 +122,9 @@ class BatchSearchResponse(BaseModel):
 
 class EmbedRequest(BaseModel):
     encoder: str = Field(description="name@version")
-    inputs: list[str] = Field(description="texts, or base64 images for image and face encoders")
+    inputs: list[str | dict[str, Any]] = Field(
+        description="texts, base64 images for image and face encoders, or records (JSON objects) for record encoders"
+    )
 
 
 class FaceOut(BaseModel):

@@ -32,12 +32,15 @@ async def embed(body: EmbedRequest, hub: HubDep, settings: SettingsDep) -> dict[
         raise LimitExceeded(f"{len(body.inputs)} inputs; the limit is {settings.max_inputs} (ERS_MAX_INPUTS)")
     spec = hub.spec(body.encoder)
     modality = spec.modality
-    values = [
-        raw_input(
-            x if modality == "text" else None, x if modality != "text" else None, modality, f"input {i}", settings
-        )
-        for i, x in enumerate(body.inputs)
-    ]
+    values = []
+    for i, x in enumerate(body.inputs):
+        if isinstance(x, dict):
+            values.append(raw_input(None, None, modality, f"input {i}", settings, record=x))
+        elif modality == "record":
+            raise InvalidInput(f"input {i}: this encoder takes records (JSON objects), not strings")
+        else:
+            text, image = (x, None) if modality == "text" else (None, x)
+            values.append(raw_input(text, image, modality, f"input {i}", settings))
     results = await hub.embed(body.encoder, values)
     vectors = np.concatenate([r.vectors for r in results]) if results else np.zeros((0, spec.dim))
     out: dict[str, Any] = {"encoder": spec.key, "dim": spec.dim, "vectors": vectors.tolist()}

@@ -106,3 +106,15 @@ def test_bad_item_records_and_records_for_other_modalities_are_422(
     api.post("/v1/collections", json={"name": "plain", "dim": 16})
     r = api.post("/v1/collections/plain/search", json={"record": {"s": "1", "studage": "2"}})
     assert r.status_code == 422 and "has no encoder" in r.json()["error"]["message"]
+
+
+def test_embed_takes_records_for_record_encoders(api: TestClient, towers: tuple[Path, Interactions]) -> None:
+    out, data = towers
+    r = api.post("/v1/embed", json={"encoder": QUERY, "inputs": data.queries[:3]})
+    assert r.status_code == 200, r.text
+    expected = encode(load_encoder(out / QUERY), data.queries[:3])
+    np.testing.assert_allclose(np.asarray(r.json()["vectors"]), expected, atol=1e-5)
+    r = api.post("/v1/embed", json={"encoder": QUERY, "inputs": ["a student"]})
+    assert r.status_code == 422 and "records (JSON objects)" in r.json()["error"]["message"]
+    r = api.post("/v1/embed", json={"encoder": QUERY, "inputs": [{"studage": "2"}]})
+    assert r.status_code == 422, r.text
