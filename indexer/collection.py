@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import numpy as np
 from indexer.errors import CollectionNotFound, InvalidInput, ItemNotFound, LimitExceeded, StoreMismatch
 from indexer.filters import PayloadIndex, validate_filter
 from indexer.index_policy import IndexOptions, IndexPolicy
+from indexer.kept_sources import SOURCES_DIR, KeptSource, KeptSources
 from indexer.locks import RWLock
 from indexer.records import MAX_ITEMS_PER_RECORD, LogRecord, decode, encode
 from indexer.segments import (
@@ -80,6 +82,8 @@ class Collection:
         self.versions: dict[int, str | None] = {}
         self.payload_index = PayloadIndex()
         self.closed = False
+        # raw inputs of embedded items, for a background backfill after a migration
+        self.sources = KeptSources(directory / SOURCES_DIR) if config.keep_sources else None
         directory.mkdir(parents=True, exist_ok=True)
         self.wal = WriteAheadLog(directory / "wal", options.wal_segment_bytes)
         for item in store.iter_items(self.name):
@@ -277,8 +281,17 @@ class Collection:
         vectors: Any,
         payloads: list[dict[str, Any] | None] | None = None,
         versions: list[str | None] | None = None,
+        sources: Sequence[KeptSource | None] | None = None,
+        only_moving_to: str | None = None,
     ) -> int:
-        """Durably upsert a batch (all or nothing); returns the number of items written."""
+        """Durably upsert a batch (all or nothing); returns the number of items written.
+
+        A collection that keeps sources keeps ``sources[i]`` for row i (durably, before the write is
+        logged); a row without one drops the id's kept source: its vector was made from something else.
+        ``only_moving_to`` (background backfill: re-encoded kept sources) writes only the rows whose
+        item still exists with another version, decided under the writer lock — a client write or
+        delete that came first wins — and refuses once the collection no longer queries with it.
+        """
         check_ids(ids)
         versions = versions or [self.config.encoder] * len(ids)
         dims = {self.dim_for(v) for v in set(versions)}
@@ -290,16 +303,24 @@ class Collection:
         matrix = as_matrix(vectors, dims.pop())
         if len(ids) != len(matrix) or len(ids) != len(versions):
             raise InvalidInput(f"{len(ids)} ids but {len(matrix)} vectors and {len(versions)} versions")
+        if sources is not None and len(sources) != len(ids):
+            raise InvalidInput(f"{len(ids)} ids but {len(sources)} kept sources")
         if len(ids) > MAX_ITEMS_PER_RECORD:
             raise LimitExceeded(f"at most {MAX_ITEMS_PER_RECORD} items per write")
         payloads = payloads or [None] * len(ids)
         # The last occurrence of a repeated id wins, as if the items were sent one by one.
         last = {item_id: row for row, item_id in enumerate(ids)}
         rows = sorted(last.values())
-        ids = [ids[r] for r in rows]
         with self._writer:
             self._check_open()
             self._catch_up()
+            if only_moving_to is not None:
+                rows = self._still_to_move(ids, rows, only_moving_to)
+                if not rows:
+                    return 0
+            elif self.sources is not None:
+                self.sources.replace([ids[r] for r in rows], [sources[r] if sources else None for r in rows])
+            ids = [ids[r] for r in rows]
             record = LogRecord(
                 op="upsert",
                 ids=ids,
@@ -314,6 +335,18 @@ class Collection:
             segment.policy.after_write(len(ids))
         return len(ids)
 
+    def _still_to_move(self, ids: list[str], rows: list[int], version: str) -> list[int]:
+        """Rows whose item exists with a version other than ``version``. Caller holds _writer."""
+        if version != self.config.encoder:
+            raise InvalidInput(f"collection '{self.name}' now queries with {self.config.encoder}, not {version}: "
+                               "items are no longer moved to it (rolled back or migrated again)")  # fmt: skip
+        out = []
+        for r in rows:
+            int_id = self.id_to_int.get(ids[r])
+            if int_id is not None and self.versions.get(int_id) != version:
+                out.append(r)
+        return out
+
     def delete(self, ids: list[str]) -> int:
         """Durably delete the ids that exist; returns how many did."""
         with self._writer:
@@ -325,6 +358,8 @@ class Collection:
             record = LogRecord("delete", present, [self.id_to_int[i] for i in present], [], [])
             self.wal.append(encode(record))
             self._catch_up()
+            if self.sources is not None:  # after the log: a crash in between leaves only an unused file
+                self.sources.delete(present)
         for segment in list(self.segments.values()):
             segment.policy.after_write(len(present))
         return len(present)

@@ -95,7 +95,15 @@ class CollectionManager:
                 "opened %s (%d items) in %.2fs", name, self._collections[name].count, time.perf_counter() - started
             )
 
-    def create(self, name: str, dim: int, metric: str, encoder: str | None = None, index: str = "auto") -> Collection:
+    def create(
+        self,
+        name: str,
+        dim: int,
+        metric: str,
+        encoder: str | None = None,
+        index: str = "auto",
+        keep_sources: bool = False,
+    ) -> Collection:
         if not COLLECTION_NAME_RE.match(name):
             raise InvalidInput("collection name must be 1-64 letters, digits, '_' or '-', starting alphanumeric")
         if not 1 <= dim <= MAX_DIM:
@@ -106,7 +114,10 @@ class CollectionManager:
             raise InvalidInput(f"encoder must look like name@version, got '{encoder}'")
         m: Metric = metric  # type: ignore[assignment]
         validate_spec(dim, index, m)
-        cfg = CollectionConfig(name=name, dim=dim, metric=m, encoder=encoder, index=index, created_at=time.time())
+        if keep_sources and encoder is None:
+            raise InvalidInput("keep_sources needs an encoder: a collection without one never sees raw inputs")
+        cfg = CollectionConfig(name=name, dim=dim, metric=m, encoder=encoder, index=index, created_at=time.time(),
+                               keep_sources=keep_sources)  # fmt: skip
         with self._mutex:
             if name in self._collections:
                 raise AlreadyExists(f"collection '{name}' already exists")

@@ -27,6 +27,7 @@ class CollectionConfig:
     encoder: str | None = None
     index: str = "auto"
     created_at: float = 0.0
+    keep_sources: bool = False  # keep each embedded item's raw input (indexer.kept_sources)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,6 +41,7 @@ class CollectionConfig:
             encoder=data.get("encoder"),
             index=str(data.get("index", "auto")),
             created_at=float(data.get("created_at", 0.0)),
+            keep_sources=bool(data.get("keep_sources", False)),
         )
 
 

@@ -41,6 +41,10 @@ def _print_entry(entry: dict[str, Any]) -> None:
         console.print(table)
         console.print(f"criterion new/old > old/old: {'met' if report['criterion_met'] else 'NOT met'}; "
                       f"negative flips {report['negative_flips']:.4f}")  # fmt: skip
+    if entry.get("backfill_job"):
+        console.print(f"background backfill: job {entry['backfill_job']} (ers jobs show {entry['backfill_job']})")
+    if entry.get("cancelled_backfills"):
+        console.print(f"cancelled backfill job(s): {', '.join(entry['cancelled_backfills'])}")
     if entry.get("unsearchable"):
         console.print(f"[yellow]not searchable with {entry['to']} queries:[/yellow] {entry['unsearchable']}")
 
@@ -49,7 +53,9 @@ def migrate(
     collection: Annotated[str, typer.Argument(help="collection name")],
     to: Annotated[str | None, typer.Option(help="name@version of the new query encoder")] = None,
     force: Annotated[bool, typer.Option("--force", help="migrate even if the compatibility gate fails")] = False,
-    backfill: Annotated[str, typer.Option(help="none | background")] = "none",
+    backfill: Annotated[
+        str, typer.Option(help="none | background (re-encode kept sources with the new encoder, as a job)")
+    ] = "none",
     eval_file: Annotated[
         Path | None, typer.Option("--eval", help='JSON {"inputs": [...], "labels": [...]} for this gate')
     ] = None,
@@ -60,6 +66,9 @@ def migrate(
     path = f"/v1/collections/{collection}/migrations"
     if sum([to is not None, rollback, history]) != 1:
         err.print("[red]error:[/red] give exactly one of --to NAME@VERSION, --rollback or --history")
+        raise typer.Exit(2)
+    if backfill not in ("none", "background"):
+        err.print("[red]error:[/red] --backfill is none or background")
         raise typer.Exit(2)
     if history:
         data = _call("GET", path)

@@ -22,7 +22,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from models.spec import EncoderSpec
 from service.inputs import decode_base64_image
 
 MAX_EVAL_ITEMS = 20_000
+StopBackfills = Callable[[], list[str]]
 NEGATIVE_RETRY_S = 10.0
 
 
@@ -195,8 +196,13 @@ class Migrations:
         force: bool = False,
         backfill: str = "none",
         eval_set: EvalSet | None = None,
+        backfill_job: str | None = None,
+        stop_backfills: StopBackfills | None = None,
     ) -> dict[str, Any]:
-        """Check, gate and switch; the history entry (with its reports). Runs in a worker thread."""
+        """Check, gate and switch; the history entry (with its reports). Runs in a worker thread.
+        ``backfill_job``: the background backfill job that starts after the switch (service.backfill);
+        ``stop_backfills`` cancels the collection's running backfills just before it (their ids go in
+        the entry)."""
         with self._lock(collection.name):
             active = collection.config.encoder
             if active is None:
@@ -227,7 +233,7 @@ class Migrations:
                     f"{reports[v]['old_old']['top1']:.4f}" for v in failed
                 )  # fmt: skip
                 raise MigrationRefused(f"compatibility gate failed for {to} ({detail}); pass force to migrate anyway")
-            entry = {
+            entry: dict[str, Any] = {
                 "id": len(collection.state.history) + 1,
                 "kind": "migrate",
                 "from": active,
@@ -238,7 +244,10 @@ class Migrations:
                 "eval_source": gate,
                 "reports": reports,
                 "backfill": backfill,
+                **({"backfill_job": backfill_job} if backfill_job else {}),
             }
+            if stop_backfills is not None:
+                entry["cancelled_backfills"] = stop_backfills()
             collection.set_active_encoder(to, new_encoder.spec.dim, entry)
             return entry
 
@@ -269,8 +278,10 @@ class Migrations:
             reports[version] = report.to_json()
         return reports, eval_set.source
 
-    def rollback(self, collection: Collection) -> dict[str, Any]:
-        """Back to the encoder the last effective migration came from."""
+    def rollback(self, collection: Collection, stop_backfills: StopBackfills | None = None) -> dict[str, Any]:
+        """Back to the encoder the last effective migration came from. A background backfill still
+        running is cancelled first (``stop_backfills``); the items it moved keep their new vectors and
+        are listed in ``unsearchable`` like any other item the old encoder cannot compare with."""
         with self._lock(collection.name):
             stack: list[str] = []
             for entry in collection.state.history:
@@ -282,6 +293,9 @@ class Migrations:
                 raise InvalidInput(f"collection '{collection.name}' has no migration to roll back")
             target, active = stack[-1], collection.config.encoder
             dim = self.compat.dim_of(target) or collection.dim_for(target)
+            # first: items a backfill moves from now on would be missing from the count below (a batch
+            # being written at this moment may still land; none can after the switch)
+            cancelled = stop_backfills() if stop_backfills is not None else None
             lost = {
                 v: n
                 for v, n in self.gallery_versions(collection).items()
@@ -297,5 +311,7 @@ class Migrations:
                 # stored, but are not found until a migration forward again (or a re-embed with it)
                 "unsearchable": lost,
             }
+            if cancelled is not None:
+                entry["cancelled_backfills"] = cancelled
             collection.set_active_encoder(target, dim, entry)
             return entry

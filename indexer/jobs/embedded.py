@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from indexer.errors import CollectionNotFound, StoreUnavailable
+from indexer.jobs.backfill import BackfillSource
 from indexer.jobs.encode import Target, encode_batch, give_up
 from indexer.jobs.errors import SourceInvalid
 from indexer.jobs.model import ACTIVE, Batch, Encoded
@@ -87,7 +88,7 @@ class EmbeddedRunner(JobRunner):
         try:
             target = self.target(job)
             options = job.get("options", {})
-            source = Source(job["source"], self.options.allowed_roots, options.get("pattern"))
+            source = self.open_source(job)
             if self.begin(job_id, source.count()) is None:
                 return  # cancelled while queued
             batches = source.batches(int(options.get("batch_size", self.options.batch_size)),
@@ -102,7 +103,8 @@ class EmbeddedRunner(JobRunner):
 
 class _Pipeline:
     def __init__(
-        self, runner: EmbeddedRunner, job_id: str, target: Target, source: Source, batches: Iterator[Batch],
+        self, runner: EmbeddedRunner, job_id: str, target: Target, source: Source | BackfillSource,
+        batches: Iterator[Batch],
         halt: threading.Event,
     ) -> None:  # fmt: skip
         self.runner, self.job_id, self.target, self.source, self.batches = runner, job_id, target, source, batches

@@ -18,6 +18,7 @@ import numpy as np
 from indexer.errors import ERSError
 from indexer.jobs.errors import ItemError
 from indexer.jobs.model import Batch, Encoded, Entry, Failure, Item
+from indexer.kept_sources import KeptSource
 from indexer.validation import as_matrix, check_ids
 from models.encoder import Encoder
 from models.errors import ModelError
@@ -93,7 +94,8 @@ def encode_batch(
     get_encoder: Callable[[str], Encoder] | None,
     max_pixels: int = 40_000_000,
 ) -> Encoded:
-    out = Encoded(seq)
+    kept_rows: list[KeptSource | None] = []
+    out = Encoded(seq, sources=kept_rows)
     rows: list[np.ndarray] = []
     raw_items: list[Item] = []
     raw_inputs: list[Any] = []
@@ -117,6 +119,7 @@ def encode_batch(
                 out.ids.append(entry.id)
                 out.payloads.append(entry.payload)
                 out.versions.append(target.encoder)
+                kept_rows.append(None)
                 out.done += 1
                 continue
             if encoder is None:
@@ -130,12 +133,16 @@ def encode_batch(
         out.failures.extend(failures)
         if good:
             vectors = encoder.postprocess(encoder.forward(batch), batch)
-            _collect(out, rows, [raw_items[r] for r in good], vectors, batch, encoder.spec.key)
+            kept = [KeptSource.of(raw_inputs[r]) for r in good]
+            _collect(out, rows, [raw_items[r] for r in good], vectors, batch, encoder.spec.key, kept)
     out.vectors = np.vstack(rows).astype(np.float32) if rows else np.zeros((0, target.dim), dtype=np.float32)
     return out
 
 
-def _collect(out: Encoded, rows: list[np.ndarray], items: list[Item], vectors: Any, batch: Any, key: str) -> None:
+def _collect(
+    out: Encoded, rows: list[np.ndarray], items: list[Item], vectors: Any, batch: Any, key: str,
+    kept: list[KeptSource | None],
+) -> None:  # fmt: skip
     """Rows of encoded items into ``out``: one per item, or one per detected face."""
     owners = batch.get("_owner") if isinstance(batch, dict) else None
     for n, item in enumerate(items):
@@ -153,6 +160,8 @@ def _collect(out: Encoded, rows: list[np.ndarray], items: list[Item], vectors: A
             out.ids.append(item_id)
             out.payloads.append(payload)
             out.versions.append(key)
+            assert out.sources is not None
+            out.sources.append(kept[n] if owners is None else None)  # faces: sources are not kept
         out.done += 1
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from indexer.kept_sources import KeptSource
 from indexer.types import FloatArray
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -77,6 +78,8 @@ class Encoded:
     versions: list[str | None] = field(default_factory=list)
     done: int = 0
     failures: list[Failure] = field(default_factory=list)
+    # per row, the raw input it was encoded from (kept by collections with keep_sources); None: unknown
+    sources: list[KeptSource | None] | None = None
 
     @property
     def items(self) -> int:

@@ -25,7 +25,7 @@ from indexer.jobs.encode import FACE_SEPARATOR
 from indexer.jobs.errors import SourceInvalid
 from indexer.jobs.model import ACTIVE, Encoded, Failure, JobOptions
 from indexer.jobs.runner import EncoderGetter, JobRunner
-from indexer.jobs.sources import Source, load
+from indexer.jobs.sources import load
 from indexer.manager import CollectionManager
 from indexer.store.base import MetadataStore
 
@@ -134,7 +134,7 @@ class RedisRunner(JobRunner):
             return
         target = self.target(job)
         options = job.get("options", {})
-        source = Source(job["source"], self.options.allowed_roots, options.get("pattern"))
+        source = self.open_source(job)
         total = source.count()
         if self._retry(self.begin, job_id, total, halt=halt) is None:
             return

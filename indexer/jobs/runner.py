@@ -21,10 +21,11 @@ from typing import Any
 from indexer.collection import Collection
 from indexer.durable import fsync_dir
 from indexer.errors import InvalidInput
+from indexer.jobs.backfill import BackfillSource, backfill_spec, is_backfill
 from indexer.jobs.encode import Target
 from indexer.jobs.errors import JobConflict, JobNotFound, SourceInvalid
 from indexer.jobs.model import ACTIVE, MAX_BATCH, TERMINAL, Encoded, JobOptions, public_view
-from indexer.jobs.sources import MANIFEST_SUFFIXES, UPLOAD_FILES, resolve
+from indexer.jobs.sources import MANIFEST_SUFFIXES, UPLOAD_FILES, Source, resolve
 from indexer.manager import CollectionManager
 from indexer.store.base import MetadataStore
 from models.encoder import Encoder
@@ -126,12 +127,53 @@ class JobRunner(ABC):
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def _create(self, job_id: str, coll: Collection, spec: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
+    def _create(
+        self, job_id: str, coll: Collection, spec: dict[str, Any], opts: dict[str, Any], enqueue: bool = True
+    ) -> dict[str, Any]:
         doc = {"collection": coll.name, "source": spec, "options": opts, "runner": self.name, "state": "queued",
                "created_at": time.time(), "encoder": coll.config.encoder}  # fmt: skip
         self.store.create_job(job_id, doc)
+        if enqueue:
+            self._enqueue(job_id)
+        return self.get(job_id)
+
+    # -- background backfill after a migration (indexer.jobs.backfill) ---------------------------
+    def prepare_backfill(self, collection: str, to: str) -> str:
+        """Store a queued backfill job without running it: the migration names it in its history
+        entry, then ``start_backfill`` runs it once the switch is done (a job left over by a crash
+        before the switch fails at once: the collection does not query with ``to``)."""
+        job_id = uuid.uuid4().hex
+        self._create(job_id, self.manager.get(collection), backfill_spec(to),
+                     {"batch_size": self.options.batch_size}, enqueue=False)  # fmt: skip
+        return job_id
+
+    def start_backfill(self, job_id: str) -> dict[str, Any]:
         self._enqueue(job_id)
         return self.get(job_id)
+
+    def discard(self, job_id: str) -> None:
+        """Forget a job that never ran (its migration was refused)."""
+        self.store.delete_job(job_id)
+
+    def cancel_backfills(self, collection: str, keep: str | None = None) -> list[str]:
+        """Cancel the collection's running backfills but ``keep`` (before a rollback or another migration)."""
+        cancelled = []
+        for job in self.store.list_jobs():
+            if job["id"] == keep or job["collection"] != collection or not is_backfill(job):
+                continue
+            if job["state"] in ACTIVE:
+                try:
+                    self.cancel(job["id"])
+                    cancelled.append(job["id"])
+                except JobConflict:
+                    pass  # it finished meanwhile
+        return cancelled
+
+    def open_source(self, job: dict[str, Any]) -> Source | BackfillSource:
+        if is_backfill(job):
+            processed = int(job.get("done", 0)) + int(job.get("failed", 0))
+            return BackfillSource(job["source"], self.manager.get(job["collection"]), processed)
+        return Source(job["source"], self.options.allowed_roots, job.get("options", {}).get("pattern"))
 
     def get(self, job_id: str) -> dict[str, Any]:
         job = self.store.get_job(job_id)
@@ -159,6 +201,9 @@ class JobRunner(ABC):
     # -- shared by the runners ----------------------------------------------------------------------
     def target(self, job: dict[str, Any]) -> Target:
         coll = self.manager.get(job["collection"])
+        if is_backfill(job):  # the encoder the collection migrated to, whatever is active by now
+            to = job["source"]["to"]
+            return Target(coll.name, coll.dim_for(to), to)
         return Target(coll.name, coll.dim_for(coll.config.encoder), coll.config.encoder)
 
     def begin(self, job_id: str, total: int) -> dict[str, Any] | None:
@@ -179,7 +224,11 @@ class JobRunner(ABC):
         if enc.ids:
             job = self.store.get_job(job_id)
             collection = self.manager.get(job["collection"] if job else "")
-            collection.upsert(enc.ids, enc.vectors, enc.payloads, enc.versions)
+            # versions: the encoder this job encodes with, even after a migration switched the active one
+            if job is not None and is_backfill(job):
+                collection.upsert(enc.ids, enc.vectors, enc.payloads, enc.versions, only_moving_to=job["source"]["to"])
+            else:
+                collection.upsert(enc.ids, enc.vectors, enc.payloads, enc.versions, sources=enc.sources)
         self.store.record_job_batch(job_id, enc.seq, enc.done, len(enc.failures),
                                     [f.to_json() for f in enc.failures], dead)  # fmt: skip
 

@@ -25,6 +25,7 @@ from redis.retry import Retry
 
 from indexer.jobs.encode import Target
 from indexer.jobs.model import Encoded, Entry, Failure, Item
+from indexer.kept_sources import KeptSource
 
 TASK_GROUP = "workers"
 RESULT_GROUP = "server"
@@ -106,6 +107,8 @@ def pack_result(job_id: str, task_id: str, enc: Encoded, dead: list[dict[str, An
         "done": enc.done,
         "failures": json.dumps([f.to_json() for f in enc.failures], ensure_ascii=False),
         "dead": json.dumps(dead, ensure_ascii=False),
+        # the raw inputs, for collections that keep sources (the server never sees a worker's inputs)
+        "sources": json.dumps(None if enc.sources is None else [s and s.to_json() for s in enc.sources]),
     }
 
 
@@ -122,4 +125,7 @@ def unpack_result(fields: dict[bytes, bytes]) -> tuple[str, str, Encoded, list[d
         done=int(fields[b"done"]),
         failures=[Failure(**f) for f in json.loads(fields[b"failures"])],
     )
+    sources = json.loads(fields.get(b"sources", b"null"))  # absent: a worker of an older version
+    if isinstance(sources, list) and len(sources) == len(ids):
+        enc.sources = [KeptSource.from_json(s) for s in sources]
     return _s(fields[b"job"]), _s(fields[b"task"]), enc, json.loads(fields[b"dead"])

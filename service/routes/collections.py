@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from indexer.collection import Collection
 from indexer.errors import InvalidInput, ItemNotFound, LimitExceeded
+from service.backfill import kept_sources_of
 from service.deps import CollectionDep, HubDep, ManagerDep, SettingsDep
 from service.inputs import prepare_items
 from service.schemas import (
@@ -54,6 +55,7 @@ def describe(collection: Collection) -> dict[str, Any]:
         "encoder": cfg.encoder,
         "index": cfg.index,
         "created_at": cfg.created_at,
+        "keep_sources": cfg.keep_sources,
         **{k: v for k, v in collection.stats().items() if k != "log_offset"},
     }
 
@@ -66,9 +68,11 @@ def create_collection(body: CollectionCreate, manager: ManagerDep, hub: HubDep) 
         if dim is not None and dim != spec.dim:
             raise InvalidInput(f"dim {dim} does not match encoder {spec.key}, which makes {spec.dim}-d vectors")
         dim, metric = spec.dim, metric or spec.metric
+        if body.keep_sources and spec.modality == "face":
+            raise InvalidInput("keep_sources is not available for face encoders (one image gives several items)")
     if dim is None:
         raise InvalidInput("dim is required for a collection without an encoder")
-    collection = manager.create(body.name, dim, metric or "cosine", body.encoder, body.index)
+    collection = manager.create(body.name, dim, metric or "cosine", body.encoder, body.index, body.keep_sources)
     return describe(collection)
 
 
@@ -134,8 +138,9 @@ async def upsert_items(
     prepared = await prepare_items(collection, hub, settings, items)
     n = 0
     if prepared.ids:
+        sources = kept_sources_of(collection, items, prepared.ids, prepared.versions)
         n = await anyio.to_thread.run_sync(
-            collection.upsert, prepared.ids, prepared.vectors, prepared.payloads, prepared.versions
+            lambda: collection.upsert(prepared.ids, prepared.vectors, prepared.payloads, prepared.versions, sources)
         )
     return {"upserted": n, **({"skipped": prepared.skipped} if prepared.skipped else {})}
 

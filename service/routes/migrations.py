@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -20,7 +21,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from indexer.errors import InvalidInput
+from indexer.jobs.runner import JobRunner
 from models.encoder import Encoder
+from service.backfill import check_backfill, migrate_with_backfill
 from service.deps import CollectionDep, HubDep
 from service.errors import error_response
 from service.migrations import (
@@ -45,7 +48,10 @@ class MigrationCreate(BaseModel):
     to: str | None = Field(default=None, description="name@version of the new query encoder")
     force: bool = Field(default=False, description="migrate even when the compatibility gate fails or has no data")
     backfill: Literal["none", "background"] = Field(
-        default="none", description="none: old items stay as they are, searched through the compatible prefix"
+        default="none",
+        description="none: old items stay as they are, searched through the compatible prefix; background: "
+        "a job re-encodes their kept sources with the new encoder (collections created with keep_sources; "
+        "progress at GET /v1/jobs/{backfill_job})",
     )
     eval: EvalSetIn | None = Field(default=None, description="evaluation set for this gate only")
     rollback: bool = Field(default=False, description="return to the previous query encoder instead")
@@ -64,18 +70,17 @@ def migrations_of(request: Request) -> Migrations:
 @router.post("/{name}/migrations", status_code=201)
 async def create_migration(body: MigrationCreate, request: Request, collection: CollectionDep, hub: HubDep) -> Any:
     migrations = migrations_of(request)
+    runner: JobRunner = request.app.state.jobs
+    stop = partial(runner.cancel_backfills, collection.name)
     if body.rollback:
         if body.to is not None:
             raise InvalidInput("give either 'to' or 'rollback', not both")
-        entry = await anyio.to_thread.run_sync(migrations.rollback, collection)
+        entry = await anyio.to_thread.run_sync(migrations.rollback, collection, stop)
         return {"migration": entry, "active": collection.config.encoder}
     if body.to is None:
         raise InvalidInput("give 'to' (name@version of the new encoder) or 'rollback': true")
     if body.backfill == "background":
-        raise InvalidInput(
-            "backfill 'background' is not available yet on this server (it needs kept sources and the batch job "
-            "runner); migrate with backfill 'none': old items stay searchable through the compatible prefix"
-        )
+        check_backfill(collection)  # before loading models or running the gate
     new = await anyio.to_thread.run_sync(hub.get, body.to)  # 422 naming `ers zoo pull` when missing
     eval_set = EvalSet(body.eval.inputs, body.eval.labels, "request") if body.eval is not None else None
     old: dict[str, Encoder] = {}
@@ -84,15 +89,23 @@ async def create_migration(body: MigrationCreate, request: Request, collection: 
         versions = set(migrations.gallery_versions(collection)) | {collection.config.encoder or ""}
         for version in sorted(v for v in versions if v and v != body.to and migrations.compat.spec(v) is not None):
             old[version] = await anyio.to_thread.run_sync(hub.get, version)
-    entry = await anyio.to_thread.run_sync(
-        lambda: migrations.migrate(collection, body.to or "", new, old, body.force, body.backfill, eval_set)
-    )
+    to = body.to
+
+    def migrate(job: str | None) -> dict[str, Any]:
+        stop_others = partial(runner.cancel_backfills, collection.name, job)
+        return migrations.migrate(collection, to, new, old, body.force, body.backfill, eval_set, job, stop_others)
+
+    if body.backfill == "background":
+        entry = await anyio.to_thread.run_sync(lambda: migrate_with_backfill(runner, collection, to, migrate))
+    else:
+        entry = await anyio.to_thread.run_sync(migrate, None)
     return {"migration": entry, "active": collection.config.encoder}
 
 
 @router.post("/{name}/migrations/rollback", status_code=201)
 async def rollback(request: Request, collection: CollectionDep) -> Any:
-    entry = await anyio.to_thread.run_sync(migrations_of(request).rollback, collection)
+    stop = partial(request.app.state.jobs.cancel_backfills, collection.name)
+    entry = await anyio.to_thread.run_sync(migrations_of(request).rollback, collection, stop)
     return {"migration": entry, "active": collection.config.encoder}
 
 

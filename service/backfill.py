@@ -1,0 +1,71 @@
+"""Kept sources on upsert, and the background backfill a migration starts (``backfill: "background"``).
+
+A collection created with ``keep_sources`` keeps the raw input of every item it embeds
+(``indexer.kept_sources``). A migration with ``backfill: "background"`` then stores a backfill job
+(``indexer.jobs.backfill``), names it in its history entry, switches the query encoder and only then
+runs the job: the items of older versions are re-encoded with the new encoder and moved into its
+segment one batch at a time, each still searchable throughout (through the compatible prefix before,
+in full after). Progress: ``GET /v1/jobs/{id}``. A rollback, or another migration, cancels it first;
+the items it already moved keep their new vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from indexer.collection import Collection
+from indexer.jobs.runner import JobRunner
+from indexer.kept_sources import KeptSource
+from service.inputs import decode_base64_image
+from service.migrations import MigrationRefused
+
+
+def kept_sources_of(
+    collection: Collection, items: list[dict[str, Any]], ids: list[str], versions: list[str | None]
+) -> list[KeptSource | None] | None:
+    """Per upserted row, the raw input it was embedded from (None for a vector the client sent);
+    None altogether when the collection keeps no sources."""
+    if collection.sources is None:
+        return None
+    by_id = {item["id"]: item for item in items}  # the last occurrence wins, as in the upsert itself
+    out: list[KeptSource | None] = []
+    for item_id in ids:
+        item = by_id.get(item_id) or {}
+        if item.get("text") is not None:
+            out.append(KeptSource("text", str(item["text"]).encode("utf-8")))
+        elif item.get("record") is not None:
+            out.append(KeptSource.record(item["record"]))
+        elif item.get("image") is not None:
+            image = item["image"]
+            data = image if isinstance(image, bytes) else decode_base64_image(str(image), f"item '{item_id}'")
+            out.append(KeptSource("image", data))
+        else:
+            out.append(None)
+    assert len(out) == len(versions)
+    return out
+
+
+def check_backfill(collection: Collection) -> None:
+    if collection.sources is None:
+        raise MigrationRefused(
+            f"collection '{collection.name}' does not keep sources, so there is nothing to re-encode in the "
+            "background: migrate with backfill 'none' (old items stay searchable through the compatible prefix), "
+            "or re-embed into a new collection created with keep_sources"
+        )
+
+
+def migrate_with_backfill(
+    runner: JobRunner, collection: Collection, to: str, migrate: Callable[[str | None], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run ``migrate(backfill_job_id)``; with a job id, the job is stored before the switch (so the
+    history entry can name it) and started after it — or forgotten when the migration is refused."""
+    check_backfill(collection)
+    job_id = runner.prepare_backfill(collection.name, to)
+    try:
+        entry = migrate(job_id)
+    except BaseException:
+        runner.discard(job_id)
+        raise
+    runner.start_backfill(job_id)
+    return entry
