@@ -16,6 +16,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from indexer.collection import Collection
+from indexer.jobs.embedded import EmbeddedRunner
 from indexer.jobs.encode import encode_batch
 from indexer.jobs.model import Item
 from indexer.jobs.runner import JobRunner
@@ -199,3 +200,42 @@ def test_job_encoder_captured_before_a_migration(
     assert coll(client).sources.get("j0").data == base64.b64decode(images[4])  # type: ignore[union-attr]
     vector = np.asarray(client.get("/v1/collections/fm/items/j0", params={"with_vector": True}).json()["vector"])
     assert vector.shape == (32,)
+
+
+def test_backfill_resumes_after_a_stop(
+    make_client: MakeClient, tmp_path: Path, models_dir: Path, fmnist: FashionMNIST
+) -> None:
+    """A server stopping mid-backfill leaves the job running in the store; the next runner lists only
+    the items left, numbers its batches after the counted ones and ends with every item moved once."""
+    client = setup(make_client, tmp_path, models_dir, job_batch=4)
+    n = 24
+    images, labels = sample(fmnist, n)
+    client.put("/v1/collections/fm/items", json={"items": gallery_items("g", images, labels)})
+    collection, runner = coll(client), runner_of(client)
+    original, moved, release = collection.upsert, threading.Event(), threading.Event()
+
+    def upsert_then_hold(*args: Any, **kwargs: Any) -> int:
+        written = original(*args, **kwargs)
+        if kwargs.get("only_moving_to") and not moved.is_set():
+            moved.set()
+            release.wait(timeout=10)
+        return written
+
+    collection.upsert = upsert_then_hold  # type: ignore[method-assign]
+    r = client.post("/v1/collections/fm/migrations", json={"to": V2, "force": True, "backfill": "background"})
+    job_id = r.json()["migration"]["backfill_job"]
+    assert moved.wait(timeout=30)
+    stopper = threading.Thread(target=runner.stop)  # a shutdown: halts between batches
+    stopper.start()
+    release.set()
+    stopper.join(timeout=60)
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["state"] == "running" and job["done"] == 4 and versions(client) == {V1: n - 4, V2: 4}
+    fresh = EmbeddedRunner(runner.store, runner.manager, runner.options, runner.get_encoder)
+    fresh.start()  # resumes the job
+    try:
+        job = wait_for(lambda: fresh.get(job_id), finished)
+    finally:
+        fresh.stop()
+    assert (job["state"], job["total"], job["done"], job["failed"]) == ("succeeded", n, n, 0), job
+    assert versions(client) == {V2: n} and client.get("/v1/collections/fm").json()["count"] == n
