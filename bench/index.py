@@ -78,6 +78,17 @@ def bare_rate(directory: Path, inputs: list[Any], batch: int, limit: int) -> flo
     return len(sample) / (time.perf_counter() - started)
 
 
+def _expect(ok: bool) -> None:
+    if not ok:
+        raise AssertionError("not yet")
+
+
+def redis_errors() -> type[Exception]:
+    import redis
+
+    return redis.exceptions.RedisError
+
+
 class Stack:
     """A server (+ Redis + workers) for one measurement; everything is killed on close."""
 
@@ -103,6 +114,12 @@ class Stack:
         self._wait(lambda: httpx.get(self.url + "/readyz", timeout=2).raise_for_status())
         for n in range(workers):
             self._spawn([str(BIN / "ers"), "worker"], env, f"worker{n}")
+        if workers:  # measure the job, not the workers' start-up: wait until each reads the stream
+            import redis
+
+            client = redis.Redis.from_url(env["ERS_REDIS_URL"])
+            self._wait(lambda: _expect(len(client.xinfo_consumers("ers:jobs:tasks", "workers")) >= workers))
+            client.close()
 
     def _spawn(self, args: list[str], env: dict[str, str], name: str) -> None:
         with open(self.root / f"{name}.log", "ab") as log:
@@ -114,7 +131,7 @@ class Stack:
             try:
                 probe()
                 return
-            except (OSError, httpx.HTTPError):
+            except (OSError, httpx.HTTPError, AssertionError, redis_errors()):
                 if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
                     raise RuntimeError(f"did not start; logs in {self.root}") from None
                 time.sleep(0.1)

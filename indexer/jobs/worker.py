@@ -55,7 +55,15 @@ class StreamWorker:
             log.info("worker %s loaded encoder %s", self.name, key)
         return self._encoders[key]
 
+    def warm_up(self) -> None:
+        """Load every encoder of the models dir before reading: the first batch should not pay it."""
+        from models.zoo import installed
+
+        for spec in installed(self.models_dir):
+            self.get_encoder(spec.key)
+
     def run(self, stop: threading.Event) -> None:
+        self.warm_up()
         log.info("worker %s reading %s", self.name, self.tasks)
         pause, ready = 0.1, False
         while not stop.is_set():
