@@ -19,6 +19,7 @@ names both) with ``metrics.json`` and ``MODEL_CARD.md``; checkpoints go to ``<ou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.artifact import sha256_file
 from models.convirt import ConvirtImageFamily, ConvirtImageTower, ConvirtTextFamily, ConvirtTextTower
 from models.errors import ModelError
 from models.export import write_artifact
@@ -73,6 +75,11 @@ class ConvirtConfig:
     weight_decay: float = 1e-4
 
 
+def config_key(cfg: ConvirtConfig) -> str:
+    """What a checkpoint must have been made with to be resumed."""
+    return json.dumps(asdict(cfg), sort_keys=True)
+
+
 class Run:
     """Towers, cached frozen features and the optimiser of one training run."""
 
@@ -86,6 +93,7 @@ class Run:
         self.data: PairData = load_pairs(cfg.data, cfg.limit, cfg.test_percent, cfg.label, self.data_dir)
         self.image_family, self.text_family = self._families(image_dir, text_dir)
         self.tokenizer_file = text_dir / "tokenizer.json"
+        self.image_digest = sha256_file(image_dir / "model.safetensors")
         seed_everything(cfg.seed)  # the heads' initialisation depends on the seed alone
         self.image_tower: ConvirtImageTower = self.image_family.build_module()
         self.text_tower: ConvirtTextTower = self.text_family.build_module()
@@ -142,8 +150,20 @@ class Run:
 
     @torch.inference_mode()
     def _image_features(self, items: list[list[Any]]) -> torch.Tensor:
-        """``(n, views, 1280)`` frozen backbone features; every item has the same number of views."""
+        """``(n, views, 1280)`` frozen backbone features; every item has the same number of views.
+
+        Cached under ``<data_dir>/cache/convirt/`` by a sha256 of the backbone weights, the image size
+        and every image's bytes (safetensors, no pickle): a resumed or repeated run skips the backbone."""
+        from safetensors.torch import load_file, save_file
+
         flat = [view for views in items for view in views]
+        digest = hashlib.sha256(f"{self.image_digest}:{self.cfg.image_size}:{len(flat)}".encode())
+        for view in flat:
+            digest.update(hashlib.sha256(view if isinstance(view, bytes) else np.asarray(view).tobytes()).digest())
+        cache = self.data_dir / "cache" / "convirt" / f"features-{digest.hexdigest()[:32]}.safetensors"
+        if cache.is_file():
+            features = load_file(str(cache))["features"].to(self.device)
+            return features.reshape(len(items), -1, features.shape[-1])
         chunks = []
         with progress_bar(len(flat), "image features", self.request.progress) as bar:
             for start in range(0, len(flat), 32):
@@ -151,6 +171,10 @@ class Run:
                 chunks.append(self.image_tower.backbone(torch.from_numpy(pixels).to(self.device)))
                 bar.step(len(pixels))
         features = torch.cat(chunks) if chunks else torch.zeros(0, 1280, device=self.device)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        save_file({"features": features.cpu().contiguous()}, str(tmp))
+        tmp.replace(cache)  # atomic: a crash never leaves a half-written cache entry
         return features.reshape(len(items), -1, features.shape[-1])
 
     @torch.inference_mode()
@@ -214,11 +238,9 @@ class Run:
     def state(self, extra: dict[str, Any]) -> dict[str, Any]:
         named = dict(self._named_trainable())
         return {"weights": {n: p.detach() for n, p in named.items()}, "optimizer": self.optimizer.state_dict(),
-                "rng": rng_state(), "config": json.dumps(asdict(self.cfg), sort_keys=True), **extra}  # fmt: skip
+                "rng": rng_state(), "config": config_key(self.cfg), **extra}  # fmt: skip
 
     def restore(self, state: dict[str, Any]) -> None:
-        if state["config"] != json.dumps(asdict(self.cfg), sort_keys=True):
-            raise TrainingError("the checkpoint was made with another config; resume with the same config")
         named = dict(self._named_trainable())
         if set(state["weights"]) != set(named):
             raise TrainingError("the checkpoint's trainable weights do not match this model")
@@ -255,16 +277,18 @@ class ConvirtRecipe:
             raise TrainingError("convirt does not train backward-compatible models (--compatible-with)")
         torch.set_num_threads(training_threads())
         started = time.monotonic()
+        checkpoints = Checkpointer(request.out / ".checkpoints" / cfg.name)
+        state = checkpoints.latest() if request.resume else None
+        if request.resume and state is None:
+            raise TrainingError(f"nothing to resume: no checkpoint in {checkpoints.directory}")
+        if state is not None and state["config"] != config_key(cfg):
+            raise TrainingError("the checkpoint was made with another config; resume with the same config")
         try:
             run = Run(cfg, request)
         except ModelError as exc:
             raise TrainingError(f"convirt: {exc.message}") from exc
-        checkpoints = Checkpointer(request.out / ".checkpoints" / cfg.name)
         start, losses, baselines = 0, [], {}
-        if request.resume:
-            state = checkpoints.latest()
-            if state is None:
-                raise TrainingError(f"nothing to resume: no checkpoint in {checkpoints.directory}")
+        if state is not None:
             run.restore(state)
             start, losses, baselines = int(state["epoch"]), list(state["losses"]), dict(state["baselines"])
         else:

@@ -181,9 +181,10 @@ def report_retrieval(
             per_label[label] += 1
             kept.append((report.text, label))
     texts, labels = [t for t, _ in kept], [lab for _, lab in kept]
+    vectors, words = embed(texts), bag_of_words(texts)
     scores = {
-        "r2r": precision_at_k(embed(texts), embed(texts), labels, labels, True),
-        "bow_r2r": precision_at_k(bag_of_words(texts), bag_of_words(texts), labels, labels, True),
+        "r2r": precision_at_k(vectors, vectors, labels, labels, True),
+        "bow_r2r": precision_at_k(words, words, labels, labels, True),
         "chance_r2r": precision_at_k(None, None, labels, labels, True),
     }
     out = {f"{name}_{k}": v for name, values in scores.items() for k, v in values.items()}
