@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from service.client import ClientError, ERSClient
 from service.settings import Settings
@@ -155,7 +155,8 @@ def jobs_list() -> None:
         data = _call(client, "GET", "/v1/jobs")
     finally:
         client.close()
-    table = Table("id", "collection", "state", "done", "failed", "total", "source")
+    table = Table("collection", "state", "done", "failed", "total", "source")
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=32))  # ids are copied into other commands
     for j in data["jobs"]:
         src = j["source"]
         table.add_row(j["id"], j["collection"], j["state"], str(j["done"]), str(j["failed"]), str(j["total"]),
