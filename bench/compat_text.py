@@ -13,6 +13,7 @@ Rows: raw L6 vs L3 (two unrelated spaces: near chance), and L6+BT² head vs L3.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from models.compat.heads import bake, wrap_for_compat
 from models.compat.objective import CompatObjective, CompatTargets, CompatWeights
 from models.compat.report import embed, report_from_vectors
 from models.data.emoji import load_emoji
+from models.encoder import Encoder
 from models.registry import load_encoder
 from models.zoo import pull
 
@@ -38,12 +40,28 @@ def unit(x: np.ndarray) -> torch.Tensor:
     return nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), dim=1)
 
 
+def frozen_features(path: Path, texts: list[str], old: Encoder, new: Encoder) -> tuple[np.ndarray, np.ndarray]:
+    """L3 (old model) and L6 (frozen new backbone) features of ``texts``, cached in ``path`` and reused
+    only for exactly the same texts (their sha256 is stored beside them)."""
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    if path.is_file():
+        with np.load(path) as cached:
+            if str(cached["digest"]) == digest:
+                return cached["old"], cached["new"]
+    f_old, f_new = embed(old, texts), embed(new, texts)
+    np.savez(path, digest=np.array(digest), old=f_old, new=f_new)
+    return f_old, f_new
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path(".ers-data"))
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--influence", type=float, default=1.0)
+    parser.add_argument("--align", type=float, default=20.0)
+    parser.add_argument("--distill", type=float, default=1.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -64,8 +82,8 @@ def main() -> None:
     y, test = np.asarray(labels), np.asarray(is_test)
     print(f"{len(emoji)} emoji, {len(texts)} texts, {len(subcats)} subcategories; "
           f"train {int((~test).sum())} texts, test {int(test.sum())}")  # fmt: skip
-    f3, f6 = embed(l3, texts), embed(l6, texts)  # (N, 384) each: old model, frozen new backbone
-    print(f"embedded with L3 and L6 in {time.time() - t0:.0f} s")
+    f3, f6 = frozen_features(cache_dir / "compat-text-features.npz", texts, l3, l6)  # (N, 384) each
+    print(f"L3 and L6 features of {len(texts)} texts ready after {time.time() - t0:.0f} s")
 
     train = np.flatnonzero(~test)
     n_cls = len(subcats)
@@ -76,7 +94,7 @@ def main() -> None:
     targets = CompatTargets(unit(old_train), unit(protos + 1e-6), unit(protos + 1e-6), teacher=unit(f6[train]))
     dim = 384 + D_EXTRA
     model = wrap_for_compat(head_backbone(384, 512, dim), "bt2", dim)
-    objective = CompatObjective("bt2", n_cls, dim, targets, CompatWeights(influence=1.0, align=2.0, distill=1.0))
+    objective = CompatObjective("bt2", n_cls, dim, targets, CompatWeights(args.influence, args.align, args.distill))
     params = list(model.parameters()) + list(objective.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
     x_train, yt = torch.from_numpy(f6[train]), torch.from_numpy(y_train)

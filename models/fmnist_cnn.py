@@ -58,6 +58,37 @@ class FmnistCNN(nn.Module):
         return self.proj(x.flatten(1))  # (B, C·side²) -> (B, dim)
 
 
+def plain_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An fmnist-cnn artifact's weights as the state of a plain ``FmnistCNN`` with the same output:
+    a baked basis ``W`` is folded into the projection, since ``W (P x + b) = (W P) x + W b``."""
+    if "basis.weight" not in state:
+        return dict(state)
+    basis = state["basis.weight"]  # (dim, dim)
+    plain = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    plain["proj.weight"] = basis @ plain["proj.weight"]  # (dim, C·side²)
+    plain["proj.bias"] = basis @ plain["proj.bias"]  # (dim,)
+    return plain
+
+
+def warm_start(model: FmnistCNN, old_state: dict[str, torch.Tensor]) -> None:
+    """Start ``model`` from an old CNN of the same channels (``plain_state`` of its artifact): every
+    conv/BN weight, and the old projection as the first ``d_old`` output rows, so the new model's
+    compatible prefix begins exactly at the old embedding (BT² starts the new model from the old one);
+    the extra rows keep their random initialisation."""
+    own = model.state_dict()
+    if set(old_state) != set(own):
+        raise ValueError("the old model's weights do not match this CNN's layers")
+    for key, value in old_state.items():
+        target = own[key]
+        fits = value.shape == target.shape or (
+            key.startswith("proj.") and value.shape[1:] == target.shape[1:] and value.shape[0] <= target.shape[0]
+        )
+        if not fits:
+            raise ValueError(f"{key}: old shape {tuple(value.shape)} does not fit {tuple(target.shape)}")
+        own[key] = torch.cat([value, target[value.shape[0] :]]) if key.startswith("proj.") else value
+    model.load_state_dict(own)
+
+
 def build(cfg: FmnistCNNConfig) -> nn.Module:
     backbone = FmnistCNN(cfg)
     return with_basis(backbone, cfg.dim) if cfg.basis else backbone

@@ -130,7 +130,11 @@ class CompatObjective(nn.Module):
             raise ValueError(f"the embedding ({dim}) is narrower than the old model ({targets.d_old})")
         self.method, self.targets = method, targets
         self.weights = weights or CompatWeights()
-        self.classifier = nn.Parameter(torch.randn(num_classes, dim) * 0.01)  # (C, dim)
+        classifier = torch.randn(num_classes, dim) * 0.01  # (C, dim)
+        if targets is not None:  # start where the old model is: its (pseudo-)classifier on the compatible dims,
+            # so the first steps' CE gradients do not throw a warm-started backbone out of the old space
+            classifier[:, : targets.d_old] = targets.old_classifier.detach().cpu()
+        self.classifier = nn.Parameter(classifier)
 
     def compat_terms(self, z: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The compatibility losses alone, for (B, dim) embeddings of training items ``index``."""

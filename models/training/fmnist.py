@@ -47,9 +47,11 @@ class FmnistConfig:
     eval_items: int | None = None  # test items for metrics and the report (evenly spread; None: all)
     seed: int = 0
     teacher: str | None = None  # BT²: artifact of an independently trained new model
-    influence: float = 1.0
-    align: float = 1.0
-    distill: float = 1.0
+    influence: float = 1.0  # BCT's influence loss (the frozen old classifier on the compatible prefix)
+    align: float = 50.0  # BT²/OCA: 1 - cos(prefix, old feature / old prototype); weak values let it drift
+    distill: float = 1.0  # BT²: relational distillation towards the independent model
+    scale: float = 16.0  # cosine-softmax temperature of the new and the (frozen) old classifier
+    warm_start: bool = True  # a compatible model starts from the old CNN (same channels needed)
 
 
 def _subset(labels: np.ndarray, classes: list[int], per_class: int | None, seed: int) -> np.ndarray:
@@ -85,6 +87,21 @@ def _load(path: Path) -> Encoder:
         return load_encoder(path)
     except ModelError as exc:
         raise TrainingError(f"cannot load {path}: {exc.message}") from exc
+
+
+def _warm_start(cnn: Any, old: EncoderSpec, artifact: Path, channels: list[int]) -> None:
+    from safetensors.torch import load_file
+
+    from models.artifact import TORCH_FILE
+    from models.fmnist_cnn import plain_state, warm_start
+
+    if old.family != "fmnist-cnn" or list(old.config.get("channels", [])) != list(channels):
+        raise TrainingError(f"warm_start needs an old fmnist-cnn with channels {channels}; {old.key} is "
+                            f"{old.family} {old.config.get('channels')} (set warm_start: false)")  # fmt: skip
+    try:
+        warm_start(cnn, plain_state(load_file(str(artifact / TORCH_FILE))))
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"cannot warm-start from {old.key}: {exc}") from exc
 
 
 @register_recipe("fmnist")
@@ -127,9 +144,11 @@ class FmnistRecipe:
         if old is not None and old.spec.key == key:
             raise TrainingError(f"the new model would reuse the old key {key}; set a different version")
 
-        cnn_cfg = FmnistCNNConfig(channels=tuple(cfg.channels), dim=dim)
-        model = wrap_for_compat(FmnistCNN(cnn_cfg), method, dim).to(device)
-        weights = CompatWeights(influence=cfg.influence, align=cfg.align, distill=cfg.distill)
+        cnn = FmnistCNN(FmnistCNNConfig(channels=tuple(cfg.channels), dim=dim))
+        if old is not None and request.compatible_with is not None and cfg.warm_start:
+            _warm_start(cnn, old.spec, request.compatible_with, cfg.channels)
+        model = wrap_for_compat(cnn, method, dim).to(device)
+        weights = CompatWeights(influence=cfg.influence, align=cfg.align, distill=cfg.distill, scale=cfg.scale)
         objective = CompatObjective(method, len(classes), dim, targets.to(device) if targets else None, weights)
         objective.to(device)
         params = list(model.parameters()) + list(objective.parameters())

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.compat.heads import bake, embedding_dim, wrap_for_compat
+from models.compat.heads import bake, embedding_dim, with_basis, wrap_for_compat
 from models.compat.objective import CompatObjective, prepare_targets
 from models.data.fashion_mnist import FashionMNIST, load_fashion_mnist
 from models.encoder import encode
-from models.fmnist_cnn import FmnistCNN, FmnistCNNConfig, FmnistCNNFamily
+from models.fmnist_cnn import FmnistCNN, FmnistCNNConfig, FmnistCNNFamily, plain_state, warm_start
 from models.registry import load_encoder
 from models.training.fmnist import FmnistRecipe
 from models.training.recipe import TrainingError, TrainRequest
@@ -98,3 +98,31 @@ def test_recipe_refuses_bad_classes(tmp_path: Path, zoo_dirs: tuple[Path, Path])
     config = {**load_config("fmnist-tiny-old"), "classes": [3, 11]}
     with pytest.raises(TrainingError, match="classes"):
         FmnistRecipe().train(TrainRequest(config=config, out=tmp_path, data_dir=zoo_dirs[1].parent, progress=False))
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_warm_start_begins_at_the_old_embedding(fmnist: FashionMNIST, old_model: Path) -> None:
+    from safetensors.torch import load_file
+
+    images = fmnist.test_images[:20]
+    pixels = torch.from_numpy(FmnistCNNFamily.pixels_of(images))
+    cnn = FmnistCNN(FmnistCNNConfig(channels=(8, 16, 32), dim=40))  # 32 old dims + 8 extra
+    warm_start(cnn, plain_state(load_file(str(old_model / "model.safetensors"))))
+    with torch.no_grad():
+        prefix = cnn.eval()(pixels)[:, :32].numpy()
+    np.testing.assert_allclose(unit(prefix), unit(encode(load_encoder(old_model), images)), atol=1e-4)
+
+    # a BT²/OCA model's baked basis folds into the projection: the next model starts at its 40-d output
+    torch.manual_seed(0)
+    basis_model = with_basis(cnn, 40).eval()
+    with torch.no_grad():
+        basis_model.basis.weight.copy_(torch.linalg.qr(torch.randn(40, 40))[0])  # type: ignore[union-attr]
+        expected = basis_model(pixels)
+        grown = FmnistCNN(FmnistCNNConfig(channels=(8, 16, 32), dim=48)).eval()
+        warm_start(grown, plain_state(basis_model.state_dict()))
+        torch.testing.assert_close(grown(pixels)[:, :40], expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"proj\.weight"):
+        warm_start(FmnistCNN(FmnistCNNConfig(channels=(8, 16, 32), dim=24)), plain_state(basis_model.state_dict()))
