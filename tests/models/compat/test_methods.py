@@ -119,7 +119,8 @@ def test_warm_start_begins_at_the_old_embedding(fmnist: FashionMNIST, old_model:
     torch.manual_seed(0)
     basis_model = with_basis(cnn, 40).eval()
     with torch.no_grad():
-        basis_model.basis.weight.copy_(torch.linalg.qr(torch.randn(40, 40))[0])  # type: ignore[union-attr]
+        assert isinstance(basis_model.basis, torch.nn.Linear)
+        basis_model.basis.weight.copy_(torch.linalg.qr(torch.randn(40, 40))[0])
         expected = basis_model(pixels)
         grown = FmnistCNN(FmnistCNNConfig(channels=(8, 16, 32), dim=48)).eval()
         warm_start(grown, plain_state(basis_model.state_dict()))
