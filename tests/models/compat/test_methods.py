@@ -113,7 +113,7 @@ def test_warm_start_begins_at_the_old_embedding(fmnist: FashionMNIST, old_model:
     warm_start(cnn, plain_state(load_file(str(old_model / "model.safetensors"))))
     with torch.no_grad():
         prefix = cnn.eval()(pixels)[:, :32].numpy()
-    np.testing.assert_allclose(unit(prefix), unit(encode(load_encoder(old_model), images)), atol=1e-4)
+    np.testing.assert_allclose(unit(prefix), unit(encode(load_encoder(old_model), list(images))), atol=1e-4)
 
     # a BT²/OCA model's baked basis folds into the projection: the next model starts at its 40-d output
     torch.manual_seed(0)
