@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from service import cli_compat, cli_jobs, cli_migrate, cli_train
+from service.cli_common import call_server
 from service.cli_zoo import zoo_app
-from service.client import ClientError, ERSClient
 from service.settings import Settings
 
 app = typer.Typer(help="ERS, the embedding retrieval service.", no_args_is_help=True)
@@ -29,20 +29,8 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _client() -> ERSClient:
-    settings = Settings()
-    return ERSClient(settings.url, settings.api_key)
-
-
 def _call(method: str, path: str, **kwargs: Any) -> Any:
-    client = _client()
-    try:
-        return client.request(method, path, **kwargs)
-    except ClientError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    finally:
-        client.close()
+    return call_server(method, path, **kwargs)
 
 
 @app.command()

@@ -11,24 +11,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from service.client import ClientError, ERSClient
-from service.settings import Settings
+from service.cli_common import call_server
 
 console = Console()
 err = Console(stderr=True)
 
 
 def _call(method: str, path: str, **kwargs: Any) -> Any:
-    settings = Settings()
     # the compatibility gate embeds the evaluation set with both models: allow it minutes
-    client = ERSClient(settings.url, settings.api_key, timeout=600.0)
-    try:
-        return client.request(method, path, **kwargs)
-    except ClientError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    finally:
-        client.close()
+    return call_server(method, path, timeout=600.0, **kwargs)
 
 
 def _print_entry(entry: dict[str, Any]) -> None:
