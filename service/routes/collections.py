@@ -145,7 +145,7 @@ async def upsert_items(
     return {"upserted": n, **({"skipped": prepared.skipped} if prepared.skipped else {})}
 
 
-@router.get("/{name}/items/{item_id}", response_model=ItemOut, response_model_exclude_unset=True)
+@router.get("/{name}/items/{item_id:path}", response_model=ItemOut, response_model_exclude_unset=True)
 def get_item(item_id: str, collection: CollectionDep, with_vector: bool = Query(False)) -> dict[str, Any]:
     item = collection.get(item_id, with_vector=with_vector)
     out: dict[str, Any] = {"id": item.id, "payload": item.payload, "encoder_version": item.encoder_version}
@@ -154,7 +154,7 @@ def get_item(item_id: str, collection: CollectionDep, with_vector: bool = Query(
     return out
 
 
-@router.delete("/{name}/items/{item_id}", response_model=DeleteResponse)
+@router.delete("/{name}/items/{item_id:path}", response_model=DeleteResponse)
 def delete_item(item_id: str, collection: CollectionDep) -> dict[str, Any]:
     if collection.delete([item_id]) == 0:
         raise ItemNotFound(collection.name, item_id)

@@ -59,6 +59,17 @@ def test_upsert_get_search_delete(client: TestClient) -> None:
     assert "doc-7" not in [h["id"] for h in r.json()["results"]] and len(r.json()["results"]) == 49
 
 
+def test_ids_with_slashes_are_reachable(client: TestClient) -> None:
+    # A directory job's ids are relative paths ("cats/a.png"): get and delete must reach them.
+    client.post("/v1/collections", json={"name": "pics", "dim": 4})
+    items = [{"id": "cats/a b.png", "vector": [1, 0, 0, 0]}, {"id": "cats/b.png", "vector": [0, 1, 0, 0]}]
+    client.put("/v1/collections/pics/items", json={"items": items})
+    assert client.get("/v1/collections/pics/items/cats/a%20b.png").json()["id"] == "cats/a b.png"
+    assert client.delete("/v1/collections/pics/items/cats/b.png").json() == {"deleted": 1}
+    assert client.get("/v1/collections/pics/items/cats/b.png").status_code == 404
+    assert client.get("/v1/collections/pics").json()["count"] == 1
+
+
 def test_l2_scores_are_negated_squared_distances(client: TestClient) -> None:
     client.post("/v1/collections", json={"name": "pts", "dim": 2, "metric": "l2"})
     client.put(
