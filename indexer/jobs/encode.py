@@ -34,6 +34,9 @@ class Target:
     collection: str
     dim: int
     encoder: str | None
+    # Raw inputs travel back with the vectors only for collections that keep them (a Redis
+    # worker's result would otherwise carry every image's bytes for nothing).
+    keep_sources: bool = False
 
 
 def _reason(exc: Exception) -> str:
@@ -133,7 +136,7 @@ def encode_batch(
         out.failures.extend(failures)
         if good:
             vectors = encoder.postprocess(encoder.forward(batch), batch)
-            kept = [KeptSource.of(raw_inputs[r]) for r in good]
+            kept = [KeptSource.of(raw_inputs[r]) if target.keep_sources else None for r in good]
             _collect(out, rows, [raw_items[r] for r in good], vectors, batch, encoder.spec.key, kept)
     out.vectors = np.vstack(rows).astype(np.float32) if rows else np.zeros((0, target.dim), dtype=np.float32)
     return out

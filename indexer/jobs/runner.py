@@ -203,8 +203,8 @@ class JobRunner(ABC):
         coll = self.manager.get(job["collection"])
         if is_backfill(job):  # the encoder the collection migrated to, whatever is active by now
             to = job["source"]["to"]
-            return Target(coll.name, coll.dim_for(to), to)
-        return Target(coll.name, coll.dim_for(coll.config.encoder), coll.config.encoder)
+            return Target(coll.name, coll.dim_for(to), to, coll.config.keep_sources)
+        return Target(coll.name, coll.dim_for(coll.config.encoder), coll.config.encoder, coll.config.keep_sources)
 
     def begin(self, job_id: str, total: int) -> dict[str, Any] | None:
         """Mark the job running with its total; remember where this run starts for the rate.

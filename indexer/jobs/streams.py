@@ -76,7 +76,7 @@ def pack_task(job_id: str, seq: int, target: Target, entries: list[Entry], max_p
         else:
             value = base64.b64encode(e.value).decode() if isinstance(e.value, bytes) else e.value
             rows.append({"id": e.id, "kind": e.kind, "value": value, "payload": e.payload})
-    head = {"collection": target.collection, "dim": target.dim, "encoder": target.encoder}
+    head = {"collection": target.collection, "dim": target.dim, "encoder": target.encoder, "keep": target.keep_sources}
     return {"job": job_id, "seq": seq, "target": json.dumps(head), "max_pixels": max_pixels,
             "entries": json.dumps(rows, ensure_ascii=False)}  # fmt: skip
 
@@ -90,7 +90,8 @@ def unpack_task(fields: dict[bytes, bytes]) -> tuple[str, int, Target, list[Entr
         else:
             value = base64.b64decode(row["value"]) if row["kind"] == "path" else row["value"]
             entries.append(Item(row["id"], row["kind"], value, row["payload"]))
-    target = Target(head["collection"], int(head["dim"]), head["encoder"])
+    # tasks queued before "keep" existed: keep the sources (the server drops them if not wanted)
+    target = Target(head["collection"], int(head["dim"]), head["encoder"], bool(head.get("keep", True)))
     return _s(fields[b"job"]), int(fields[b"seq"]), target, entries, int(fields[b"max_pixels"])
 
 
