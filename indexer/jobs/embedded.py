@@ -35,27 +35,15 @@ class EmbeddedRunner(JobRunner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._queue: queue.Queue[str] = queue.Queue()
-        self._stop = threading.Event()
-        self._halts: dict[str, threading.Event] = {}
-        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         for job_id in self.active_jobs():  # resume what a previous run left
             log.info("resuming job %s", job_id)
             self._queue.put(job_id)
-        for n in range(max(1, self.options.concurrency)):
-            thread = threading.Thread(target=self._dispatch, name=f"job-runner-{n}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._start_threads([(self._dispatch, f"job-runner-{n}") for n in range(max(1, self.options.concurrency))])
 
     def stop(self) -> None:
-        """Stop between batches; running jobs stay ``running`` in the store and resume next start."""
-        self._stop.set()
-        for halt in list(self._halts.values()):
-            halt.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
+        self._stop_threads(timeout=60)
 
     def _enqueue(self, job_id: str) -> None:
         self._queue.put(job_id)

@@ -49,10 +49,6 @@ class RedisRunner(JobRunner):
         self.client = streams.connect(redis_url)
         self.tasks, self.results = streams.tasks_key(prefix), streams.results_key(prefix)
         self.prefix = prefix
-        self._queue: queue.Queue[str] = queue.Queue()
-        self._stop = threading.Event()
-        self._halts: dict[str, threading.Event] = {}
-        self._threads: list[threading.Thread] = []
         self._resumed = False
         self._resume_lock = threading.Lock()
 
@@ -60,17 +56,10 @@ class RedisRunner(JobRunner):
     def start(self) -> None:
         targets: list[tuple[Callable[[], None], str]] = [(self._consume, "job-results")]
         targets += [(self._dispatch, f"job-producer-{n}") for n in range(max(1, self.options.concurrency))]
-        for target, name in targets:
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._start_threads(targets)
 
     def stop(self) -> None:
-        self._stop.set()
-        for halt in list(self._halts.values()):
-            halt.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
+        self._stop_threads(timeout=30)
         self.client.close()
 
     def _enqueue(self, job_id: str) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -74,9 +76,27 @@ class JobRunner(ABC):
         self.manager = manager
         self.options = options
         self.get_encoder = get_encoder
+        self._queue: queue.Queue[str] = queue.Queue()  # job ids to read, for the dispatch threads
+        self._stop = threading.Event()
+        self._halts: dict[str, threading.Event] = {}  # per running job: set to stop it between batches
+        self._threads: list[threading.Thread] = []
 
     @abstractmethod
     def start(self) -> None: ...
+
+    def _start_threads(self, targets: list[tuple[Callable[[], None], str]]) -> None:
+        for target, name in targets:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _stop_threads(self, timeout: float) -> None:
+        """Stop between batches; running jobs stay ``running`` in the store and resume next start."""
+        self._stop.set()
+        for halt in list(self._halts.values()):
+            halt.set()
+        for thread in self._threads:
+            thread.join(timeout=timeout)
 
     @abstractmethod
     def stop(self) -> None: ...
