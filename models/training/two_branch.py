@@ -43,6 +43,7 @@ from models.training.two_branch_eval import (
     frozen_nn_recall,
     recall,
 )
+from models.training.two_branch_init import whiten_linear
 from models.two_branch import TwoBranchConfig, TwoBranchImageFamily, TwoBranchTextFamily, build_vocab
 
 RECIPE = "two-branch"
@@ -67,6 +68,15 @@ class OptimConfig:
     # effnet-mlp: Gaussian noise of this norm added to the unit-length frozen features, so the head
     # does not fit the exact features of one drawing style (the evaluation images are another style)
     feature_noise: float = 0.0
+    # effnet-mlp with a linear head: "whiten" starts the head at the centred, PCA-projected,
+    # partly whitened frozen features (two_branch_init); "random" is PyTorch's default init
+    image_init: str = "random"
+    whiten_power: float = 0.5  # 0: PCA projection only, 1: full whitening
+    image_lr: float | None = None  # the image head's learning rate (default: lr)
+
+    def __post_init__(self) -> None:
+        if self.image_init not in ("random", "whiten"):
+            raise ValueError(f"image_init must be 'random' or 'whiten', got '{self.image_init}'")
 
 
 @dataclass(frozen=True)
@@ -130,13 +140,25 @@ class Trainer:
             backbone.load_state_dict(effnet_backbone_state(self.data_dir), strict=True)
         self.image_inputs = self._image_inputs(self.data.train, "train")
         self.eval = EvalSet(self._image_inputs(self.data.eval, "eval"), [it.captions[0] for it in self.data.eval])
+        if self.optim.image_init == "whiten":
+            self._whiten_head()
         self.image_tower.to(self.device)
         self.text_tower.to(self.device)
-        params = [p for m in (self.image_tower, self.text_tower) for p in m.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        o = self.optim
+        groups = [{"params": [p for p in self.image_tower.parameters() if p.requires_grad],
+                   "lr": o.lr if o.image_lr is None else o.image_lr},
+                  {"params": list(self.text_tower.parameters()), "lr": o.lr}]  # fmt: skip
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
         self.rng = np.random.default_rng(self.top.seed)
         self.generator = torch.Generator().manual_seed(self.top.seed)
         self.history: list[float] = []
+
+    def _whiten_head(self) -> None:
+        if self.model_cfg.image_tower != "effnet-mlp" or self.model_cfg.image_hidden != 0:
+            raise TrainingError("image_init: whiten needs the effnet-mlp image tower with a linear head "
+                                "(image_hidden: 0)")  # fmt: skip
+        head: Any = self.image_tower.mlp[-1]
+        whiten_linear(head, self.image_inputs, self.optim.whiten_power)
 
     def _families(self, vocab: list[str]) -> tuple[TwoBranchImageFamily, TwoBranchTextFamily]:
         top, m = self.top, self.model_cfg

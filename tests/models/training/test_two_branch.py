@@ -22,6 +22,7 @@ from models.training.recipe import TrainingError, TrainRequest
 from models.training.run import load_config
 from models.training.two_branch import TwoBranchRecipe, fit, publish
 from models.training.two_branch_eval import embed, evaluate_artifact
+from models.training.two_branch_init import whiten_linear
 
 LIMIT = 300
 
@@ -158,3 +159,34 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path, data_dir: Path) -> None:
         fit(TrainRequest(tiny(model={"text_tower": "lstm"}), tmp_path / "m", data_dir=data_dir))
     with pytest.raises(TrainingError, match="sampling must be one of"):
         fit(TrainRequest(tiny(loss={"sampling": "random"}), tmp_path / "m", data_dir=data_dir))
+    with pytest.raises(TrainingError, match="image_init must be"):
+        fit(TrainRequest(tiny(train={"image_init": "pca"}), tmp_path / "m", data_dir=data_dir))
+    with pytest.raises(TrainingError, match="needs the effnet-mlp image tower"):
+        fit(TrainRequest(tiny(train={"image_init": "whiten"}), tmp_path / "m", data_dir=data_dir))
+
+
+@pytest.mark.parametrize("power", [0.0, 1.0])
+def test_whitened_head_starts_at_the_centred_principal_components(power: float) -> None:
+    """power 0: a rotation of the centred features' top components (distances kept, up to scale);
+    power 1: full whitening (decorrelated columns of equal variance). Rows past the rank are zero."""
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.normal(size=(50, 3)) @ rng.normal(size=(3, 12)) * [[3.0] * 12] + 5.0).float()
+    head = torch.nn.Linear(12, 4)
+    whiten_linear(head, features, power)
+    with torch.no_grad():
+        out = head(features)  # (50, 4)
+    assert torch.allclose(out.mean(dim=0), torch.zeros(4), atol=1e-4)
+    assert torch.equal(head.weight[3], torch.zeros(12))  # the features have rank 3
+    assert abs(float(out.norm(dim=1).mean()) - 1.0) < 1e-4
+    centred = features - features.mean(dim=0)
+    if power == 0.0:
+        ratio = (
+            torch.cdist(out, out)[~torch.eye(50, dtype=torch.bool)]
+            / torch.cdist(centred, centred)[~torch.eye(50, dtype=torch.bool)]
+        )
+        assert torch.allclose(ratio, ratio.mean().expand_as(ratio), rtol=1e-3)
+    else:
+        cov = out[:, :3].T @ out[:, :3]
+        assert torch.allclose(cov / cov[0, 0], torch.eye(3), atol=1e-4)
+    with pytest.raises(TrainingError, match="whiten_power"):
+        whiten_linear(head, features, 1.5)
