@@ -41,6 +41,11 @@ class FaceNetConfig:
     width: float = 1.0
     stem_pool: bool = True
     dropout: float = 0.6
+    # > 0: a colour/layout branch, the input averaged down to a ``thumbnail`` x ``thumbnail`` grid and
+    # projected linearly into the embedding (added before ``last_bn``). Global average pooling throws
+    # away where things are; for drawings (emoji) that layout and its colours are half the identity.
+    # 0 keeps facenet-pytorch's exact parameter set.
+    thumbnail: int = 0
 
     def channels(self, full: int) -> int:
         return max(1, round(full * self.width))
@@ -168,6 +173,10 @@ class InceptionResnetV1(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.last_linear = nn.Linear(c8, cfg.dim, bias=False)
         self.last_bn = nn.BatchNorm1d(cfg.dim, eps=0.001, momentum=0.1, affine=True)
+        if cfg.thumbnail:
+            if cfg.image_size % cfg.thumbnail:
+                raise ValueError(f"thumbnail {cfg.thumbnail} must divide image_size {cfg.image_size}")
+            self.thumbnail_linear = nn.Linear(3 * cfg.thumbnail**2, cfg.dim, bias=False)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         # pixels: (B, 3, 160, 160), (RGB - 127.5) / 128; shapes below are for the full 160 px model
@@ -177,11 +186,16 @@ class InceptionResnetV1(nn.Module):
         x = self.mixed_7a(self.repeat_2(x))  # (B, 1792, 3, 3)
         x = self.block8(self.repeat_3(x))  # (B, 1792, 3, 3)
         x = self.dropout(self.avgpool_1a(x)).flatten(1)  # (B, 1792)
-        x = self.last_bn(self.last_linear(x))  # (B, 512)
+        x = self.last_linear(x)  # (B, 512)
+        if self.config.thumbnail:
+            t = self.config.thumbnail
+            thumb = F.avg_pool2d(pixels, self.config.image_size // t).flatten(1)  # (B, 3 * t * t)
+            x = x + self.thumbnail_linear(thumb)  # (B, 512)
+        x = self.last_bn(x)  # (B, 512)
         return F.normalize(x, p=2, dim=1)  # unit length
 
 
-NETWORK_KEYS = ("image_size", "repeats", "scales", "width", "stem_pool")
+NETWORK_KEYS = ("image_size", "repeats", "scales", "width", "stem_pool", "thumbnail")
 
 
 def facenet_config(spec: EncoderSpec) -> FaceNetConfig:

@@ -52,6 +52,7 @@ class FaceNetTrainConfig:
     width: float = 0.25
     repeats: list[int] = field(default_factory=lambda: [2, 4, 2])
     stem_pool: bool = False
+    thumbnail: int = 0  # inception-resnet-v1: a linear colour/layout branch on a t x t thumbnail (0: none)
     dropout: float = 0.2
     # optimisation
     epochs: int = 10
@@ -73,6 +74,10 @@ class FaceNetTrainConfig:
             raise TrainingError(f"mining must be semi-hard or batch-hard, got '{self.mining}'")
         if self.p < 2 or self.k < 2:
             raise TrainingError("a P x K batch needs p >= 2 identities and k >= 2 images each")
+        if self.thumbnail < 0 or (self.thumbnail and self.image_size % self.thumbnail):
+            raise TrainingError(f"thumbnail must be 0 or divide image_size {self.image_size}, got {self.thumbnail}")
+        if self.thumbnail and self.backbone != "inception-resnet-v1":
+            raise TrainingError("thumbnail is an option of the inception-resnet-v1 backbone")
         if self.backbone == "face-resnet" and (self.image_size, self.dim) != (150, 128):
             raise TrainingError("the face-resnet backbone takes 150 px faces and gives 128-d vectors")
 

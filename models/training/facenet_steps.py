@@ -111,7 +111,7 @@ def network(cfg: FaceNetTrainConfig, data_dir: Path) -> Network:
     metric: Literal["l2", "cosine"]
     if family_name == "facenet":
         network_keys = {"image_size": cfg.image_size, "repeats": list(cfg.repeats), "width": cfg.width,
-                        "stem_pool": cfg.stem_pool}  # fmt: skip
+                        "stem_pool": cfg.stem_pool, "thumbnail": cfg.thumbnail}  # fmt: skip
         config = {**shared, "template": "facenet", "normalisation": "(x - 127.5) / 128", "network": network_keys}
         mean, scale, metric = (127.5, 127.5, 127.5), 128.0, "l2"
     else:

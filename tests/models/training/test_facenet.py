@@ -232,3 +232,26 @@ def test_pk_batches_and_threshold_protocol() -> None:
         parse_config(FaceNetTrainConfig, {"epochz": 3})
     with pytest.raises(TrainingError, match="mining"):
         FaceNetTrainConfig(mining="hardest")
+    with pytest.raises(TrainingError, match="thumbnail"):
+        FaceNetTrainConfig(image_size=64, thumbnail=12)  # 12 does not divide 64
+
+
+def test_thumbnail_branch_sees_colour_layout_and_keeps_the_plain_parameter_set() -> None:
+    from models.facenet import FaceNetConfig, InceptionResnetV1
+
+    torch.manual_seed(0)
+    plain = InceptionResnetV1(FaceNetConfig(image_size=64, dim=16, width=0.125, repeats=(1, 1, 1), stem_pool=False))
+    assert not any(k.startswith("thumbnail") for k in plain.state_dict())  # facenet-pytorch's names only
+    cfg = FaceNetConfig(image_size=64, dim=16, width=0.125, repeats=(1, 1, 1), stem_pool=False, thumbnail=8)
+    net = InceptionResnetV1(cfg).eval()
+    assert net.thumbnail_linear.weight.shape == (16, 3 * 8 * 8)
+    x = torch.zeros(2, 3, 64, 64)
+    x[1, 0, :32, :32] = 1.0  # one image differs only in the red of its top-left quarter
+    with torch.no_grad():
+        with_branch = net(x)
+        net.thumbnail_linear.weight.zero_()
+        without = net(x)
+    # The branch moves the two embeddings relative to each other (it is part of the served vector).
+    assert not torch.allclose(with_branch[1] - with_branch[0], without[1] - without[0], atol=1e-4)
+    with pytest.raises(ValueError, match="divide"):
+        InceptionResnetV1(FaceNetConfig(image_size=64, thumbnail=12))
