@@ -18,6 +18,7 @@ family, through the ordinary ``encode``) over the new training set:
 * BT²: CE + λ_inf · influence(z[:d_old]) + λ_align · (1 − cos(z[:d_old], old feature))
        + λ_distill · relational distillation(z, teacher)
 * OCA: CE + λ_inf · influence(z[:d_old]) + λ_align · (1 − cos(z[:d_old], old prototype of the class))
+       [+ λ_feature · (1 − cos(z[:d_old], old feature)), optional]
 
 A recipe with its own loss (triplet, InfoNCE…) adds ``compat_terms`` to it instead of calling the
 objective, which then needs no classifier of its own.
@@ -46,6 +47,7 @@ class CompatWeights:
     influence: float = 1.0
     align: float = 1.0
     distill: float = 1.0
+    feature: float = 0.0  # OCA: also 1 - cos(prefix, old feature of the same item) (keeps the old function)
     scale: float = 16.0  # cosine-softmax temperature of every classifier
     distill_temperature: float = 0.1
 
@@ -150,6 +152,8 @@ class CompatObjective(nn.Module):
             terms["distill"] = w.distill * relational_distillation_loss(z, t.teacher[index], w.distill_temperature)
         elif self.method == "oca":
             terms["align"] = w.align * alignment_loss(prefix, t.old_prototypes[labels])
+            if w.feature:
+                terms["feature"] = w.feature * alignment_loss(prefix, t.old_features[index])
         return terms
 
     def forward(

@@ -25,8 +25,10 @@ from models.compat.report import compatibility_report, cross_test, embed
 from models.data.fashion_mnist import CLASSES, LICENSE, FashionMNIST, load_fashion_mnist
 from models.encoder import Encoder
 from models.errors import ModelError
+from models.losses.compat import alignment_loss
 from models.spec import EncoderSpec, split_key
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
+from models.training.fmnist_anchor import perturbed_views
 from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
 from models.training.run import batches, parse_config, pick_device, progress_bar, seed_everything, write_card
 
@@ -50,8 +52,12 @@ class FmnistConfig:
     influence: float = 1.0  # BCT's influence loss (the frozen old classifier on the compatible prefix)
     align: float = 50.0  # BT²/OCA: 1 - cos(prefix, old feature / old prototype); weak values let it drift
     distill: float = 1.0  # BT²: relational distillation towards the independent model
+    feature: float = 0.0  # OCA: also cosine to the old feature of the same item
+    anchor: float = 0.0  # cosine to the old feature on perturbed copies of the images (fmnist_anchor)
+    anchor_views: int = 1  # perturbed copies per training image
     scale: float = 16.0  # cosine-softmax temperature of the new and the (frozen) old classifier
     warm_start: bool = True  # a compatible model starts from the old CNN (same channels needed)
+    freeze_stages: int = 0  # warm start: the first conv stages (weights and BN statistics) stay the old model's
 
 
 def _subset(labels: np.ndarray, classes: list[int], per_class: int | None, seed: int) -> np.ndarray:
@@ -104,6 +110,19 @@ def _warm_start(cnn: Any, old: EncoderSpec, artifact: Path, channels: list[int])
         raise TrainingError(f"cannot warm-start from {old.key}: {exc}") from exc
 
 
+def _freeze(cnn: Any, stages: int) -> Any:
+    """Fix the first ``stages`` conv stages (4 modules each: conv, BN, ReLU, pool); returns them as one
+    module so the train loop can keep their BN layers in eval mode."""
+    from torch import nn
+
+    if not 0 <= stages <= len(cnn.features) // 4:
+        raise TrainingError(f"freeze_stages must lie in 0..{len(cnn.features) // 4}, got {stages}")
+    frozen = nn.Sequential(*list(cnn.features)[: 4 * stages])
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen
+
+
 @register_recipe("fmnist")
 class FmnistRecipe:
     name = "fmnist"
@@ -128,6 +147,8 @@ class FmnistRecipe:
         labels = np.searchsorted(classes, data.train_labels[train_idx])  # (N,) class index
 
         old: Encoder | None = None
+        anchor_x: torch.Tensor | None = None
+        anchor_y: torch.Tensor | None = None
         method = request.method if request.compatible_with is not None else None
         targets = None
         dim = cfg.dim
@@ -137,6 +158,10 @@ class FmnistRecipe:
             if method == "bt2":
                 teacher = _load(Path(cfg.teacher)) if cfg.teacher else self._train_teacher(request, cfg)
             targets = prepare_targets(old, images, labels, len(classes), teacher, request.compatible_with, classes)
+            if cfg.anchor:
+                views = perturbed_views(images, cfg.anchor_views, cfg.seed)  # (M, 28, 28)
+                anchor_x = torch.from_numpy(FmnistCNNFamily.pixels_of(views))  # (M, 1, 28, 28)
+                anchor_y = torch.nn.functional.normalize(torch.from_numpy(embed(old, views)), dim=1)  # (M, d_old)
             dim = embedding_dim(method, old.spec.dim, cfg.d_extra)
         version = _version(cfg, old.spec if old else None)
         key = f"{cfg.name}@{version}"
@@ -147,11 +172,13 @@ class FmnistRecipe:
         cnn = FmnistCNN(FmnistCNNConfig(channels=tuple(cfg.channels), dim=dim))
         if old is not None and request.compatible_with is not None and cfg.warm_start:
             _warm_start(cnn, old.spec, request.compatible_with, cfg.channels)
+        frozen = _freeze(cnn, cfg.freeze_stages if old is not None and cfg.warm_start else 0)
         model = wrap_for_compat(cnn, method, dim).to(device)
-        weights = CompatWeights(influence=cfg.influence, align=cfg.align, distill=cfg.distill, scale=cfg.scale)
+        weights = CompatWeights(influence=cfg.influence, align=cfg.align, distill=cfg.distill, feature=cfg.feature,
+                                scale=cfg.scale)  # fmt: skip
         objective = CompatObjective(method, len(classes), dim, targets.to(device) if targets else None, weights)
         objective.to(device)
-        params = list(model.parameters()) + list(objective.parameters())
+        params = [p for p in model.parameters() if p.requires_grad] + list(objective.parameters())
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps_per_epoch = max(1, len(images) // cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps_per_epoch)
@@ -171,12 +198,18 @@ class FmnistRecipe:
                           request.progress) as bar:  # fmt: skip
             for epoch in range(start, cfg.epochs):
                 model.train()
+                frozen.eval()  # frozen stages keep the old BN statistics too
                 rng = np.random.default_rng(cfg.seed * 1000 + epoch)
                 total = 0.0
                 for idx in batches(len(images), cfg.batch_size, rng):
                     index = torch.from_numpy(idx)
                     x = pixels[index].to(device)
                     loss, parts = objective(model(x), y_all[index].to(device), index.to(device))
+                    if anchor_x is not None and anchor_y is not None:
+                        pick = torch.from_numpy(rng.integers(0, len(anchor_x), len(idx)))
+                        z = model(anchor_x[pick].to(device))[:, : anchor_y.shape[1]]  # (B, d_old)
+                        term = cfg.anchor * alignment_loss(z, anchor_y[pick].to(device))
+                        loss, parts = loss + term, {**parts, "anchor": float(term.detach())}
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
