@@ -157,8 +157,8 @@ class Trainer:
         if self.model_cfg.image_tower != "effnet-mlp" or self.model_cfg.image_hidden != 0:
             raise TrainingError("image_init: whiten needs the effnet-mlp image tower with a linear head "
                                 "(image_hidden: 0)")  # fmt: skip
-        head: Any = self.image_tower.mlp[-1]
-        whiten_linear(head, self.image_inputs, self.optim.whiten_power)
+        tower: Any = self.image_tower
+        whiten_linear(tower.mlp[-1], self.image_inputs, self.optim.whiten_power)
 
     def _families(self, vocab: list[str]) -> tuple[TwoBranchImageFamily, TwoBranchTextFamily]:
         top, m = self.top, self.model_cfg
