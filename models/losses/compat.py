@@ -50,3 +50,27 @@ def relational_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, t
     t_logits = (t @ t.T / temperature).masked_fill(eye, -1e4)  # (B, B)
     return F.kl_div(F.log_softmax(s_logits, dim=1), F.log_softmax(t_logits, dim=1), log_target=True,
                     reduction="batchmean")  # fmt: skip
+
+
+def cross_model_retrieval_loss(
+    prefix: torch.Tensor, index: torch.Tensor, labels: torch.Tensor,
+    old_features: torch.Tensor, old_labels: torch.Tensor, temperature: float,
+) -> torch.Tensor:  # fmt: skip
+    """Influence through the old model's *k-NN* classifier: each (B, d_old) prefix of training item
+    ``index`` retrieves among the (N, d_old) old features of all training items (itself excluded, as a
+    leave-self-out query would) and must put its probability mass on items of its own label.
+
+    The cross-test (new query against the old gallery) trained directly: prototypes (BCT's pseudo
+    classifier) only teach the class, this also keeps the old space's within-class neighbours.
+    Anchors with no other item of their label are skipped.
+    """
+    logits = F.normalize(prefix, dim=1) @ F.normalize(old_features.detach(), dim=1).T / temperature  # (B, N)
+    rows = torch.arange(len(index), device=prefix.device)
+    logits[rows, index] = -1e4
+    positive = labels[:, None] == old_labels[None, :]  # (B, N)
+    positive[rows, index] = False
+    log_prob = logits.log_softmax(dim=1)
+    has_positive = positive.any(dim=1)
+    if not has_positive.any():
+        return prefix.sum() * 0.0
+    return -torch.logsumexp(log_prob.masked_fill(~positive, -1e4), dim=1)[has_positive].mean()
