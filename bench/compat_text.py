@@ -7,7 +7,9 @@ name, label = the emoji's subcategory (~100 classes, e.g. "face-smiling", "anima
 60/40 split by emoji: the head trains on the names of 60% of the emoji, the report uses the other 40%
 (query = gallery, leave-self-out, cosine). L6 stays frozen: its features are computed once, the BT²
 head (MLP 384→512→416, orthogonal basis 416×416, first 384 dims compatible with L3) trains on them.
-Rows: raw L6 vs L3 (two unrelated spaces: near chance), and L6+BT² head vs L3.
+Rows: raw L6 vs L3 (the two MiniLMs share vocabulary and distillation lineage, so this is well above
+chance), and L6+BT² head vs L3. ``--retrieval W`` adds a cross-model retrieval term (the prefix
+retrieves among the L3 features of all training texts, itself left out; ``cross_model_retrieval_loss``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from models.compat.objective import CompatObjective, CompatTargets, CompatWeight
 from models.compat.report import embed, report_from_vectors
 from models.data.emoji import load_emoji
 from models.encoder import Encoder
+from models.losses.compat import cross_model_retrieval_loss
 from models.registry import load_encoder
 from models.zoo import pull
 
@@ -61,6 +64,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--influence", type=float, default=10.0)  # best of a sweep (docs/compat.md)
     parser.add_argument("--align", type=float, default=10.0)
+    # cross-model retrieval term; 5 (with --align 3) won on a train-side validation split but not on test (docs)
+    parser.add_argument("--retrieval", type=float, default=0.0)
+    parser.add_argument("--retrieval-temperature", type=float, default=0.05)
     parser.add_argument("--distill", type=float, default=1.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,7 +107,13 @@ def main() -> None:
     batch_rng = np.random.default_rng(args.seed)
     for step in range(args.steps):
         idx = torch.from_numpy(batch_rng.choice(len(train), 256, replace=False))
-        loss, parts = objective(model(x_train[idx]), yt[idx], idx)
+        z = model(x_train[idx])  # (256, 416)
+        loss, parts = objective(z, yt[idx], idx)
+        if args.retrieval:  # the prefix retrieves among the old features of all training texts
+            retrieval = cross_model_retrieval_loss(z[:, :384], idx, yt[idx], targets.old_features, yt,
+                                                   args.retrieval_temperature)  # fmt: skip
+            loss = loss + args.retrieval * retrieval
+            parts["retrieval"] = args.retrieval * float(retrieval.detach())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
