@@ -8,7 +8,8 @@ images) is query and gallery with leave-self-out, cosine. Rows: Independent (no 
 BT² (distilling the Independent model), OCA. Chain: 4 classes → 7 → 10, each step OCA-compatible
 with the previous model (128 → 160 → 192 dims). Every model is trained here by the ``fmnist`` recipe
 (``--train-per-class`` images per class: a subsample of the 6,000, to fit a 2-core CPU) with the
-loss weights of ``models/training/configs/fmnist-new.yaml``; compatible models start from the old one.
+loss weights of ``models/training/configs/fmnist-new.yaml`` (chain steps: ``fmnist-chain.yaml``,
+which adds frozen conv stages and feature/anchor alignment); compatible models start from the old one.
 """
 
 from __future__ import annotations
@@ -94,10 +95,12 @@ def main() -> None:
         bt2_table(out, args.data_dir, base, x, y)
     base["seed"] = 1
     if not args.skip_chain:
-        print("\nChain: classes 0-3 -> 0-6 -> 0-9, each OCA-compatible with the previous model")
+        print("\nChain: classes 0-3 -> 0-6 -> 0-9, each OCA-compatible with the previous model (fmnist-chain)")
+        step = {**base, **load_config("fmnist-chain"), "epochs": args.epochs, "train_per_class": args.train_per_class,
+                "eval_items": 2000, "name": "fm-chain"}  # fmt: skip
         c1 = train(out, args.data_dir, {**base, "name": "fm-chain", "classes": [0, 1, 2, 3], "seed": 0})
-        c2 = train(out, args.data_dir, {**base, "name": "fm-chain", "classes": list(range(7))}, c1, "oca")
-        c3 = train(out, args.data_dir, {**base, "name": "fm-chain", "classes": list(range(10))}, c2, "oca")
+        c2 = train(out, args.data_dir, {**step, "classes": list(range(7))}, c1, "oca")
+        c3 = train(out, args.data_dir, {**step, "classes": list(range(10))}, c2, "oca")
         specs = {p.name: EncoderSpec.load(p) for p in (c1, c2, c3)}
         keys = [p.name for p in (c1, c2, c3)]
         vecs = [embed(load_encoder(p), x) for p in (c1, c2, c3)]
