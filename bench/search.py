@@ -51,10 +51,10 @@ import faiss
 import numpy as np
 import orjson
 from rich.console import Console
-from searchlib.data import CLK_TCK, load_average, machine_busy, machine_info, make_data, recall_at_k
+from searchlib.data import CLK_TCK, build_ivf, load_average, machine_busy, machine_info, make_data, recall_at_k
 from searchlib.load import Row, WorkerFactory, closed_loop, faiss_worker, http_worker
-from searchlib.report import Compared, best, fmt, perf_table, ratio, summary, targets_table
-from searchlib.server import NP, Server, api_topk, load, wait_for_auto
+from searchlib.report import Compared, best, capacity_lines, fmt, perf_table, ratio, summary, targets_table
+from searchlib.server import NP, Server, api_topk, load, server_snapshot, wait_for_auto
 
 from indexer.threads import blas_threshold
 
@@ -96,31 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.query_pool < max(args.batch, args.recall_queries):
         p.error("--query-pool must be at least --batch and --recall-queries")
     return args
-
-
-def build_ivf(spec: str, nprobe: int, data: np.ndarray, threads: int) -> faiss.Index:
-    """The index ``auto`` chose, built the way the server builds it (ids native, hash-table direct map)."""
-    faiss.omp_set_num_threads(threads)
-    index = faiss.index_factory(data.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.extract_index_ivf(index)
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-    index.train(data)
-    index.add_with_ids(data, np.arange(len(data), dtype=np.int64))
-    faiss.omp_set_num_threads(1)
-    ivf.nprobe = nprobe
-    return index
-
-
-def server_snapshot(data_dir: Path, collection: str, spec: str, n: int) -> faiss.Index | None:
-    """The FAISS index the server published for ``collection`` if it is ``spec`` over ``n`` vectors."""
-    meta_path = data_dir / "collections" / collection / "snapshot.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("spec") == spec:
-            index = faiss.read_index(str(meta_path.parent / meta["file"]))
-            if index.ntotal == n:
-                return index
-    return None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -326,18 +301,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "process; others: cores used by other processes (noise, should be ~0).",
             )
         )
-        cap_lines: list[tuple[str, str, str, bool | None]] = []
-        for what in ("single", "batch"):
-            a, r = api_best[what], ref[what]
-            label = "single queries" if what == "single" else f"batches of {nb}"
-            cap_lines.append(
-                (
-                    f"REST ÷ in-process queries/s, {label} (best concurrency: {a.concurrency} / {r.concurrency})",
-                    f"{ratio(a, r):.2f} ({fmt(a.qps)} / {fmt(r.qps)})",
-                    f">= {args.target_ratio:.2f}",
-                    ratio(a, r) >= args.target_ratio,
-                )
-            )
+        cap_lines = capacity_lines(api_best, ref, args.target_ratio, nb)
         console.print(
             targets_table(
                 "Table 1 targets - capacity: the most queries/s each side serves",

@@ -73,3 +73,16 @@ def machine_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
     }
+
+
+def build_ivf(spec: str, nprobe: int, data: np.ndarray, threads: int) -> faiss.Index:
+    """The index ``auto`` chose, built the way the server builds it (ids native, hash-table direct map)."""
+    faiss.omp_set_num_threads(threads)
+    index = faiss.index_factory(data.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    index.train(data)
+    index.add_with_ids(data, np.arange(len(data), dtype=np.int64))
+    faiss.omp_set_num_threads(1)
+    ivf.nprobe = nprobe
+    return index

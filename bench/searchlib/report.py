@@ -99,3 +99,23 @@ def summary(rows: list[Compared]) -> list[dict[str, Any]]:
                 item.update(target=target, passed=ratio(row, base) >= target)
         out.append(item)
     return out
+
+
+TargetLine = tuple[str, str, str, bool | None]
+
+
+def capacity_lines(api_best: dict[str, Row], ref: dict[str, Row], target: float, nb: int) -> list[TargetLine]:
+    """Table 1's targets: REST ÷ in-process queries/s, each side at its best concurrency."""
+    cap_lines: list[TargetLine] = []
+    for what in ("single", "batch"):
+        a, r = api_best[what], ref[what]
+        label = "single queries" if what == "single" else f"batches of {nb}"
+        cap_lines.append(
+            (
+                f"REST ÷ in-process queries/s, {label} (best concurrency: {a.concurrency} / {r.concurrency})",
+                f"{ratio(a, r):.2f} ({fmt(a.qps)} / {fmt(r.qps)})",
+                f">= {target:.2f}",
+                ratio(a, r) >= target,
+            )
+        )
+    return cap_lines

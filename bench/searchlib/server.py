@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import faiss
 import httpx
 import numpy as np
 import orjson
@@ -129,3 +131,15 @@ def api_topk(server: Server, name: str, queries: np.ndarray, k: int, batch: int)
             ids = [int(h["id"]) for h in hits[:k]]
             out[lo + j, : len(ids)] = ids
     return out
+
+
+def server_snapshot(data_dir: Path, collection: str, spec: str, n: int) -> faiss.Index | None:
+    """The FAISS index the server published for ``collection`` if it is ``spec`` over ``n`` vectors."""
+    meta_path = data_dir / "collections" / collection / "snapshot.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("spec") == spec:
+            index = faiss.read_index(str(meta_path.parent / meta["file"]))
+            if index.ntotal == n:
+                return index
+    return None
