@@ -9,7 +9,8 @@ BT² (distilling the Independent model), OCA. Chain: 4 classes → 7 → 10, eac
 with the previous model (128 → 160 → 192 dims). Every model is trained here by the ``fmnist`` recipe
 (``--train-per-class`` images per class: a subsample of the 6,000, to fit a 2-core CPU) with the
 loss weights of ``models/training/configs/fmnist-new.yaml`` (chain steps: ``fmnist-chain.yaml``,
-which adds frozen conv stages and feature/anchor alignment); compatible models start from the old one.
+which adds frozen conv stages and feature/anchor alignment, and trains the steps v2 and v3 on every
+training image of their classes: ``--chain-per-class`` overrides); compatible models start from the old one.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(".ers-data"), help="Fashion-MNIST cache root")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-chain", action="store_true")
+    parser.add_argument("--chain-per-class", type=int, default=None,
+                        help="train images per class of chain steps v2, v3 (default: fmnist-chain.yaml)")
     parser.add_argument("--skip-table", action="store_true")
     args = parser.parse_args()
     import torch
@@ -96,8 +99,10 @@ def main() -> None:
     base["seed"] = 1
     if not args.skip_chain:
         print("\nChain: classes 0-3 -> 0-6 -> 0-9, each OCA-compatible with the previous model (fmnist-chain)")
-        step = {**base, **load_config("fmnist-chain"), "epochs": args.epochs, "train_per_class": args.train_per_class,
-                "eval_items": 2000, "name": "fm-chain"}  # fmt: skip
+        # the chain steps' own data size (fmnist-chain.yaml: every training image of their classes)
+        step = {**base, **load_config("fmnist-chain"), "epochs": args.epochs, "eval_items": 2000, "name": "fm-chain"}
+        if args.chain_per_class is not None:
+            step["train_per_class"] = args.chain_per_class
         c1 = train(out, args.data_dir, {**base, "name": "fm-chain", "classes": [0, 1, 2, 3], "seed": 0})
         c2 = train(out, args.data_dir, {**step, "classes": list(range(7))}, c1, "oca")
         c3 = train(out, args.data_dir, {**step, "classes": list(range(10))}, c2, "oca")
