@@ -78,8 +78,12 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(".ers-data"), help="Fashion-MNIST cache root")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-chain", action="store_true")
-    parser.add_argument("--chain-per-class", type=int, default=None,
-                        help="train images per class of chain steps v2, v3 (default: fmnist-chain.yaml)")
+    parser.add_argument(
+        "--chain-per-class",
+        type=int,
+        default=None,
+        help="train images per class of chain steps v2, v3 (default: fmnist-chain.yaml)",
+    )
     parser.add_argument("--skip-table", action="store_true")
     args = parser.parse_args()
     import torch
