@@ -55,6 +55,7 @@ class FmnistConfig:
     feature: float = 0.0  # OCA: also cosine to the old feature of the same item
     anchor: float = 0.0  # cosine to the old feature on perturbed copies of the images (fmnist_anchor)
     anchor_views: int = 1  # perturbed copies per training image
+    root_feature: float = 0.0  # chains: cosine of the first dims to the chain's first model's feature (CoReS)
     scale: float = 16.0  # cosine-softmax temperature of the new and the (frozen) old classifier
     warm_start: bool = True  # a compatible model starts from the old CNN (same channels needed)
     freeze_stages: int = 0  # warm start: the first conv stages (weights and BN statistics) stay the old model's
@@ -84,6 +85,20 @@ def _version(cfg: FmnistConfig, old: EncoderSpec | None) -> str:
     if old is not None and old.name == cfg.name and old.version.isdigit():
         return str(int(old.version) + 1)
     return "1"
+
+
+def _chain_root(old_path: Path) -> Path | None:
+    """The first model of OLD's compatibility chain (artifacts of a chain lie side by side), or None when
+    OLD is that first model."""
+    path = old_path
+    try:
+        spec = EncoderSpec.load(path)
+        while spec.compatible_with:
+            path = old_path.parent / spec.compatible_with
+            spec = EncoderSpec.load(path)
+    except ModelError as exc:
+        raise TrainingError(f"root_feature: {exc.message} (a chain's artifacts must lie side by side)") from exc
+    return None if path == old_path else path
 
 
 def _load(path: Path) -> Encoder:
@@ -149,6 +164,7 @@ class FmnistRecipe:
         old: Encoder | None = None
         anchor_x: torch.Tensor | None = None
         anchor_y: torch.Tensor | None = None
+        root_y: torch.Tensor | None = None  # (N, d_root) the chain's first model's features of the images
         method = request.method if request.compatible_with is not None else None
         targets = None
         dim = cfg.dim
@@ -162,6 +178,9 @@ class FmnistRecipe:
                 views = perturbed_views(images, cfg.anchor_views, cfg.seed)  # (M, 28, 28)
                 anchor_x = torch.from_numpy(FmnistCNNFamily.pixels_of(views))  # (M, 1, 28, 28)
                 anchor_y = torch.nn.functional.normalize(torch.from_numpy(embed(old, views)), dim=1)  # (M, d_old)
+            root = _chain_root(request.compatible_with) if cfg.root_feature else None
+            if root is not None:  # a stationary target: later steps' drift cannot pile up (CoReS)
+                root_y = torch.nn.functional.normalize(torch.from_numpy(embed(_load(root), images)), dim=1)
             dim = embedding_dim(method, old.spec.dim, cfg.d_extra)
         version = _version(cfg, old.spec if old else None)
         key = f"{cfg.name}@{version}"
@@ -204,7 +223,11 @@ class FmnistRecipe:
                 for idx in batches(len(images), cfg.batch_size, rng):
                     index = torch.from_numpy(idx)
                     x = pixels[index].to(device)
-                    loss, parts = objective(model(x), y_all[index].to(device), index.to(device))
+                    z = model(x)  # (B, dim)
+                    loss, parts = objective(z, y_all[index].to(device), index.to(device))
+                    if root_y is not None:
+                        term = cfg.root_feature * alignment_loss(z[:, : root_y.shape[1]], root_y[index].to(device))
+                        loss, parts = loss + term, {**parts, "root": float(term.detach())}
                     if anchor_x is not None and anchor_y is not None:
                         pick = torch.from_numpy(rng.integers(0, len(anchor_x), len(idx)))
                         z = model(anchor_x[pick].to(device))[:, : anchor_y.shape[1]]  # (B, d_old)

@@ -66,3 +66,40 @@ def test_frozen_stages_keep_the_old_weights(tmp_path: Path, zoo_dirs: tuple[Path
         FmnistRecipe().train(TrainRequest(config={**config, "freeze_stages": 4}, out=tmp_path / "x",
                                           data_dir=zoo_dirs[1].parent, compatible_with=tmp_path / old_model.name,
                                           method="oca", progress=False))  # fmt: skip
+
+
+def test_root_feature_holds_a_chain_step_to_the_first_model(
+    tmp_path: Path, zoo_dirs: tuple[Path, Path], old_model: Path
+) -> None:
+    """v3's first dims, trained with root_feature, stay nearer v1's features than without it; the
+    chain's first model must lie beside the others."""
+    from models.compat.report import embed
+    from models.registry import load_encoder
+
+    shutil.copytree(old_model, tmp_path / old_model.name)
+    data_dir = zoo_dirs[1].parent
+    base = {**load_config("fmnist-tiny-new"), "freeze_stages": 2}
+
+    def step(version: str, parent: Path, out: Path, **extra: float) -> Path:
+        config = {**base, "version": version, **extra}
+        request = TrainRequest(config=config, out=out, data_dir=data_dir, compatible_with=parent, method="oca",
+                               progress=False)  # fmt: skip
+        return FmnistRecipe().train(request).artifact
+
+    v2 = step("2", tmp_path / old_model.name, tmp_path)
+    images = load_fashion_mnist(zoo_dirs[1]).test_images[:300]
+    v1_vectors = embed(load_encoder(old_model), images)
+    d1 = v1_vectors.shape[1]
+
+    def closeness(artifact: Path) -> float:
+        prefix = embed(load_encoder(artifact), images)[:, :d1]
+        prefix /= np.linalg.norm(prefix, axis=1, keepdims=True)
+        return float((prefix * v1_vectors / np.linalg.norm(v1_vectors, axis=1, keepdims=True)).sum(1).mean())
+
+    held = closeness(step("3", v2, tmp_path, root_feature=200.0))
+    free = closeness(step("3", v2, tmp_path / "free", root_feature=0.0))
+    assert held > free + 0.01
+    alone = tmp_path / "alone"
+    shutil.copytree(v2, alone / v2.name)  # v1 is not beside it
+    with pytest.raises(TrainingError, match="side by side"):
+        step("3", alone / v2.name, alone, root_feature=1.0)
