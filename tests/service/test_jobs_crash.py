@@ -154,6 +154,8 @@ def test_a_worker_killed_mid_batch_loses_nothing(redis_cluster: dict[str, Any], 
     job_id = submit(server.url, sources / "m.jsonl")
     wait_for(lambda: job_of(server, job_id), lambda j: processed(j) > 0)
     client = redis.Redis.from_url(redis_cluster["redis"].url)
+    # While the victim is being caught, the survivor is frozen: alone it could finish the job first.
+    survivor.send_signal(signal.SIGSTOP)
     try:
         name = wait_for(lambda: {"n": consumer_of(client, prefix, victim.pid)}, lambda d: d["n"] is not None)["n"]
         for _ in range(500):  # freeze the victim until it is caught holding a batch, then kill it
@@ -169,6 +171,7 @@ def test_a_worker_killed_mid_batch_loses_nothing(redis_cluster: dict[str, Any], 
         assert victim.wait(timeout=10) == -9
         assert not finished(job_of(server, job_id))
     finally:
+        survivor.send_signal(signal.SIGCONT)
         client.close()
     check_complete(server, job_id, ids)
     assert "took over" in (redis_cluster["dir"] / "worker1.log").read_text()
