@@ -230,8 +230,8 @@ class FmnistRecipe:
                         loss, parts = loss + term, {**parts, "root": float(term.detach())}
                     if anchor_x is not None and anchor_y is not None:
                         pick = torch.from_numpy(rng.integers(0, len(anchor_x), len(idx)))
-                        z = model(anchor_x[pick].to(device))[:, : anchor_y.shape[1]]  # (B, d_old)
-                        term = cfg.anchor * alignment_loss(z, anchor_y[pick].to(device))
+                        prefix = model(anchor_x[pick].to(device))[:, : anchor_y.shape[1]]  # (B, d_old)
+                        term = cfg.anchor * alignment_loss(prefix, anchor_y[pick].to(device))
                         loss, parts = loss + term, {**parts, "anchor": float(term.detach())}
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()

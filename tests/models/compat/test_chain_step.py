@@ -1,5 +1,5 @@
 """The chain-step knobs of the fmnist recipe: frozen conv stages, perturbed-view anchoring, OCA's
-feature term."""
+feature term, and the stationary target of the chain's first model (root_feature)."""
 
 from __future__ import annotations
 
