@@ -44,6 +44,7 @@ def _check(
     gallery_labels: np.ndarray,
     compat_dims: int | None,
     leave_self_out: bool,
+    groups: np.ndarray | None = None,
 ) -> None:
     if query.ndim != 2 or gallery.ndim != 2:
         raise ValueError("query and gallery must be 2-d arrays (n, dim)")
@@ -60,6 +61,8 @@ def _check(
                          "pass compat_dims to compare a prefix")  # fmt: skip
     if leave_self_out and len(query) != len(gallery):
         raise ValueError("leave_self_out needs query i and gallery i to be the same item (equal lengths)")
+    if groups is not None and (not leave_self_out or len(groups) != len(query)):
+        raise ValueError("groups needs leave_self_out and one group id per item")
 
 
 def retrieval_hits(
@@ -69,10 +72,16 @@ def retrieval_hits(
     gallery_labels: np.ndarray,
     compat_dims: int | None = None,
     leave_self_out: bool = False,
+    groups: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per query: (top-1 correct as bool, average precision; NaN when the gallery holds no match)."""
+    """Per query: (top-1 correct as bool, average precision; NaN when the gallery holds no match).
+
+    ``groups`` (with ``leave_self_out``): item i belongs to group ``groups[i]`` (e.g. the several
+    names of one emoji); a query then leaves its whole group out, not only itself, so that finding
+    another copy of the same item does not count as retrieving its class.
+    """
     query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
-    _check(query, query_labels, gallery, gallery_labels, compat_dims, leave_self_out)
+    _check(query, query_labels, gallery, gallery_labels, compat_dims, leave_self_out, groups)
     if compat_dims is not None:
         query, gallery = query[:, :compat_dims], gallery[:, :compat_dims]
     q, g = _unit(query), _unit(gallery)
@@ -83,7 +92,11 @@ def retrieval_hits(
         stop = min(start + QUERY_CHUNK, len(q))
         scores = q[start:stop] @ g.T  # (chunk, G)
         relevant = query_labels[start:stop, None] == gallery_labels[None, :]  # (chunk, G)
-        if leave_self_out:
+        if groups is not None:
+            same = np.asarray(groups)[start:stop, None] == np.asarray(groups)[None, :]  # (chunk, G)
+            scores[same] = -np.inf
+            relevant[same] = False
+        elif leave_self_out:
             rows = np.arange(stop - start)
             scores[rows, rows + start] = -np.inf
             relevant[rows, rows + start] = False
@@ -162,12 +175,14 @@ def report_from_vectors(
     old: str = "old",
     new: str = "new",
     leave_self_out: bool = True,
+    groups: np.ndarray | None = None,
 ) -> CompatReport:
-    """The report from precomputed embeddings of the same items (row i of both = item i)."""
+    """The report from precomputed embeddings of the same items (row i of both = item i); ``groups``
+    as in ``retrieval_hits``."""
     y = np.asarray(labels)
-    oo_hit, oo_ap = retrieval_hits(old_vecs, y, old_vecs, y, None, leave_self_out)
-    no_hit, no_ap = retrieval_hits(new_vecs, y, old_vecs, y, compat_dims, leave_self_out)
-    nn_hit, nn_ap = retrieval_hits(new_vecs, y, new_vecs, y, None, leave_self_out)
+    oo_hit, oo_ap = retrieval_hits(old_vecs, y, old_vecs, y, None, leave_self_out, groups)
+    no_hit, no_ap = retrieval_hits(new_vecs, y, old_vecs, y, compat_dims, leave_self_out, groups)
+    nn_hit, nn_ap = retrieval_hits(new_vecs, y, new_vecs, y, None, leave_self_out, groups)
 
     def summary(hit: np.ndarray, ap: np.ndarray) -> dict[str, float]:
         defined = ap[~np.isnan(ap)]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.compat.matrix import average_compatibility, average_multimodel_accuracy, chain_matrix
-from models.compat.report import compat_chain, cross_test, report_from_vectors
+from models.compat.report import compat_chain, cross_test, report_from_vectors, retrieval_hits
 from models.spec import EncoderSpec
 
 # Items 0,1 have label 0; items 2,3 label 1. Cosines: 0~1 .994, 0~3 .8, 1~3 .861, 2~3 .6, 1~2 .110.
@@ -25,6 +25,19 @@ def test_cross_test_without_leave_self_out_finds_itself() -> None:
     result = cross_test(OLD, LABELS, OLD, LABELS)
     # Item 3 finds itself first, then its label-mate only at rank 4: AP (1 + 2/4) / 2.
     assert result == {"top1": 1.0, "mAP": pytest.approx((1 + 1 + 1 + 0.75) / 4)}
+
+
+def test_groups_leave_the_whole_item_out() -> None:
+    # Items 0 and 1 are two names of one thing (group 0); 2 shares their label, 3 does not.
+    vecs = np.array([[1.0, 0.0], [0.99, 0.14], [0.6, 0.8], [0.8, -0.6]], dtype=np.float32)
+    labels, groups = np.array([0, 0, 0, 1]), np.array([0, 0, 1, 2])
+    top1, ap = retrieval_hits(vecs, labels, vecs, labels, leave_self_out=True)
+    assert top1[0]  # leave-self-out only: the other name of item 0 is its top-1
+    top1, ap = retrieval_hits(vecs, labels, vecs, labels, leave_self_out=True, groups=groups)
+    # Without its own group, item 0 ranks 3 (cos .8, label 1) before 2 (cos .6): a miss, AP 1/2.
+    assert not top1[0] and ap[0] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="groups"):
+        retrieval_hits(vecs, labels, vecs, labels, groups=groups)
 
 
 def test_compat_dims_cut_and_renormalise_the_query() -> None:
