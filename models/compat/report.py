@@ -85,6 +85,7 @@ def retrieval_hits(
     if compat_dims is not None:
         query, gallery = query[:, :compat_dims], gallery[:, :compat_dims]
     q, g = _unit(query), _unit(gallery)
+    group_of = None if groups is None else np.asarray(groups)
     top1 = np.zeros(len(q), dtype=bool)
     ap = np.full(len(q), np.nan, dtype=np.float64)
     ranks = np.arange(1, len(g) + 1, dtype=np.float64)
@@ -92,8 +93,8 @@ def retrieval_hits(
         stop = min(start + QUERY_CHUNK, len(q))
         scores = q[start:stop] @ g.T  # (chunk, G)
         relevant = query_labels[start:stop, None] == gallery_labels[None, :]  # (chunk, G)
-        if groups is not None:
-            same = np.asarray(groups)[start:stop, None] == np.asarray(groups)[None, :]  # (chunk, G)
+        if group_of is not None:
+            same = group_of[start:stop, None] == group_of[None, :]  # (chunk, G)
             scores[same] = -np.inf
             relevant[same] = False
         elif leave_self_out:
