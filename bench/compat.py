@@ -25,9 +25,9 @@ import numpy as np
 
 from models.compat.matrix import average_compatibility, average_multimodel_accuracy, chain_matrix
 from models.compat.report import compat_chain, embed, report_from_vectors
+from models.core.registry import load_encoder
+from models.core.spec import EncoderSpec
 from models.data.fashion_mnist import load_fashion_mnist
-from models.registry import load_encoder
-from models.spec import EncoderSpec
 from models.training.fmnist import FmnistRecipe
 from models.training.recipe import TrainRequest
 from models.training.run import load_config

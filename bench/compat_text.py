@@ -28,10 +28,10 @@ from torch import nn
 from models.compat.heads import bake, wrap_for_compat
 from models.compat.objective import CompatObjective, CompatTargets, CompatWeights
 from models.compat.report import embed, report_from_vectors
+from models.core.encoder import Encoder
+from models.core.registry import load_encoder
 from models.data.emoji import load_emoji
-from models.encoder import Encoder
 from models.losses.compat import cross_model_retrieval_loss
-from models.registry import load_encoder
 from models.zoo import pull
 
 D_EXTRA = 32

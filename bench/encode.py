@@ -3,7 +3,7 @@
     .venv/bin/python bench/encode.py [--seconds 5] [--clients 16] [--data-dir DIR] [--markdown]
 
 For each zoo encoder (pulled into ``<data-dir>/models``; face-resnet@1 when the zoo has it):
-* in-process items/s of ``models.encoder.encode`` (preprocessing included: tokenize / decode + resize /
+* in-process items/s of ``models.core.encoder.encode`` (preprocessing included: tokenize / decode + resize /
   detect + align) at batch 1, 8 and 32, PyTorch eager (``torch.set_num_threads(1)``) and ONNX Runtime
   (intra-op 1): the server's defaults (ERS_THREADS=1);
 * items/s through a real ``ers serve`` subprocess: ``--clients`` closed-loop threads, each with one
@@ -42,8 +42,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.encoder import encode
-from models.registry import load_encoder
+from models.core.encoder import encode
+from models.core.registry import load_encoder
 from models.zoo import entries, pull
 
 console = Console(width=200)

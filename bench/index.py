@@ -35,8 +35,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.encoder import encode
-from models.registry import load_encoder
+from models.core.encoder import encode
+from models.core.registry import load_encoder
 from models.zoo import pull
 
 console = Console(width=200)

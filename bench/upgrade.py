@@ -45,12 +45,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.core.encoder import Encoder, encode
+from models.core.export import write_artifact
+from models.core.registry import load_encoder
+from models.core.spec import EncoderSpec
 from models.data.fashion_mnist import load_fashion_mnist
-from models.encoder import Encoder, encode
-from models.export import write_artifact
-from models.fmnist_cnn import FmnistCNN, FmnistCNNConfig, FmnistCNNFamily
-from models.registry import load_encoder
-from models.spec import EncoderSpec
+from models.families.fmnist_cnn import FmnistCNN, FmnistCNNConfig, FmnistCNNFamily
 from service.app import create_app
 from service.settings import Settings
 

@@ -12,14 +12,14 @@ from fastapi import Depends, FastAPI
 from indexer.manager import CollectionManager
 from indexer.store.factory import open_store
 from indexer.threads import set_faiss_threads
-from service.cache import EmbeddingCache, LruCache, RedisCache
 from service.deps import require_api_key
-from service.encoders import EncoderHub
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.migrations import SpecCompat
 from service.routes import collections, encoders, health, jobs, migrations, search
+from service.runtime.cache import EmbeddingCache, LruCache, RedisCache
+from service.runtime.encoders import EncoderHub
 from service.settings import Settings
 
 log = logging.getLogger("ers")

@@ -12,7 +12,7 @@ from fastapi import Depends, HTTPException, Request
 
 from indexer.collection import Collection
 from indexer.manager import CollectionManager
-from service.encoders import EncoderHub
+from service.runtime.encoders import EncoderHub
 from service.settings import Settings
 
 

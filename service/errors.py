@@ -19,8 +19,8 @@ from indexer.errors import (
     StoreUnavailable,
 )
 from indexer.jobs.errors import JobConflict, PathRefused
-from models.errors import ArtifactError, EncoderNotFound, InputTooLarge, InvalidEncoderInput, ModelError, ZooError
-from service.batching import QueueFull
+from models.core.errors import ArtifactError, EncoderNotFound, InputTooLarge, InvalidEncoderInput, ModelError, ZooError
+from service.runtime.batching import QueueFull
 
 MODEL_STATUS: list[tuple[type[ModelError], int]] = [
     (EncoderNotFound, 422),

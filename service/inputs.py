@@ -12,9 +12,9 @@ import numpy as np
 
 from indexer.collection import Collection
 from indexer.errors import InvalidInput
-from models.images import check_image
-from models.spec import EncoderSpec
-from service.encoders import EncoderHub
+from models.core.images import check_image
+from models.core.spec import EncoderSpec
+from service.runtime.encoders import EncoderHub
 from service.settings import Settings
 
 FACE_SEPARATOR = "#face"

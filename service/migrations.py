@@ -32,9 +32,9 @@ from indexer.errors import ERSError, InvalidInput, LimitExceeded
 from indexer.segments import EVAL_NAMESPACE
 from indexer.store.base import MetadataStore
 from models.compat.report import compat_chain, compatibility_report
-from models.encoder import Encoder
-from models.errors import ArtifactError
-from models.spec import EncoderSpec
+from models.core.encoder import Encoder
+from models.core.errors import ArtifactError
+from models.core.spec import EncoderSpec
 from service.inputs import decode_base64_image
 
 MAX_EVAL_ITEMS = 20_000

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from indexer.index_policy import IndexOptions
 from indexer.jobs.model import JobOptions
-from service.encoders import HubOptions
+from service.runtime.encoders import HubOptions
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

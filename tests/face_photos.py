@@ -6,8 +6,8 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+from models.core.fetch import Fetcher, Package
 from models.zoo.face import FACE_API_TARBALL, SAMPLE_MEMBERS
-from models.zoo.fetch import Fetcher, Package
 
 FACE_RECOGNITION = Package(
     "pypi", "face_recognition", "1.3.0", "face_recognition-1.3.0.tar.gz",

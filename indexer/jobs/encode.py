@@ -20,9 +20,9 @@ from indexer.jobs.errors import ItemError
 from indexer.jobs.model import Batch, Encoded, Entry, Failure, Item
 from indexer.kept_sources import KeptSource
 from indexer.validation import as_matrix, check_ids
-from models.encoder import Encoder
-from models.errors import ModelError
-from models.images import check_image
+from models.core.encoder import Encoder
+from models.core.errors import ModelError
+from models.core.images import check_image
 
 FACE_SEPARATOR = "#face"  # same ids as the upsert API gives faces
 

@@ -30,7 +30,7 @@ from indexer.jobs.model import ACTIVE, MAX_BATCH, TERMINAL, Encoded, JobOptions,
 from indexer.jobs.sources import MANIFEST_SUFFIXES, UPLOAD_FILES, Source, resolve
 from indexer.manager import CollectionManager
 from indexer.store.base import MetadataStore
-from models.encoder import Encoder
+from models.core.encoder import Encoder
 
 log = logging.getLogger(__name__)
 CLIENT_OPTIONS = {"batch_size", "pattern"}

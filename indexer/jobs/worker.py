@@ -24,9 +24,9 @@ from indexer.jobs import streams
 from indexer.jobs.encode import encode_batch, give_up
 from indexer.jobs.model import Batch, JobOptions
 from indexer.store.redis import RedisStore
-from models.backends import set_torch_threads
-from models.encoder import Encoder
-from models.registry import load_encoder
+from models.core.backends import set_torch_threads
+from models.core.encoder import Encoder
+from models.core.registry import load_encoder
 
 log = logging.getLogger(__name__)
 TRANSIENT = (*streams.REDIS_DOWN, StoreUnavailable)

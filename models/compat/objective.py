@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from models.compat.report import embed
-from models.encoder import Encoder
+from models.core.encoder import Encoder
 from models.losses.compat import alignment_loss, classification_loss, influence_loss, relational_distillation_loss
 
 CLASSIFIER_FILE = "classifier.safetensors"  # optional: {"weight": (C, d), "classes": (C,) int64}

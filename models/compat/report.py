@@ -25,8 +25,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from models.encoder import Encoder, encode
-from models.spec import EncoderSpec
+from models.core.encoder import Encoder, encode
+from models.core.spec import EncoderSpec
 
 QUERY_CHUNK = 512  # queries scored at once: bounds the (chunk, gallery) score matrix in memory
 ENCODE_BATCH = 256

@@ -23,8 +23,8 @@ from typing import Any
 
 from PIL import Image
 
-from models.errors import ZooError
-from models.zoo.fetch import Fetcher, Package
+from models.core.errors import ZooError
+from models.core.fetch import Fetcher, Package
 
 VERSION = "16.0.0"
 GOOGLE = Package(

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.errors import ZooError
-from models.zoo.fetch import Fetcher, Package
+from models.core.errors import ZooError
+from models.core.fetch import Fetcher, Package
 
 DEB_VERSION = "0.0~git20200523.55506a9-1"
 DEB = Package(

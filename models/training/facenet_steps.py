@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.spec import EncoderSpec
-from models.training.identity_data import (
+from models.core.spec import EncoderSpec
+from models.data.identities import (
     IdentityImages,
     face_cropper,
     load_emoji_identities,
@@ -37,7 +37,7 @@ from models.training.verification import (
 )
 
 if TYPE_CHECKING:
-    from models.face import FaceFamily
+    from models.families.face.common import FaceFamily
     from models.training.facenet import FaceNetTrainConfig
 
 BACKBONES = {"inception-resnet-v1": "facenet", "face-resnet": "face-resnet"}  # backbone -> family
@@ -89,9 +89,9 @@ def _detects(cfg: FaceNetTrainConfig) -> bool:
 
 
 def network(cfg: FaceNetTrainConfig, data_dir: Path) -> Network:
-    from models.face import find_detector_source
-    from models.face_resnet import MEAN_RGB
-    from models.registry import family_class, load_torch_module
+    from models.core.registry import family_class, load_torch_module
+    from models.families.face.common import find_detector_source
+    from models.families.face.resnet import MEAN_RGB
     from models.zoo.face import detector_spec_config
 
     detect, family_name = _detects(cfg), BACKBONES[cfg.backbone]
@@ -208,9 +208,9 @@ def publish(net: Network, spec: EncoderSpec, test: IdentityImages, destination: 
     atomically as ``destination``."""
     from PIL import Image
 
-    from models.artifact import ONNX_FILE, publish_artifact
-    from models.export import save_weights
-    from models.face import EXAMPLE_FILE, embedder_parity, export_embedder, install_detector
+    from models.core.artifact import ONNX_FILE, publish_artifact
+    from models.core.export import save_weights
+    from models.families.face.common import EXAMPLE_FILE, embedder_parity, export_embedder, install_detector
 
     module = net.module.cpu().eval()
     staging = destination.with_name(f".staging-{destination.name}")
@@ -257,7 +257,7 @@ def served_vectors(encoder: Any, inputs: Sequence[Any], batch: int = 64) -> np.n
 def load_eval_data(cfg: FaceNetTrainConfig, spec: EncoderSpec, artifact: Path, data_dir: Path,
                    whole_folder: bool) -> IdentityImages:  # fmt: skip
     """The test identities of a training run (same split), or all of a folder given to ``ers eval``."""
-    from models.registry import family_class
+    from models.core.registry import family_class
 
     family: FaceFamily = family_class(spec.family)(spec, artifact)  # type: ignore[assignment]
     cache_dir = _models_and_cache(data_dir)[1]

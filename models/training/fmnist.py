@@ -22,11 +22,11 @@ import numpy as np
 from models.compat.heads import bake, embedding_dim, wrap_for_compat
 from models.compat.objective import CompatObjective, CompatWeights, prepare_targets, save_classifier
 from models.compat.report import compatibility_report, cross_test, embed
+from models.core.encoder import Encoder
+from models.core.errors import ModelError
+from models.core.spec import EncoderSpec, split_key
 from models.data.fashion_mnist import CLASSES, LICENSE, FashionMNIST, load_fashion_mnist
-from models.encoder import Encoder
-from models.errors import ModelError
 from models.losses.compat import alignment_loss
-from models.spec import EncoderSpec, split_key
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
 from models.training.fmnist_anchor import perturbed_views
 from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
@@ -102,7 +102,7 @@ def _chain_root(old_path: Path) -> Path | None:
 
 
 def _load(path: Path) -> Encoder:
-    from models.registry import load_encoder
+    from models.core.registry import load_encoder
 
     try:
         return load_encoder(path)
@@ -113,8 +113,8 @@ def _load(path: Path) -> Encoder:
 def _warm_start(cnn: Any, old: EncoderSpec, artifact: Path, channels: list[int]) -> None:
     from safetensors.torch import load_file
 
-    from models.artifact import TORCH_FILE
-    from models.fmnist_cnn import plain_state, warm_start
+    from models.core.artifact import TORCH_FILE
+    from models.families.fmnist_cnn import plain_state, warm_start
 
     if old.family != "fmnist-cnn" or list(old.config.get("channels", [])) != list(channels):
         raise TrainingError(f"warm_start needs an old fmnist-cnn with channels {channels}; {old.key} is "
@@ -145,8 +145,8 @@ class FmnistRecipe:
     def train(self, request: TrainRequest) -> TrainResult:
         import torch
 
-        from models.export import write_artifact
-        from models.fmnist_cnn import FmnistCNN, FmnistCNNConfig, FmnistCNNFamily
+        from models.core.export import write_artifact
+        from models.families.fmnist_cnn import FmnistCNN, FmnistCNNConfig, FmnistCNNFamily
 
         cfg = parse_config(FmnistConfig, request.config)
         if request.data_dir is None:
@@ -283,7 +283,7 @@ class FmnistRecipe:
     def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
         """Test-split retrieval; for a compatible model also the report against its old model
         (looked up beside it, ``<models dir>/<compatible_with>``). ``data``: number of test items."""
-        from models.artifact import verify_artifact
+        from models.core.artifact import verify_artifact
 
         if data_dir is None:
             raise TrainingError("fmnist evaluation needs a data dir (--data-dir)")

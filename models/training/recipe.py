@@ -1,7 +1,7 @@
 """Recipes registered by name (``ers train two-branch ...``), like the encoder families.
 
 A recipe turns a config (a YAML file, see ``configs/``) into an artifact directory that the
-service loads through ``models.registry.load_encoder``; ``evaluate`` scores an artifact. The
+service loads through ``models.core.registry.load_encoder``; ``evaluate`` scores an artifact. The
 artifact's spec records the recipe in ``spec.config["recipe"]`` so ``ers eval`` finds its code.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from models.errors import ModelError
+from models.core.errors import ModelError
 
 CompatMethod = Literal["bct", "bt2", "oca"]
 # Modules that register recipes; imported on first lookup so `import models` stays cheap.

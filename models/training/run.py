@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from models.artifact import write_manifest
-from models.spec import EncoderSpec
+from models.core.artifact import write_manifest
+from models.core.spec import EncoderSpec
 from models.training.recipe import TrainingError
 
 CONFIG_DIR = Path(__file__).parent / "configs"

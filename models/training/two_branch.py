@@ -1,4 +1,4 @@
-"""``ers train two-branch``: the two-branch image–text model (``models.two_branch``) trained with the
+"""``ers train two-branch``: the two-branch image–text model (``models.families.two_branch``) trained with the
 bidirectional ranking loss (``models.losses.ranking``) on image–caption pairs (``pairs``).
 
 Publishes two artifacts into the models directory ``--out``: ``<name>-image@<version>`` and
@@ -18,12 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.errors import ArtifactError
-from models.export import write_artifact
+from models.core.errors import ArtifactError
+from models.core.export import write_artifact
+from models.core.spec import EncoderSpec
+from models.data.pairs import PairItem, load_pair_data
+from models.families.two_branch import TwoBranchConfig, TwoBranchImageFamily, TwoBranchTextFamily, build_vocab
 from models.losses.ranking import RankingLossConfig, ranking_loss
-from models.spec import EncoderSpec
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
-from models.training.pairs import PairItem, load_pair_data
 from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
 from models.training.run import (
     batches,
@@ -44,7 +45,6 @@ from models.training.two_branch_eval import (
     recall,
 )
 from models.training.two_branch_init import whiten_linear
-from models.two_branch import TwoBranchConfig, TwoBranchImageFamily, TwoBranchTextFamily, build_vocab
 
 RECIPE = "two-branch"
 BASELINES = ("untrained", "frozen-nn")
@@ -183,7 +183,7 @@ class Trainer:
         return str(Path(source).resolve()) if source and Path(source).is_file() else source
 
     def _effnet_spec(self) -> EncoderSpec:
-        from models.artifact import verify_artifact
+        from models.core.artifact import verify_artifact
         from models.zoo import pull
 
         try:

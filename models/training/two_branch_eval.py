@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.artifact import TORCH_FILE, sha256_file, verify_artifact
-from models.encoder import encode
-from models.errors import ArtifactError
-from models.training.pairs import PairData, load_eval_items, load_pair_data
+from models.core.artifact import TORCH_FILE, sha256_file, verify_artifact
+from models.core.encoder import encode
+from models.core.errors import ArtifactError
+from models.data.pairs import PairData, load_eval_items, load_pair_data
+from models.families.two_branch import bow_features, build_vocab
 from models.training.recipe import TrainingError
-from models.two_branch import bow_features, build_vocab
 
 KS = (1, 5, 10)
 EFFNET = "effnet-lite0@1"
@@ -86,7 +86,7 @@ def effnet_features(images: Sequence[bytes], data_dir: Path, progress: bool = Fa
     """(n, 1280) L2-normalised EfficientNet-Lite0 features of ``images``, cached by content under
     ``<data_dir>/cache/two-branch/`` (plain ``.npy``, no pickle): every run on the same images and
     the same weights reuses them."""
-    from models.registry import load_encoder
+    from models.core.registry import load_encoder
     from models.training.run import progress_bar, training_threads
     from models.zoo import pull
 
@@ -148,7 +148,7 @@ def _encode_all(encoder: Any, inputs: Sequence[Any]) -> np.ndarray:
 def evaluate_artifact(artifact: Path, data: str | None, data_dir: Path) -> dict[str, Any]:
     """Recall@K of a published model (either tower's artifact; its sibling is found through
     ``spec.config["towers"]``), run through ``load_encoder`` as the service runs it."""
-    from models.registry import load_encoder
+    from models.core.registry import load_encoder
 
     spec = verify_artifact(artifact)
     towers = spec.config.get("towers")

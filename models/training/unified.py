@@ -16,10 +16,19 @@ from typing import Any
 
 import numpy as np
 
+from models.core.encoder import encode
+from models.core.spec import EncoderSpec
 from models.data.insteval import Interactions, RecordColumns, Split, holdout_split, load_insteval, load_records_csv
-from models.encoder import encode
+from models.families.unified import (
+    FAMILY,
+    TOWERS,
+    UnifiedConfig,
+    build_two_tower,
+    layout,
+    parameter_count,
+    record_indices,
+)
 from models.losses.contrastive import in_batch_softmax
-from models.spec import EncoderSpec
 from models.training.checkpoint import Checkpointer
 from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
 from models.training.run import (
@@ -31,7 +40,6 @@ from models.training.run import (
     seed_everything,
     write_card,
 )
-from models.unified import FAMILY, TOWERS, UnifiedConfig, build_two_tower, layout, parameter_count, record_indices
 
 RECIPE = "unified"
 
@@ -216,8 +224,8 @@ class UnifiedRecipe:
         return TrainResult(artifacts[0][0], metrics)
 
     def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
-        from models.artifact import verify_artifact
-        from models.registry import load_encoder
+        from models.core.artifact import verify_artifact
+        from models.core.registry import load_encoder
 
         spec = verify_artifact(artifact)
         keys = spec.config["towers"]
@@ -248,8 +256,8 @@ def publish_towers(
     model: Any, mcfg: UnifiedConfig, cfg: UnifiedTrainConfig, data: Interactions, out: Path
 ) -> list[tuple[Path, EncoderSpec]]:
     """``out/<name>-query@<version>`` and ``out/<name>-item@<version>``, each naming the other."""
-    from models.export import write_artifact
-    from models.unified import UnifiedTowerFamily
+    from models.core.export import write_artifact
+    from models.families.unified import UnifiedTowerFamily
 
     keys = {t: f"{cfg.name}-{t}@{cfg.version}" for t in TOWERS}
     records = {"query": data.queries[:2], "item": data.items[:2]}

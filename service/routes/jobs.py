@@ -15,7 +15,7 @@ from indexer.jobs.embedded import EmbeddedRunner
 from indexer.jobs.runner import JobRunner
 from indexer.manager import CollectionManager
 from indexer.store.base import MetadataStore
-from service.encoders import EncoderHub
+from service.runtime.encoders import EncoderHub
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])

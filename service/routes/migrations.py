@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from indexer.errors import InvalidInput
 from indexer.jobs.runner import JobRunner
-from models.encoder import Encoder
+from models.core.encoder import Encoder
 from service.backfill import check_backfill, migrate_with_backfill
 from service.deps import CollectionDep, HubDep
 from service.errors import error_response

@@ -1,6 +1,6 @@
 """Search endpoints: one query, or many answered with one FAISS call per distinct filter.
 
-Both go through the app's ``SearchBatcher`` (``service.search_batcher``), which merges concurrent
+Both go through the app's ``SearchBatcher`` (``service.runtime.search_batcher``), which merges concurrent
 searches of a collection with the same k and filter into one FAISS call. Bodies are parsed here
 with ``model_validate_json`` (measured: 0.2 ms for a batch of 32 128-d queries, against 0.8 ms for
 FastAPI's stdlib ``json.loads`` + ``model_validate``); ``document`` adds their schemas to OpenAPI.
@@ -27,10 +27,10 @@ from indexer.collection import Collection, Hit
 from indexer.errors import InvalidInput, LimitExceeded
 from indexer.validation import as_matrix
 from service.deps import CollectionDep, HubDep, SettingsDep
-from service.encoders import EncoderHub
 from service.inputs import query_vector
+from service.runtime.encoders import EncoderHub
+from service.runtime.search_batcher import SearchBatcher, filter_key
 from service.schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse
-from service.search_batcher import SearchBatcher, filter_key
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/collections", tags=["search"])

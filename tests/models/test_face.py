@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.encoder import ModelEncoder, encode
-from models.errors import ZooError
-from models.face_align import align, similarity_transform, template_points
-from models.face_resnet import read_tfjs_weights
-from models.facenet import InceptionResnetV1, import_facenet_checkpoint
-from models.registry import load_encoder
+from models.core.encoder import ModelEncoder, encode
+from models.core.errors import ZooError
+from models.core.fetch import Fetcher
+from models.core.registry import load_encoder
+from models.families.face.align import align, similarity_transform, template_points
+from models.families.face.facenet import InceptionResnetV1, import_facenet_checkpoint
+from models.families.face.resnet import read_tfjs_weights
 from models.zoo import pull
 from models.zoo.face import FACENET_PYTORCH_WHEEL
-from models.zoo.fetch import Fetcher
 from tests.face_photos import SINGLE, load_face_photos
 
 
@@ -47,7 +47,7 @@ def encoder(artifact: Path) -> ModelEncoder:
 
 @pytest.mark.parametrize("name", SINGLE)
 def test_one_face_with_plausible_landmarks(encoder: ModelEncoder, photos: dict[str, bytes], name: str) -> None:
-    from models.images import decode_image
+    from models.core.images import decode_image
 
     faces = encoder.family.detector.detect(decode_image(photos[name]))  # type: ignore[attr-defined]
     assert len(faces) == 1, [f.box for f in faces]
@@ -71,7 +71,7 @@ def test_group_photos_and_owner_bookkeeping(encoder: ModelEncoder, photos: dict[
 
 
 def test_alignment_puts_landmarks_on_the_template(encoder: ModelEncoder, photos: dict[str, bytes]) -> None:
-    from models.images import decode_image
+    from models.core.images import decode_image
 
     image = decode_image(photos["obama3"])
     face = encoder.family.detector.detect(image)[0]  # type: ignore[attr-defined]

@@ -19,16 +19,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from models.artifact import MANIFEST, ONNX_FILE, TORCH_FILE, verify_artifact
-from models.efficientnet import EfficientNetLite, EfficientNetLiteFamily
-from models.encoder import ModelEncoder, encode
-from models.errors import ArtifactError, InputTooLarge, InvalidEncoderInput
-from models.export import parity
-from models.images import decode_image
-from models.registry import load_encoder, load_torch_module
-from models.spec import EncoderSpec
+from models.core.artifact import MANIFEST, ONNX_FILE, TORCH_FILE, verify_artifact
+from models.core.encoder import ModelEncoder, encode
+from models.core.errors import ArtifactError, InputTooLarge, InvalidEncoderInput
+from models.core.export import parity
+from models.core.fetch import Fetcher, Package
+from models.core.images import decode_image
+from models.core.registry import load_encoder, load_torch_module
+from models.core.spec import EncoderSpec
+from models.families.efficientnet import EfficientNetLite, EfficientNetLiteFamily
 from models.zoo import pull
-from models.zoo.fetch import Fetcher, Package
 
 KEY = "effnet-lite0@1"
 # scikit-learn's sample photos (CC BY 2.0, see sklearn/datasets/images/README.txt), read from an installed

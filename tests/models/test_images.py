@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.errors import InputTooLarge, InvalidEncoderInput
-from models.images import check_image, decode_image
+from models.core.errors import InputTooLarge, InvalidEncoderInput
+from models.core.images import check_image, decode_image
 
 
 def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:

@@ -15,6 +15,8 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from models.core.errors import InvalidEncoderInput
+from models.core.fetch import Fetcher
 from models.data.medical import (
     CHEXPERT_LABELS,
     MedicalDataError,
@@ -25,8 +27,6 @@ from models.data.medical import (
     read_study_csv,
 )
 from models.data.xray_reports import WHEEL, load_reports, parse_report, single_label_reports
-from models.errors import InvalidEncoderInput
-from models.zoo.fetch import Fetcher
 
 
 def pydicom_file(name: str) -> Path:

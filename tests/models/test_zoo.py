@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from models.artifact import sha256_file
-from models.errors import ZooError
+from models.core.artifact import sha256_file
+from models.core.errors import ZooError
+from models.core.fetch import Fetcher, Package
 from models.zoo import entries, find
-from models.zoo.fetch import Fetcher, Package
 
 ERS = str(Path(sys.executable).parent / "ers")
 

@@ -7,7 +7,7 @@ import uuid
 import numpy as np
 import redis
 
-from service.cache import LruCache, RedisCache, input_key
+from service.runtime.cache import LruCache, RedisCache, input_key
 from tests.conftest import RedisServer
 
 

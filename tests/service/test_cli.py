@@ -15,7 +15,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from service.app import create_app
-from service.cli import app
+from service.cli.main import app
 from service.settings import Settings
 
 

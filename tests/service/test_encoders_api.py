@@ -10,9 +10,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from models.export import write_artifact
-from models.spec import EncoderSpec
-from models.text_hash import HashedNgramFamily
+from models.core.export import write_artifact
+from models.core.spec import EncoderSpec
+from models.families.text_hash import HashedNgramFamily
 from tests.service.conftest import MakeClient
 
 TINY = "tiny-text@1"
@@ -137,7 +137,7 @@ def test_items_record_the_encoder_version_that_made_them(text_client: TestClient
 
 
 def test_torch_runs_with_the_configured_threads_in_every_thread() -> None:
-    from models.backends import ensure_torch_threads, set_torch_threads
+    from models.core.backends import ensure_torch_threads, set_torch_threads
 
     set_torch_threads(1)
     seen: list[int] = []

@@ -14,7 +14,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from service.app import create_app
-from service.cli import app
+from service.cli.main import app
 from service.settings import Settings
 from tests.service.server_proc import free_port
 from tests.service.test_jobs_support import TEXT, build_text, text_tree

@@ -16,10 +16,10 @@ import httpx
 import torch
 from PIL import Image
 
-from models.export import write_artifact
-from models.spec import EncoderSpec
-from models.text_hash import HashedNgramFamily
-from models.two_branch import TwoBranchImageFamily
+from models.core.export import write_artifact
+from models.core.spec import EncoderSpec
+from models.families.text_hash import HashedNgramFamily
+from models.families.two_branch import TwoBranchImageFamily
 from tests.service.server_proc import ERS_BIN
 
 TEXT = "tiny-text@1"

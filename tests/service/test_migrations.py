@@ -32,16 +32,16 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from models.core.export import write_artifact
+from models.core.registry import load_encoder
+from models.core.spec import EncoderSpec
 from models.data.fashion_mnist import FashionMNIST, load_fashion_mnist
-from models.export import write_artifact
-from models.fmnist_cnn import FmnistCNN, FmnistCNNConfig, FmnistCNNFamily
-from models.registry import load_encoder
-from models.spec import EncoderSpec
+from models.families.fmnist_cnn import FmnistCNN, FmnistCNNConfig, FmnistCNNFamily
 from models.training.fmnist import FmnistRecipe
 from models.training.recipe import TrainRequest
 from models.training.run import load_config
 from service.app import create_app
-from service.cli import app as cli_app
+from service.cli.main import app as cli_app
 from service.settings import Settings
 from tests.service.conftest import MakeClient
 from tests.service.test_cli import _free_port

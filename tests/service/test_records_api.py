@@ -11,9 +11,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from models.core.encoder import encode
+from models.core.registry import load_encoder
 from models.data.insteval import Interactions, load_insteval
-from models.encoder import encode
-from models.registry import load_encoder
 from models.training.recipe import TrainRequest, recipe
 from models.training.run import load_config
 from tests.models.training.test_unified import insteval_data_dir

@@ -17,7 +17,7 @@ from indexer.errors import InvalidInput
 from indexer.index_policy import IndexOptions
 from indexer.store.sqlite import SqliteStore
 from indexer.types import CollectionConfig
-from service.search_batcher import SearchBatcher
+from service.runtime.search_batcher import SearchBatcher
 from tests.indexer.conftest import clustered
 from tests.service.conftest import MakeClient
 

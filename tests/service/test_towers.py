@@ -12,9 +12,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from models.encoder import encode
-from models.registry import load_encoder
-from models.training.pairs import PairItem, emoji_pairs
+from models.core.encoder import encode
+from models.core.registry import load_encoder
+from models.data.pairs import PairItem, emoji_pairs
 from models.training.recipe import TrainRequest
 from models.training.run import load_config
 from models.training.two_branch import TwoBranchRecipe
@@ -101,8 +101,8 @@ def test_a_tower_of_another_dimension_is_refused(
     """A spec naming a text tower whose vectors do not fit the collection's is a clear error, not a crash."""
     import shutil
 
-    from models.artifact import write_manifest
-    from models.spec import EncoderSpec
+    from models.core.artifact import write_manifest
+    from models.core.spec import EncoderSpec
 
     models = towers[0]
     copy = tmp_path / "models"

@@ -9,7 +9,7 @@ import numpy as np
 from indexer.jobs.encode import Target, encode_batch
 from indexer.jobs.model import Item
 from indexer.jobs.streams import pack_result, pack_task, unpack_result, unpack_task
-from models.registry import load_encoder
+from models.core.registry import load_encoder
 from tests.conftest import install_zoo_model
 
 

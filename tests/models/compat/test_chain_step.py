@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from models.compat.objective import CompatObjective, CompatTargets, CompatWeights
 from models.data.fashion_mnist import load_fashion_mnist
-from models.fmnist_cnn import plain_state
+from models.families.fmnist_cnn import plain_state
 from models.training.fmnist import FmnistRecipe
 from models.training.fmnist_anchor import perturbed_views
 from models.training.recipe import TrainingError, TrainRequest
@@ -74,7 +74,7 @@ def test_root_feature_holds_a_chain_step_to_the_first_model(
     """v3's first dims, trained with root_feature, stay nearer v1's features than without it; the
     chain's first model must lie beside the others."""
     from models.compat.report import embed
-    from models.registry import load_encoder
+    from models.core.registry import load_encoder
 
     shutil.copytree(old_model, tmp_path / old_model.name)
     data_dir = zoo_dirs[1].parent

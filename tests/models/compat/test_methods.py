@@ -13,10 +13,10 @@ import torch
 
 from models.compat.heads import bake, embedding_dim, with_basis, wrap_for_compat
 from models.compat.objective import CompatObjective, prepare_targets
+from models.core.encoder import encode
+from models.core.registry import load_encoder
 from models.data.fashion_mnist import FashionMNIST, load_fashion_mnist
-from models.encoder import encode
-from models.fmnist_cnn import FmnistCNN, FmnistCNNConfig, FmnistCNNFamily, plain_state, warm_start
-from models.registry import load_encoder
+from models.families.fmnist_cnn import FmnistCNN, FmnistCNNConfig, FmnistCNNFamily, plain_state, warm_start
 from models.training.fmnist import FmnistRecipe
 from models.training.recipe import TrainingError, TrainRequest
 from models.training.run import load_config

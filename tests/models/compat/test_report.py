@@ -7,7 +7,7 @@ import pytest
 
 from models.compat.matrix import average_compatibility, average_multimodel_accuracy, chain_matrix
 from models.compat.report import compat_chain, cross_test, report_from_vectors, retrieval_hits
-from models.spec import EncoderSpec
+from models.core.spec import EncoderSpec
 
 # Items 0,1 have label 0; items 2,3 label 1. Cosines: 0~1 .994, 0~3 .8, 1~3 .861, 2~3 .6, 1~2 .110.
 OLD = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.8, 0.6]], dtype=np.float32)

@@ -18,16 +18,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from models.artifact import verify_artifact
-from models.convirt import ConvirtTextTower
+from models.core.artifact import verify_artifact
+from models.core.encoder import encode
+from models.core.registry import load_encoder, load_torch_module
+from models.data.convirt_pairs import evaluate_artifact, precision_at_k, report_retrieval
 from models.data.emoji import load_emoji
-from models.encoder import encode
-from models.registry import load_encoder, load_torch_module
+from models.families.convirt import ConvirtTextTower
 from models.training.convirt import ConvirtRecipe
-from models.training.convirt_data import evaluate_artifact, precision_at_k, report_retrieval
 from models.training.recipe import TrainingError, TrainRequest, TrainResult
 from models.training.run import load_config
-from service.cli import app
+from service.cli.main import app
 
 IMAGE, TEXT = "convirt-tiny-image@1", "convirt-tiny-text@1"
 TEXTS = ["grinning face", "flag: japan", "a much longer description of a smiling yellow face with big eyes and a grin"]

@@ -21,13 +21,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import load_file
 
-from models.artifact import verify_artifact
+from models.core.artifact import verify_artifact
+from models.core.registry import load_encoder
+from models.data.identities import load_emoji_identities, load_identity_folders, pk_batches
 from models.losses.metric import triplet_loss
-from models.registry import load_encoder
 from models.training import facenet_steps as fd
 from models.training.checkpoint import Checkpointer
 from models.training.facenet import FaceNetRecipe, FaceNetTrainConfig, recalibrate_batchnorm
-from models.training.identity_data import load_emoji_identities, load_identity_folders, pk_batches
 from models.training.recipe import TrainingError, TrainRequest, TrainResult
 from models.training.run import load_config, parse_config
 from models.training.verification import best_threshold, read_lfw_pairs, ten_fold_verification
@@ -237,7 +237,7 @@ def test_pk_batches_and_threshold_protocol() -> None:
 
 
 def test_thumbnail_branch_sees_colour_layout_and_keeps_the_plain_parameter_set() -> None:
-    from models.facenet import FaceNetConfig, InceptionResnetV1
+    from models.families.face.facenet import FaceNetConfig, InceptionResnetV1
 
     torch.manual_seed(0)
     plain = InceptionResnetV1(FaceNetConfig(image_size=64, dim=16, width=0.125, repeats=(1, 1, 1), stem_pool=False))

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from models.encoder import encode
-from models.registry import load_encoder
-from models.training.pairs import emoji_captions, load_pairs_csv
+from models.core.encoder import encode
+from models.core.registry import load_encoder
+from models.data.pairs import emoji_captions, load_pairs_csv
 from models.training.recipe import TrainingError, TrainRequest
 from models.training.run import load_config
 from models.training.two_branch import TwoBranchRecipe, fit, publish
@@ -106,7 +106,7 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path: Path, 
 
 
 def test_ers_eval_scores_the_served_towers(tmp_path: Path, data_dir: Path) -> None:
-    from service.cli import app
+    from service.cli.main import app
 
     result = TwoBranchRecipe().train(TrainRequest(tiny(), tmp_path / "m", data_dir=data_dir, progress=False))
     served = evaluate_artifact(tmp_path / "m" / "emoji2b-tiny-text@1", None, data_dir)

@@ -14,16 +14,23 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from models.core.encoder import encode
+from models.core.errors import InvalidEncoderInput
+from models.core.registry import load_encoder
+from models.core.spec import EncoderSpec
 from models.data.insteval import INSTEVAL_COLUMNS, RecordColumns, insteval_csv, load_insteval, parse_records_csv
-from models.encoder import encode
-from models.errors import InvalidEncoderInput
-from models.registry import load_encoder
-from models.spec import EncoderSpec
+from models.families.unified import (
+    UnifiedConfig,
+    UnifiedTowerFamily,
+    build_two_tower,
+    layout,
+    record_indices,
+    stable_hash,
+)
 from models.training.checkpoint import Checkpointer
 from models.training.recipe import TrainingError, TrainRequest, recipe
 from models.training.run import load_config
 from models.training.unified import tower_vectors
-from models.unified import UnifiedConfig, UnifiedTowerFamily, build_two_tower, layout, record_indices, stable_hash
 
 torch.set_num_threads(1)
 TINY = "unified-tiny"
@@ -42,7 +49,7 @@ def insteval_data_dir(zoo_dirs: tuple[Path, Path], root: Path) -> Path:
 @pytest.fixture(scope="module")
 def trained(zoo_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, Any]]:
     """``ers train unified --config unified-tiny``: (models dir, data dir, metrics)."""
-    from service.cli import app
+    from service.cli.main import app
 
     root = tmp_path_factory.mktemp("unified")
     data_dir, out = insteval_data_dir(zoo_dirs, root / "data"), root / "models"
@@ -160,7 +167,7 @@ def test_served_towers_give_the_training_vectors(trained: tuple[Path, Path, dict
 
 
 def test_eval_reproduces_the_training_metrics(trained: tuple[Path, Path, dict[str, Any]]) -> None:
-    from service.cli import app
+    from service.cli.main import app
 
     out, data_dir, metrics = trained
     args = ["eval", str(out / f"{TINY}-item@1"), "--data-dir", str(data_dir), "--json"]

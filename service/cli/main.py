@@ -1,0 +1,132 @@
+"""The ``ers`` command: run the server, and talk to a running one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from service.cli import compat as cli_compat
+from service.cli import jobs as cli_jobs
+from service.cli import migrate as cli_migrate
+from service.cli import train as cli_train
+from service.cli.common import call_server
+from service.cli.zoo import zoo_app
+from service.settings import Settings
+
+app = typer.Typer(help="ERS, the embedding retrieval service.", no_args_is_help=True)
+collections_app = typer.Typer(help="Create, list, show and delete collections.", no_args_is_help=True)
+app.add_typer(collections_app, name="collections")
+app.add_typer(zoo_app, name="zoo")
+cli_train.register(app)
+cli_compat.register(app)
+cli_jobs.register(app)
+cli_migrate.register(app)
+console = Console()
+err = Console(stderr=True)
+
+
+def _call(method: str, path: str, **kwargs: Any) -> Any:
+    return call_server(method, path, **kwargs)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (ERS_HOST); default 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(help="port (ERS_PORT); default 8080")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="data directory (ERS_DATA_DIR)")] = None,
+) -> None:
+    """Run the API server (one process owns a data directory)."""
+    overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir}.items() if v is not None}
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    if not settings.is_loopback and not settings.api_keys:
+        err.print(f"[red]refusing to bind {settings.host}[/red]: set ERS_API_KEYS to expose ERS beyond loopback")
+        raise typer.Exit(2)
+    import uvicorn
+
+    from service.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        workers=1,
+        timeout_graceful_shutdown=30,
+        access_log=settings.access_log,
+    )
+
+
+@collections_app.command("create")
+def collections_create(
+    name: str,
+    dim: Annotated[int, typer.Option(help="vector dimension")],
+    metric: Annotated[str, typer.Option(help="cosine | ip | l2")] = "cosine",
+    index: Annotated[str, typer.Option(help="auto or a FAISS factory string")] = "auto",
+    encoder: Annotated[str | None, typer.Option(help="name@version")] = None,
+) -> None:
+    body = {"name": name, "dim": dim, "metric": metric, "index": index, "encoder": encoder}
+    info = _call("POST", "/v1/collections", json=body)
+    console.print(f"created [bold]{info['name']}[/bold] (dim {info['dim']}, {info['metric']}, {info['index']})")
+
+
+@collections_app.command("list")
+def collections_list() -> None:
+    data = _call("GET", "/v1/collections")
+    table = Table("name", "dim", "metric", "encoder", "index", "active", "count")
+    for c in data["collections"]:
+        table.add_row(
+            c["name"], str(c["dim"]), c["metric"], c["encoder"] or "-", c["index"], c["active_index"], str(c["count"])
+        )
+    console.print(table)
+
+
+@collections_app.command("show")
+def collections_show(name: str) -> None:
+    console.print_json(json.dumps(_call("GET", f"/v1/collections/{name}")))
+
+
+@collections_app.command("delete")
+def collections_delete(name: str, yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False) -> None:
+    if not yes and sys.stdin.isatty() and not typer.confirm(f"delete collection {name} and all its items?"):
+        raise typer.Exit(1)
+    _call("DELETE", f"/v1/collections/{name}")
+    console.print(f"deleted {name}")
+
+
+@app.command("search")
+def search_cmd(
+    collection: str,
+    vector: Annotated[str | None, typer.Option(help="JSON list of floats")] = None,
+    item_id: Annotated[str | None, typer.Option("--id", help="search with a stored item's vector")] = None,
+    k: int = 10,
+    filter_json: Annotated[str | None, typer.Option("--filter", help='JSON, e.g. {"color": "red"}')] = None,
+) -> None:
+    """Search a collection by vector or by a stored item's id."""
+    body: dict[str, Any] = {"k": k}
+    try:
+        if vector is not None:
+            body["vector"] = json.loads(vector)
+        if filter_json is not None:
+            body["filter"] = json.loads(filter_json)
+    except json.JSONDecodeError as exc:
+        err.print(f"[red]error:[/red] not valid JSON: {exc}")
+        raise typer.Exit(2) from exc
+    if item_id is not None:
+        body["id"] = item_id
+    data = _call("POST", f"/v1/collections/{collection}/search", json=body)
+    table = Table("rank", "id", "score", "payload", title=f"{collection} ({data['took_ms']} ms)")
+    for rank, hit in enumerate(data["results"], 1):
+        table.add_row(str(rank), hit["id"], f"{hit['score']:.4f}", json.dumps(hit["payload"]))
+    console.print(table)
+
+
+def main() -> None:
+    app()

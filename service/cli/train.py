@@ -1,0 +1,100 @@
+"""``ers train FAMILY`` and ``ers eval ARTIFACT``: the training recipes of models/training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from models.core.errors import ModelError
+from service.settings import Settings
+
+console = Console()
+err = Console(stderr=True)
+DataDirOption = Annotated[Path | None, typer.Option(help="where zoo models and data sets are cached (ERS_DATA_DIR)")]
+
+
+def _data_dir(data_dir: Path | None) -> Path:
+    return data_dir if data_dir is not None else Settings().data_dir
+
+
+def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
+    table = Table("metric", "value", title=title)
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else json.dumps(value))
+    console.print(table)
+
+
+def train(
+    family: Annotated[str, typer.Argument(help="recipe: facenet | two-branch | convirt | unified")],
+    config: Annotated[str, typer.Option(help="YAML file, or a shipped config name such as two-branch-tiny")],
+    out: Annotated[Path, typer.Option(help="artifact directory to write (loadable by the service)")],
+    resume: Annotated[bool, typer.Option(help="continue from the last epoch checkpoint")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (auto picks CUDA when present)")] = "auto",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="where zoo models and data sets are cached (ERS_DATA_DIR)")
+    ] = None,
+    compatible_with: Annotated[
+        Path | None, typer.Option(help="old artifact: train a backward-compatible new model")
+    ] = None,
+    method: Annotated[str | None, typer.Option(help="bct | bt2 | oca (with --compatible-with)")] = None,
+) -> None:
+    """Train an encoder family; writes weights + ONNX + spec + metrics.json + MODEL_CARD.md."""
+    from models.training.recipe import TrainRequest, recipe
+    from models.training.run import load_config
+
+    if (compatible_with is None) != (method is None):
+        err.print("[red]error:[/red] --compatible-with and --method go together")
+        raise typer.Exit(2)
+    if method is not None and method not in ("bct", "bt2", "oca"):
+        err.print(f"[red]error:[/red] --method must be bct, bt2 or oca, got '{method}'")
+        raise typer.Exit(2)
+    try:
+        request = TrainRequest(
+            config=load_config(config), out=out, resume=resume, device=device, data_dir=_data_dir(data_dir),
+            compatible_with=compatible_with, method=method,  # type: ignore[arg-type]
+        )  # fmt: skip
+        result = recipe(family).train(request)
+    except ModelError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    _print_metrics(f"{family} → {result.artifact}", result.metrics)
+
+
+def evaluate(
+    artifact: Annotated[Path, typer.Argument(help="artifact directory written by `ers train`")],
+    data: Annotated[
+        str | None, typer.Option(help="evaluation data (recipe-specific; default: its held-out set)")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="where zoo models and data sets are cached (ERS_DATA_DIR)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Evaluate a trained artifact with its recipe's protocol."""
+    from models.core.artifact import verify_artifact
+    from models.training.recipe import recipe
+
+    try:
+        spec = verify_artifact(artifact)
+        name = spec.config.get("recipe")
+        if not name:
+            err.print(f"[red]error:[/red] {artifact} was not made by `ers train` (no recipe in its spec)")
+            raise typer.Exit(2)
+        metrics = recipe(str(name)).evaluate(artifact, data, _data_dir(data_dir))
+    except ModelError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+    else:
+        _print_metrics(f"eval {spec.key}", metrics)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("eval")(evaluate)

@@ -1,0 +1,146 @@
+"""Encoders served by this process: loaded once at start-up with a warm-up, batched, cached."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+
+from models.core.backends import set_torch_threads
+from models.core.encoder import Encoder
+from models.core.errors import ArtifactError, EncoderNotFound
+from models.core.registry import load_encoder
+from models.core.spec import EncoderSpec, split_key
+from models.zoo import installed
+from service.runtime.batching import DynamicBatcher
+from service.runtime.cache import EmbeddingCache, input_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Embedded:
+    """The vectors one input produced: one row, or one per detected face."""
+
+    vectors: np.ndarray
+    faces: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    batching: bool = True
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    max_queue: int = 512
+    concurrency: int = 2
+    threads: int = 1
+    warmup: bool = True
+
+
+class EncoderHub:
+    def __init__(self, models_dir: Path, options: HubOptions, cache: EmbeddingCache | None = None) -> None:
+        self.models_dir = models_dir
+        self.options = options
+        self.cache = cache
+        self.encoders: dict[str, Encoder] = {}
+        self.batchers: dict[str, DynamicBatcher] = {}
+        self._lock = threading.Lock()
+        set_torch_threads(options.threads)
+
+    def load_all(self) -> None:
+        for spec in installed(self.models_dir):
+            self._load(spec.key)
+
+    def _load(self, key: str) -> Encoder:
+        with self._lock:
+            if key in self.encoders:
+                return self.encoders[key]
+            encoder = load_encoder(self.models_dir / key, threads=self.options.threads)
+            if self.options.warmup:
+                family = getattr(encoder, "family", None)
+                example = family.example_inputs() if family is not None else []
+                if example:
+                    batch = encoder.preprocess(example)
+                    encoder.postprocess(encoder.forward(batch), batch)
+            log.info("loaded encoder %s (%s, %s)", key, encoder.spec.modality, encoder.backend)
+            self.encoders[key] = encoder
+            return encoder
+
+    def get(self, key: str) -> Encoder:
+        if key in self.encoders:
+            return self.encoders[key]
+        try:
+            name, _ = split_key(key)
+        except ValueError as exc:
+            raise EncoderNotFound(str(exc)) from exc
+        if not (self.models_dir / key).is_dir():
+            raise EncoderNotFound(
+                f"encoder '{key}' is not available in {self.models_dir}; run `ers zoo pull {name}` "
+                "(or `ers zoo import`) with the same --data-dir, then retry"
+            )
+        try:
+            return self._load(key)  # pulled while the server was running
+        except ArtifactError as exc:
+            raise EncoderNotFound(f"encoder '{key}' is present but unusable: {exc.message}") from exc
+
+    def spec(self, key: str) -> EncoderSpec:
+        return self.get(key).spec
+
+    async def start(self) -> None:
+        if self.options.batching:
+            for key, encoder in self.encoders.items():
+                self._batcher(key, encoder)
+
+    def _batcher(self, key: str, encoder: Encoder) -> DynamicBatcher:
+        batcher = self.batchers.get(key)
+        if batcher is None:
+            o = self.options
+            batcher = DynamicBatcher(encoder, o.max_batch, o.max_wait_ms, o.max_queue, o.concurrency)
+            batcher.start()
+            self.batchers[key] = batcher
+        return batcher
+
+    async def stop(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.stop()
+
+    async def embed(self, key: str, inputs: Sequence[Any]) -> list[Embedded]:
+        """Vectors for each input; preprocessing errors are raised for this request only."""
+        encoder = await anyio.to_thread.run_sync(self.get, key)
+        single = encoder.spec.modality != "face"
+        keys = [input_key(key, x) for x in inputs] if self.cache is not None and single else []
+        cached = self.cache.get_many(keys) if keys and self.cache is not None else [None] * len(inputs)
+        todo = [i for i, v in enumerate(cached) if v is None]
+        out: list[Embedded | None] = [Embedded(v[None, :]) if v is not None else None for v in cached]
+        if todo:
+            fresh = await self._compute(key, encoder, [inputs[i] for i in todo])
+            for i, emb in zip(todo, fresh, strict=True):
+                out[i] = emb
+            if keys and self.cache is not None:
+                self.cache.put_many({keys[i]: emb.vectors[0] for i, emb in zip(todo, fresh, strict=True)})
+        return [e for e in out if e is not None]
+
+    async def _compute(self, key: str, encoder: Encoder, inputs: Sequence[Any]) -> list[Embedded]:
+        batch = await anyio.to_thread.run_sync(encoder.preprocess, inputs)
+        if self.options.batching:
+            raw = await self._batcher(key, encoder).forward(batch)
+        else:
+            raw = await anyio.to_thread.run_sync(encoder.forward, batch)
+        vectors = encoder.postprocess(raw, batch)
+        if "_owner" not in batch:
+            return [Embedded(vectors[i : i + 1]) for i in range(len(inputs))]
+        owners = batch["_owner"]
+        boxes = batch.get("_boxes", np.zeros((len(owners), 4)))
+        scores = batch.get("_scores", np.ones(len(owners)))
+        result = []
+        for i in range(len(inputs)):
+            rows = np.flatnonzero(owners == i)
+            faces = [{"box": [round(float(v), 1) for v in boxes[r]], "score": float(scores[r])} for r in rows]
+            result.append(Embedded(vectors[rows], faces))
+        return result
