@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m service.cli.demo --data-dir $(DATA_DIR) --port $(PORT)
+	$(BIN)/ers demo --data-dir $(DATA_DIR) --port $(PORT)
 
 serve: $(STAMP)
 	$(BIN)/ers serve --data-dir $(DATA_DIR) --port $(PORT)

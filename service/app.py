@@ -1,4 +1,6 @@
-"""The FastAPI application: lifespan owns the store and the collections."""
+"""The FastAPI application. ``create_app`` is the one place that lists what the app owns: the lifespan
+builds every object once (store, collections, encoder hub, job runner, migrations, search batcher) and
+routes receive them through the ``Annotated`` dependencies of ``service.deps``."""
 
 from __future__ import annotations
 
@@ -9,17 +11,21 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import Depends, FastAPI
 
+from indexer.jobs.embedded import EmbeddedRunner
+from indexer.jobs.runner import JobRunner
 from indexer.manager import CollectionManager
+from indexer.store.base import MetadataStore
 from indexer.store.factory import open_store
 from indexer.threads import set_faiss_threads
 from service.deps import require_api_key
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.migrations import SpecCompat
+from service.migrations import Migrations, SpecCompat
 from service.routes import collections, encoders, health, jobs, migrations, search
 from service.runtime.cache import EmbeddingCache, LruCache, RedisCache
 from service.runtime.encoders import EncoderHub
+from service.runtime.search_batcher import SearchBatcher
 from service.settings import Settings
 
 log = logging.getLogger("ers")
@@ -35,6 +41,17 @@ def make_cache(settings: Settings, store: object) -> EmbeddingCache | None:
     return LruCache(settings.embed_cache_size)
 
 
+def make_runner(settings: Settings, store: MetadataStore, manager: CollectionManager, hub: EncoderHub) -> JobRunner:
+    """The runner ``ERS_JOB_RUNNER`` names; ``redis`` needs ``ERS_REDIS_URL`` (and workers)."""
+    if settings.job_runner == "redis":
+        if not settings.redis_url:
+            raise ValueError("ERS_JOB_RUNNER=redis needs ERS_REDIS_URL: the workers meet the server in Redis")
+        from indexer.jobs.redis_runner import RedisRunner  # only a redis deployment pays its import
+
+        return RedisRunner(store, manager, settings.job_options(), hub.get, settings.redis_url, settings.redis_prefix)
+    return EmbeddedRunner(store, manager, settings.job_options(), hub.get)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -46,7 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         compat = SpecCompat(settings.models_path)  # which encoder versions' vectors a query may meet
         manager = CollectionManager(settings.data_dir, store, settings.index_options(), compat)
         hub = EncoderHub(settings.models_path, settings.hub_options(), make_cache(settings, store))
-        runner = jobs.make_runner(settings, store, manager, hub)
+        runner = make_runner(settings, store, manager, hub)
+        # Built on the event loop, which alone touches the batcher's queues (no lock needed).
+        searcher = SearchBatcher(
+            concurrency=max(1, settings.search_concurrency // max(1, settings.threads)), max_rows=settings.max_queries
+        )
         try:
             await anyio.to_thread.run_sync(manager.open_all)
             await anyio.to_thread.run_sync(hub.load_all)
@@ -54,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.manager = manager
             app.state.hub = hub
             app.state.jobs = runner
+            app.state.migrations = Migrations(store, compat, settings.models_path)
+            app.state.search_batcher = searcher
             await anyio.to_thread.run_sync(runner.start)  # resumes the jobs a previous run left
             log.info(
                 "ERS ready: %d collections in %s, encoders %s",
@@ -75,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(search.router, dependencies=auth)
     search.document(app)
     app.include_router(encoders.router, dependencies=auth)
-    migrations.install(app, dependencies=auth)
+    app.include_router(migrations.router, dependencies=auth)
     app.include_router(jobs.router, dependencies=auth)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, limit=lambda: settings.max_body_bytes)

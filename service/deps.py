@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, the collection manager, API-key auth.
+"""FastAPI dependencies: the objects ``service.app`` builds at start-up, and API-key auth.
 
 All are ``async def``: none blocks, and a plain ``def`` dependency costs a thread-pool hop
 (~90 µs each, measured) on every request."""
@@ -11,8 +11,11 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from indexer.collection import Collection
+from indexer.jobs.runner import JobRunner
 from indexer.manager import CollectionManager
+from service.migrations import Migrations
 from service.runtime.encoders import EncoderHub
+from service.runtime.search_batcher import SearchBatcher
 from service.settings import Settings
 
 
@@ -38,6 +41,30 @@ async def get_hub(request: Request) -> EncoderHub:
 
 
 HubDep = Annotated[EncoderHub, Depends(get_hub)]
+
+
+async def get_runner(request: Request) -> JobRunner:
+    runner: JobRunner = request.app.state.jobs
+    return runner
+
+
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+
+
+async def get_migrations(request: Request) -> Migrations:
+    migrations: Migrations = request.app.state.migrations
+    return migrations
+
+
+MigrationsDep = Annotated[Migrations, Depends(get_migrations)]
+
+
+async def get_search_batcher(request: Request) -> SearchBatcher:
+    searcher: SearchBatcher = request.app.state.search_batcher
+    return searcher
+
+
+SearchBatcherDep = Annotated[SearchBatcher, Depends(get_search_batcher)]
 
 
 async def get_collection(name: str, manager: ManagerDep) -> Collection:

@@ -20,6 +20,7 @@ from indexer.errors import (
 )
 from indexer.jobs.errors import JobConflict, PathRefused
 from models.core.errors import ArtifactError, EncoderNotFound, InputTooLarge, InvalidEncoderInput, ModelError, ZooError
+from service.migrations import MigrationRefused
 from service.runtime.batching import QueueFull
 
 MODEL_STATUS: list[tuple[type[ModelError], int]] = [
@@ -33,6 +34,7 @@ STATUS: list[tuple[type[ERSError], int]] = [
     (NotFoundError, 404),
     (PathRefused, 403),
     (JobConflict, 409),
+    (MigrationRefused, 409),
     (AlreadyExists, 409),
     (InvalidInput, 422),
     (LimitExceeded, 413),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +10,7 @@ import numpy as np
 
 from indexer.collection import Collection
 from indexer.errors import InvalidInput
+from indexer.ingest import decode_base64_image
 from models.core.images import check_image
 from models.core.spec import EncoderSpec
 from service.runtime.encoders import EncoderHub
@@ -21,15 +20,6 @@ FACE_SEPARATOR = "#face"
 # Query kind -> the tower role that embeds it in a multi-tower model (see ``query_encoder_key``).
 # Two-tower record models: a collection bound to the item tower embeds record queries with the query tower.
 QUERY_TOWER_ROLES = {"text": "text", "image": "image", "record": "query"}
-
-
-def decode_base64_image(value: str, what: str) -> bytes:
-    if value.startswith("data:") and "," in value:
-        value = value.split(",", 1)[1]  # data URL
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"{what}: image is not valid base64") from exc
 
 
 def raw_input(

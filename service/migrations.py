@@ -29,13 +29,13 @@ from typing import Any
 
 from indexer.collection import Collection
 from indexer.errors import ERSError, InvalidInput, LimitExceeded
+from indexer.ingest import decode_base64_image
 from indexer.segments import EVAL_NAMESPACE
 from indexer.store.base import MetadataStore
 from models.compat.report import compat_chain, compatibility_report
 from models.core.encoder import Encoder
 from models.core.errors import ArtifactError
 from models.core.spec import EncoderSpec
-from service.inputs import decode_base64_image
 
 MAX_EVAL_ITEMS = 20_000
 StopBackfills = Callable[[], list[str]]

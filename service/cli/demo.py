@@ -16,10 +16,8 @@ the drawings; a text query is embedded by its text tower (``spec.config["towers"
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -340,19 +338,3 @@ def run(
         api.close()
         if proc.poll() is None:
             stop_server(proc)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("ERS_DATA_DIR", ".ers-data")))
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--limit", type=int, default=None, help="index only N emojis (evenly spread); default all")
-    parser.add_argument("--queries", type=int, default=300, help="Twitter-style queries for recall@k")
-    parser.add_argument("--exit", action="store_true", help="stop the server when the demo is done")
-    parser.add_argument("--two-branch-config", default=TWO_BRANCH_CONFIG, help="config trained when no model is cached")
-    args = parser.parse_args()
-    run(args.data_dir.resolve(), args.port, args.limit, args.queries, not args.exit, args.two_branch_config)
-
-
-if __name__ == "__main__":
-    main()

@@ -128,5 +128,27 @@ def search_cmd(
     console.print(table)
 
 
+@app.command("demo")
+def demo_cmd(
+    data_dir: Annotated[Path, typer.Option(envvar="ERS_DATA_DIR", help="data directory")] = Path(".ers-data"),
+    port: Annotated[int, typer.Option(help="port of the demo server")] = 8080,
+    limit: Annotated[int | None, typer.Option(help="index only N emojis (evenly spread); default all")] = None,
+    queries: Annotated[int, typer.Option(help="Twitter-style queries for recall@k")] = 300,
+    exit_after: Annotated[bool, typer.Option("--exit", help="stop the server when the demo is done")] = False,
+    two_branch_config: Annotated[
+        str | None, typer.Option(help="two-branch config trained when no model is cached (default: two-branch-small)")
+    ] = None,
+) -> None:
+    """The README's demo: pull two encoders, index 1,911 emoji, search them, restart, and keep serving."""
+    from service.cli import demo  # torch and the zoo only for this command
+
+    config = two_branch_config or demo.TWO_BRANCH_CONFIG
+    demo.run(data_dir.resolve(), port, limit, queries, not exit_after, config)
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from indexer.collection import Collection
 from indexer.errors import InvalidInput, ItemNotFound, LimitExceeded
-from service.backfill import kept_sources_of
+from indexer.ingest import kept_sources_of
 from service.deps import CollectionDep, HubDep, ManagerDep, SettingsDep
 from service.inputs import prepare_items
 from service.schemas import (

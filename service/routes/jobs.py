@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from indexer.errors import InvalidInput
-from indexer.jobs.embedded import EmbeddedRunner
 from indexer.jobs.runner import JobRunner
-from indexer.manager import CollectionManager
-from indexer.store.base import MetadataStore
-from service.runtime.encoders import EncoderHub
-from service.settings import Settings
+from service.deps import RunnerDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-
-def make_runner(settings: Settings, store: MetadataStore, manager: CollectionManager, hub: EncoderHub) -> JobRunner:
-    """The runner ``ERS_JOB_RUNNER`` names; ``redis`` needs ``ERS_REDIS_URL`` (and workers)."""
-    if settings.job_runner == "redis":
-        if not settings.redis_url:
-            raise ValueError("ERS_JOB_RUNNER=redis needs ERS_REDIS_URL: the workers meet the server in Redis")
-        from indexer.jobs.redis_runner import RedisRunner
-
-        return RedisRunner(store, manager, settings.job_options(), hub.get, settings.redis_url, settings.redis_prefix)
-    return EmbeddedRunner(store, manager, settings.job_options(), hub.get)
-
-
-async def get_runner(request: Request) -> JobRunner:
-    runner: JobRunner = request.app.state.jobs
-    return runner
-
-
-RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 
 
 class JobSource(BaseModel):

@@ -11,27 +11,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 from typing import Any, Literal
 
 import anyio.to_thread
-from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from indexer.errors import InvalidInput
-from indexer.jobs.runner import JobRunner
 from models.core.encoder import Encoder
 from service.backfill import check_backfill, migrate_with_backfill
-from service.deps import CollectionDep, HubDep
-from service.errors import error_response
+from service.deps import CollectionDep, HubDep, MigrationsDep, RunnerDep
 from service.migrations import (
     EVAL_NAMESPACE,
     EvalSet,
-    MigrationRefused,
-    Migrations,
-    SpecCompat,
     describe_eval_set,
     put_eval_set,
 )
@@ -57,20 +50,10 @@ class MigrationCreate(BaseModel):
     rollback: bool = Field(default=False, description="return to the previous query encoder instead")
 
 
-def migrations_of(request: Request) -> Migrations:
-    state = request.app.state
-    found: Migrations | None = getattr(state, "migrations", None)
-    if found is None:
-        manager, models_dir = state.manager, state.settings.models_path
-        compat = manager.compat if isinstance(manager.compat, SpecCompat) else SpecCompat(models_dir)
-        found = state.migrations = Migrations(manager.store, compat, models_dir)
-    return found
-
-
 @router.post("/{name}/migrations", status_code=201)
-async def create_migration(body: MigrationCreate, request: Request, collection: CollectionDep, hub: HubDep) -> Any:
-    migrations = migrations_of(request)
-    runner: JobRunner = request.app.state.jobs
+async def create_migration(
+    body: MigrationCreate, collection: CollectionDep, hub: HubDep, migrations: MigrationsDep, runner: RunnerDep
+) -> Any:
     stop = partial(runner.cancel_backfills, collection.name)
     if body.rollback:
         if body.to is not None:
@@ -103,9 +86,9 @@ async def create_migration(body: MigrationCreate, request: Request, collection: 
 
 
 @router.post("/{name}/migrations/rollback", status_code=201)
-async def rollback(request: Request, collection: CollectionDep) -> Any:
-    stop = partial(request.app.state.jobs.cancel_backfills, collection.name)
-    entry = await anyio.to_thread.run_sync(migrations_of(request).rollback, collection, stop)
+async def rollback(collection: CollectionDep, migrations: MigrationsDep, runner: RunnerDep) -> Any:
+    stop = partial(runner.cancel_backfills, collection.name)
+    entry = await anyio.to_thread.run_sync(migrations.rollback, collection, stop)
     return {"migration": entry, "active": collection.config.encoder}
 
 
@@ -121,25 +104,16 @@ def list_migrations(collection: CollectionDep) -> dict[str, Any]:
 
 
 @router.put("/{name}/eval-set")
-def put_eval(body: EvalSetIn, request: Request, collection: CollectionDep) -> dict[str, Any]:
-    return put_eval_set(migrations_of(request).store, collection.name, body.inputs, body.labels)
+def put_eval(body: EvalSetIn, collection: CollectionDep, migrations: MigrationsDep) -> dict[str, Any]:
+    return put_eval_set(migrations.store, collection.name, body.inputs, body.labels)
 
 
 @router.get("/{name}/eval-set")
-def get_eval(request: Request, collection: CollectionDep) -> dict[str, Any]:
-    return describe_eval_set(migrations_of(request).store, collection.name)
+def get_eval(collection: CollectionDep, migrations: MigrationsDep) -> dict[str, Any]:
+    return describe_eval_set(migrations.store, collection.name)
 
 
 @router.delete("/{name}/eval-set", status_code=204)
-def delete_eval(request: Request, collection: CollectionDep) -> Response:
-    migrations_of(request).store.delete_doc(EVAL_NAMESPACE, collection.name)
+def delete_eval(collection: CollectionDep, migrations: MigrationsDep) -> Response:
+    migrations.store.delete_doc(EVAL_NAMESPACE, collection.name)
     return Response(status_code=204)
-
-
-def install(app: FastAPI, dependencies: Sequence[Any]) -> None:
-    """Mount the routes; a refused migration answers 409 Conflict with the reason."""
-    app.include_router(router, dependencies=list(dependencies))
-
-    @app.exception_handler(MigrationRefused)
-    async def _refused(_: Request, exc: MigrationRefused) -> JSONResponse:
-        return error_response(409, exc.code, exc.message)

@@ -26,7 +26,7 @@ from pydantic.json_schema import models_json_schema
 from indexer.collection import Collection, Hit
 from indexer.errors import InvalidInput, LimitExceeded
 from indexer.validation import as_matrix
-from service.deps import CollectionDep, HubDep, SettingsDep
+from service.deps import CollectionDep, HubDep, SearchBatcherDep, SettingsDep
 from service.inputs import query_vector
 from service.runtime.encoders import EncoderHub
 from service.runtime.search_batcher import SearchBatcher, filter_key
@@ -69,18 +69,6 @@ def _json(body: dict[str, Any]) -> Response:
 
 def _hits(hits: list[Hit]) -> list[dict[str, Any]]:
     return [{"id": h.id, "score": h.score, "payload": h.payload, "encoder_version": h.encoder_version} for h in hits]
-
-
-def batcher(request: Request, settings: Settings) -> SearchBatcher:
-    """The app's search batcher, made on first use (on the event loop, which alone touches it)."""
-    state = request.app.state
-    found: SearchBatcher | None = getattr(state, "search_batcher", None)
-    if found is None:
-        found = state.search_batcher = SearchBatcher(
-            concurrency=max(1, settings.search_concurrency // max(1, settings.threads)),
-            max_rows=settings.max_queries,
-        )
-    return found
 
 
 async def _query_matrix(
@@ -172,7 +160,9 @@ async def _search_body(request: Request) -> tuple[SearchRequest, bytes | None]:
 
 
 @router.post("/{name}/search", response_model=SearchResponse, openapi_extra=SEARCH_DOC)
-async def search(request: Request, collection: CollectionDep, settings: SettingsDep, hub: HubDep) -> Response:
+async def search(
+    request: Request, collection: CollectionDep, settings: SettingsDep, hub: HubDep, searcher: SearchBatcherDep
+) -> Response:
     started = time.perf_counter()
     body, upload = await _search_body(request)
     if upload is not None:
@@ -186,12 +176,14 @@ async def search(request: Request, collection: CollectionDep, settings: Settings
         matrix, version = await _pinned(collection, make)
     else:
         matrix, version = await _pinned(collection, lambda: _query_matrix(collection, hub, [body], settings))
-    hits = (await _run(batcher(request, settings), collection, [body], matrix, version))[0]
+    hits = (await _run(searcher, collection, [body], matrix, version))[0]
     return _json({"results": _hits(hits), "took_ms": round((time.perf_counter() - started) * 1e3, 3)})
 
 
 @router.post("/{name}/search/batch", response_model=BatchSearchResponse, openapi_extra=BATCH_DOC)
-async def search_batch(request: Request, collection: CollectionDep, settings: SettingsDep, hub: HubDep) -> Response:
+async def search_batch(
+    request: Request, collection: CollectionDep, settings: SettingsDep, hub: HubDep, searcher: SearchBatcherDep
+) -> Response:
     body = _parse(BatchSearchRequest, await request.body())
     if not body.queries:
         raise InvalidInput("queries is empty")
@@ -201,7 +193,7 @@ async def search_batch(request: Request, collection: CollectionDep, settings: Se
         )
     started = time.perf_counter()
     matrix, version = await _pinned(collection, lambda: _query_matrix(collection, hub, body.queries, settings))
-    results = await _run(batcher(request, settings), collection, body.queries, matrix, version)
+    results = await _run(searcher, collection, body.queries, matrix, version)
     return _json({"results": [_hits(h) for h in results], "took_ms": round((time.perf_counter() - started) * 1e3, 3)})
 
 

@@ -1,4 +1,4 @@
-"""The README's main command (`make demo` → `python -m service.cli.demo`) works from start to finish:
+"""The README's main command (`make demo` → `ers demo`) works from start to finish:
 real encoders pulled from PyPI, real emoji images from npm, indexed and searched over HTTP."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, zoo_dirs: tuple[Path, Path]) -> No
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERS_")} | {"COLUMNS": "200"}
     r = subprocess.run(
-        [sys.executable, "-m", "service.cli.demo", "--data-dir", str(data_dir), "--port", str(port),
+        [sys.executable, "-m", "service.cli.main", "demo", "--data-dir", str(data_dir), "--port", str(port),
          "--limit", "200", "--exit"],
         capture_output=True, text=True, timeout=420, env=env,
     )  # fmt: skip
