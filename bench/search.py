@@ -53,8 +53,9 @@ import orjson
 from rich.console import Console
 from searchlib.data import CLK_TCK, build_ivf, load_average, machine_busy, machine_info, make_data, recall_at_k
 from searchlib.load import Row, WorkerFactory, closed_loop, faiss_worker, http_worker
-from searchlib.report import Compared, best, capacity_lines, fmt, perf_table, ratio, summary, targets_table
+from searchlib.report import Compared, best, ratio, summary
 from searchlib.server import NP, Server, api_topk, load, server_snapshot, wait_for_auto
+from searchlib.tables import AutoRows, ExactRows, print_tables
 
 from indexer.threads import blas_threshold
 
@@ -234,11 +235,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             once(*rest("bench_tiny", "single", hi), short),
         ]
         results["table1b"] = summary([(r, None, None) for r in extra])
+        exact = ExactRows(t1_rows, ref, api_best, extra, short)
 
         # -- table 2: auto after the switch --------------------------------------------------
-        t2: dict[str, Any] = {}
-        t2_rows: list[Compared] = []
+        auto: AutoRows | None = None
         if not args.skip_auto:
+            t2: dict[str, Any] = {}
             rq = queries[: args.recall_queries]
             _, truth = flat.search(rq, k)  # exact: inner product of normalised vectors = cosine
             t2["recall_auto"] = recall_at_k(api_topk(server, "bench_auto", rq, k, nb), truth, k)
@@ -285,95 +287,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows=summary(t2_rows),
             )
             results["table2"] = t2
+            auto = AutoRows(
+                figures=t2,
+                compared=t2_rows,
+                inprocess_best=ivf_ref,
+                api_single={c: row2["api", c] for c in (lo, hi)},
+                exact_api_single={c: row["api", "single", c] for c in (lo, hi)},
+                api_batch=auto_batch,
+                exact_api_batch=row["api", "batch", hi],
+            )
 
-        # -- report --------------------------------------------------------------------------
-        console.rule("[bold]results")
-        console.print(
-            perf_table(
-                f"Table 1 - exact search (Flat, cosine), {args.n:,} x {args.dim}, k={k}",
-                t1_rows,
-                f"in-process: IndexIDMap2(IndexFlatIP), conc threads, faiss.omp_set_num_threads(1) in each, BLAS "
-                f"threshold {threshold} (the server's). REST: conc http.client threads, keep-alive.\n"
-                "÷ ref = queries/s of the REST row ÷ the in-process row of its kind at its best concurrency "
-                f"({ref['single'].concurrency} single, {ref['batch'].concurrency} batch); per round: the range over "
-                "the interleaved rounds.\nsrv CPU/call: server process CPU per call; bench CPU/call: this process "
-                f"(in-process rows: the FAISS work; REST rows: the client); busy: all {info['cores']} cores, any "
-                "process; others: cores used by other processes (noise, should be ~0).",
-            )
-        )
-        cap_lines = capacity_lines(api_best, ref, args.target_ratio, nb)
-        console.print(
-            targets_table(
-                "Table 1 targets - capacity: the most queries/s each side serves",
-                cap_lines,
-                f"At concurrency {lo} (= cores) a closed-loop REST client waits out every round trip and the server "
-                "adds ~0.6 ms of CPU per request on the cores that also scan, so those rows show latency-bound "
-                "throughput, not capacity.",
-            )
-        )
-        console.print(
-            perf_table(
-                f"Table 1b - the HTTP ceiling (same server, {short:g} s each)",
-                [(r, None, None) for r in extra],
-                "/healthz: HTTP + uvicorn + FastAPI/middleware only. 100-item collection: the whole /search "
-                "path (JSON, validation, coalescing, response) with FAISS cost ~0.",
-            )
-        )
-        if t2:
-            lines: list[tuple[str, str, str, bool | None]] = [
-                (
-                    f"recall@{k} through REST, bench_auto",
-                    f"{t2['recall_auto']:.4f}",
-                    f">= {args.target_recall:.2f}",
-                    t2["recall_auto"] >= args.target_recall,
-                ),
-                (f"recall@{k} through REST, bench_flat (sanity: exact)", f"{t2['recall_flat']:.4f}", "1.0", None),
-                (
-                    f"QPS of auto's index ({t2['ivf_source']}) in-process ÷ Flat (each at its best conc.)",
-                    f"{t2['speedup_inprocess']:.1f}x ({fmt(ivf_ref.qps)} / {fmt(ref['single'].qps)})",
-                    f">= {args.target_speedup:g}x",
-                    t2["speedup_inprocess"] >= args.target_speedup,
-                ),
-            ]
-            if "recall_ivf_inprocess" in t2:
-                recall_ip = f"{t2['recall_ivf_inprocess']:.4f}"
-                lines.insert(2, (f"recall@{k}, in-process {spec}, nprobe {nprobe}", recall_ip, "", None))
-            for c in (lo, hi):
-                api_auto, api_flat = row2["api", c], row["api", "single", c]
-                lines.append(
-                    (
-                        f"QPS REST /search auto ÷ exact, concurrency {c} (information: HTTP-capped)",
-                        f"{t2['speedup_api'][str(c)]:.1f}x ({fmt(api_auto.qps)} / {fmt(api_flat.qps)})",
-                        "",
-                        None,
-                    )
-                )
-            lines.append(
-                (
-                    f"QPS REST /search/batch {nb} auto ÷ exact, concurrency {hi} (information)",
-                    f"{t2['speedup_api_batch']:.1f}x ({fmt(auto_batch.qps)} / {fmt(row['api', 'batch', hi].qps)})",
-                    "",
-                    None,
-                )
-            )
-            console.print(
-                targets_table(
-                    f"Table 2 - auto after the switch ({spec}, nprobe {nprobe}), "
-                    f"ERS_AUTO_INDEX_THRESHOLD={args.auto_threshold}",
-                    lines,
-                    f"recall@{k}: {len(rq)} fresh queries vs exact top-{k} computed here (ids 1:1), fetched through "
-                    "/search/batch. auto's index: the FAISS file the server published after the switch, searched "
-                    "here with the server's nprobe and one thread per caller. REST rows are capped by HTTP (table 1b): "
-                    "a request costs ~0.5 ms of server CPU whatever the index, so no index can be 10x through REST "
-                    "once exact search is ~1 ms.",
-                )
-            )
-            console.print(
-                perf_table(
-                    "Table 2b - the rows behind table 2 (÷ ref: the exact row of the same kind and side)",
-                    t2_rows,
-                )
-            )
+        print_tables(console, args, info, threshold, exact, auto)
         return results
     except Exception:
         if server is not None:

@@ -1,19 +1,19 @@
-"""Domain errors of the indexer. The service maps each class to an HTTP status once."""
+"""Domain errors of the indexer, under its one root ``IndexerError`` (itself under the base
+``models.core.errors.ERSError``). The service maps each class to an HTTP status once, in
+``service/errors.py``."""
 
 from __future__ import annotations
 
-
-class ERSError(Exception):
-    """Base of every error a client may see; ``code`` is the stable machine-readable name."""
-
-    code = "error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+from models.core.errors import ERSError
 
 
-class NotFoundError(ERSError):
+class IndexerError(ERSError):
+    """Root of the indexer's errors: collections, stores, jobs, upgrades."""
+
+    code = "indexer_error"
+
+
+class NotFoundError(IndexerError):
     code = "not_found"
 
 
@@ -31,35 +31,35 @@ class ItemNotFound(NotFoundError):
         super().__init__(f"item '{item_id}' does not exist in collection '{collection}'")
 
 
-class AlreadyExists(ERSError):
+class AlreadyExists(IndexerError):
     code = "already_exists"
 
 
-class InvalidInput(ERSError):
+class InvalidInput(IndexerError):
     """The request is well-formed JSON but its content cannot be accepted (422)."""
 
     code = "invalid_input"
 
 
-class LimitExceeded(ERSError):
+class LimitExceeded(IndexerError):
     """A size limit was exceeded (413)."""
 
     code = "limit_exceeded"
 
 
-class StoreUnavailable(ERSError):
+class StoreUnavailable(IndexerError):
     """The metadata store (e.g. Redis) cannot be reached (503)."""
 
     code = "store_unavailable"
 
 
-class DataDirLocked(ERSError):
+class DataDirLocked(IndexerError):
     """Another server process already owns the data directory."""
 
     code = "data_dir_locked"
 
 
-class StoreMismatch(ERSError):
+class StoreMismatch(IndexerError):
     """The metadata store and a collection's log disagree (wrong data directory or wiped store)."""
 
     code = "store_mismatch"

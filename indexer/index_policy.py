@@ -16,18 +16,19 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from indexer.builder import auto_spec, build_index, min_train_points
+from indexer.locks import CollectionLocks
 from indexer.records import LogRecord
 from indexer.segments import Segment, apply_to_segment
 from indexer.snapshot import SnapshotMeta, load_snapshot, write_snapshot
+from indexer.store.base import MetadataStore
+from indexer.types import CollectionConfig
 from indexer.vector_index import FLAT, VectorIndex, prepare
-
-if TYPE_CHECKING:
-    from indexer.collection import Collection
+from indexer.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,25 @@ class IndexOptions:
     tombstone_ratio: float = 0.2
 
 
+class PolicyCollection(Protocol):
+    """What an index policy uses of its collection (``indexer.collection.Collection``)."""
+
+    name: str
+    config: CollectionConfig  # follows the active encoder: ``metric`` and ``index`` are read
+    store: MetadataStore
+    wal: WriteAheadLog
+    store_off: int  # log offset the store has applied up to
+    locks: CollectionLocks
+
+    def segment_key(self, version: str | None) -> str | None: ...
+
+    def rows_of(self, record: LogRecord, key: str | None) -> np.ndarray: ...
+
+    def truncate_log(self, store_off: int) -> None: ...
+
+
 class IndexPolicy:
-    def __init__(self, collection: Collection, options: IndexOptions, segment: Segment) -> None:
+    def __init__(self, collection: PolicyCollection, options: IndexOptions, segment: Segment) -> None:
         self.c = collection
         self.seg = segment
         self.options = options
@@ -52,8 +70,9 @@ class IndexPolicy:
         self._ops = 0
         self._capture: list[tuple[int, LogRecord]] | None = None
         self._building = False
-        self._snap_lock = threading.Lock()
-        self._flag_lock = threading.Lock()
+        # Lock order and what each lock guards: ``indexer.locks.CollectionLocks``.
+        self._snap_lock = threading.Lock()  # one snapshot of this segment at a time; before the writer lock
+        self._flag_lock = threading.Lock()  # guards ``_building`` only (a leaf)
         self._threads: list[threading.Thread] = []
         self._min_train: int | None = None
 
@@ -106,7 +125,8 @@ class IndexPolicy:
 
     # -- while running -----------------------------------------------------------------------
     def observe(self, offset: int, record: LogRecord) -> None:
-        """Called (under the writer lock) for every record applied to the live index."""
+        """Called (under the writer lock) for every record applied to the live index: a build in
+        progress replays them onto its new index before the swap."""
         if self._capture is not None:
             self._capture.append((offset, record))
 
@@ -147,18 +167,17 @@ class IndexPolicy:
     def _rebuild(self, spec: str) -> None:
         c = self.c
         try:
-            with c._writer:
+            with c.locks.writing():
                 self._capture = []
             ids, vectors = self._store_vectors()
             log.info("collection %s: building %s over %d vectors", c.name, spec, len(ids))
             new = self._build(spec, ids, vectors)
             present = set(ids.tolist())
-            with c._writer:
-                with c._rw.write():
-                    for offset, record in self._capture or []:
-                        rows = c.rows_of(record, self.seg.key)
-                        apply_to_segment(self.seg, new, rows, offset, record, c.config.metric, present)
-                    self.seg.index = new
+            with c.locks.swapping_index():
+                for offset, record in self._capture or []:
+                    rows = c.rows_of(record, self.seg.key)
+                    apply_to_segment(self.seg, new, rows, offset, record, c.config.metric, present)
+                self.seg.index = new
                 self._capture = None
             log.info("collection %s: swapped in %s (nprobe=%s)", c.name, spec, new.nprobe)
             self.snapshot()
@@ -172,19 +191,18 @@ class IndexPolicy:
     def snapshot(self) -> None:
         c = self.c
         with self._snap_lock:
-            with c._writer:
-                with c._rw.read():
-                    index = self.seg.index
-                    offset = self.seg.index_off
-                    data = index.serialize()
-                    meta = SnapshotMeta(
-                        offset=offset,
-                        spec=index.spec,
-                        file=f"index-{offset:020d}.faiss",
-                        built_n=self.built_n,
-                        nprobe=index.nprobe,
-                        dead=sorted(index.dead),
-                    )
+            with c.locks.frozen():
+                index = self.seg.index
+                offset = self.seg.index_off
+                data = index.serialize()
+                meta = SnapshotMeta(
+                    offset=offset,
+                    spec=index.spec,
+                    file=f"index-{offset:020d}.faiss",
+                    built_n=self.built_n,
+                    nprobe=index.nprobe,
+                    dead=sorted(index.dead),
+                )
                 store_off = c.store_off
             write_snapshot(self.seg.directory, data, meta)
             self.seg.snapshot_off = offset

@@ -5,11 +5,10 @@ One file per item under ``<collection dir>/sources/<hh>/<sha256 of the id>``: a 
 (id, kind, sha256 and length of the data) and the data — UTF-8 text, the image's bytes as uploaded, or
 a record as canonical JSON. Item ids are client strings, so only their hash names a file; the header's
 id and digest are checked on read (a torn or foreign file reads as missing, never as someone else's
-input). Files are published the crash-safe way (temp -> fsync -> ``os.replace`` -> fsync of the
-directory), a batch at a time: every temp file is written and synced, then all are renamed, then each
-touched directory is synced once. The collection calls ``replace`` under its writer lock, before the
-write is logged, so an acknowledged item always has its source; deleting the collection directory
-deletes them all.
+input). A batch is published at once by ``models.core.durable.publish_files``: each file replaced
+atomically, each touched directory synced once, nothing changed when a write fails. The collection
+calls ``replace`` under its writer lock, before the write is logged, so an acknowledged item always
+has its source; deleting the collection directory deletes them all.
 """
 
 from __future__ import annotations
@@ -17,15 +16,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from indexer.durable import fsync_dir
 from indexer.errors import LimitExceeded
+from models.core.durable import FileData, publish_files
 
 SourceKind = Literal["text", "image", "record"]
 KINDS: tuple[str, ...] = ("text", "image", "record")
@@ -88,34 +85,15 @@ class KeptSources:
             if source is not None and len(source.data) > MAX_SOURCE_BYTES:
                 raise LimitExceeded(f"item '{item_id}': its input is {len(source.data)} bytes; kept sources "
                                     f"are limited to {MAX_SOURCE_BYTES}")  # fmt: skip
-        staged: list[tuple[Path, Path]] = []
-        touched: set[Path] = set()
-        try:
-            for item_id, source in zip(ids, sources, strict=True):
-                path = self.path_of(item_id)
-                if source is None:
-                    if path.exists():
-                        path.unlink(missing_ok=True)
-                        touched.add(path.parent)
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-                header = {"id": item_id, "kind": source.kind, "sha256": hashlib.sha256(source.data).hexdigest(),
-                          "bytes": len(source.data)}  # fmt: skip
-                with open(tmp, "wb") as f:
-                    f.write(json.dumps(header).encode() + b"\n" + source.data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                staged.append((tmp, path))
-            for tmp, path in staged:
-                os.replace(tmp, path)
-                touched.add(path.parent)
-            staged = []
-        finally:
-            for tmp, _ in staged:  # an error before the renames: leave nothing half-published
-                tmp.unlink(missing_ok=True)
-        for directory in touched:
-            fsync_dir(directory)
+        changes: list[tuple[Path, FileData | None]] = []
+        for item_id, source in zip(ids, sources, strict=True):
+            if source is None:
+                changes.append((self.path_of(item_id), None))
+                continue
+            header = {"id": item_id, "kind": source.kind, "sha256": hashlib.sha256(source.data).hexdigest(),
+                      "bytes": len(source.data)}  # fmt: skip
+            changes.append((self.path_of(item_id), (json.dumps(header).encode() + b"\n", source.data)))
+        publish_files(changes)
 
     def delete(self, ids: Sequence[str]) -> None:
         self.replace(ids, [None] * len(ids))

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import IO
 
 from indexer.collection import Collection
-from indexer.durable import fsync_dir
 from indexer.errors import AlreadyExists, CollectionNotFound, DataDirLocked, InvalidInput
 from indexer.index_policy import IndexOptions
 from indexer.segments import EVAL_NAMESPACE, STATE_NAMESPACE, CompatResolver
 from indexer.store.base import MetadataStore
 from indexer.types import COLLECTION_NAME_RE, METRICS, CollectionConfig, Metric
 from indexer.vector_index import validate_spec
+from models.core.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 MAX_DIM = 65_536

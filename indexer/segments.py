@@ -25,21 +25,18 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from indexer.durable import atomic_write_bytes
 from indexer.records import LogRecord
 from indexer.types import Metric
 from indexer.vector_index import VectorIndex, prepare
-
-if TYPE_CHECKING:
-    from indexer.index_policy import IndexPolicy
+from models.core.durable import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 STATE_NAMESPACE = "ers-encoder-state"
-EVAL_NAMESPACE = "ers-eval-sets"  # a collection's labelled evaluation set (service.migrations)
+EVAL_NAMESPACE = "ers-eval-sets"  # a collection's labelled evaluation set (indexer.upgrade)
 SEGMENTS_DIR = "segments"
 SEGMENT_META = "segment.json"
 
@@ -66,6 +63,23 @@ class SameDimCompat:
         return None
 
 
+class SegmentPolicy(Protocol):
+    """What a segment's index policy (``indexer.index_policy.IndexPolicy``) does for the collection
+    once the segment is open; named here so that segments need not import the policy that uses them."""
+
+    def observe(self, offset: int, record: LogRecord) -> None:
+        """Called under the writer lock for every record applied to the segment's live index."""
+
+    def after_write(self, n: int) -> None:
+        """Called after each write of ``n`` items, outside the writer lock: snapshot or rebuild when due."""
+
+    def snapshot(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def close(self, snapshot: bool) -> None: ...
+
+
 @dataclass
 class Segment:
     key: str | None  # encoder version of every vector in it (None: a collection without encoder)
@@ -74,7 +88,7 @@ class Segment:
     index: VectorIndex = field(init=False)
     index_off: int = 0  # log offset up to which this segment's index has applied records
     snapshot_off: int | None = None  # offset of its last published snapshot (None: rebuilt from the store)
-    policy: IndexPolicy = field(init=False)
+    policy: SegmentPolicy = field(init=False)
 
     def describe(self) -> dict[str, Any]:
         return {"encoder_version": self.key, "dim": self.dim, "indexed": self.index.size, **self.policy.describe()}

@@ -12,9 +12,9 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from indexer.durable import atomic_write_bytes
 from indexer.types import Metric
 from indexer.vector_index import VectorIndex
+from models.core.durable import TEMP_GLOB, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 META = "snapshot.json"
@@ -41,7 +41,7 @@ def write_snapshot(directory: Path, data: bytes, meta: SnapshotMeta) -> None:
 
 def remove_temp_files(directory: Path) -> None:
     """Drop temp files of writes interrupted by a crash (they can be as large as the index)."""
-    for stale in directory.glob(".*.tmp-*"):
+    for stale in directory.glob(TEMP_GLOB):
         stale.unlink(missing_ok=True)
 
 

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from indexer.durable import fsync_dir
+from models.core.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 

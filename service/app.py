@@ -17,12 +17,13 @@ from indexer.manager import CollectionManager
 from indexer.store.base import MetadataStore
 from indexer.store.factory import open_store
 from indexer.threads import set_faiss_threads
+from indexer.upgrade.compat import SpecCompat
+from indexer.upgrade.migrations import Migrations
 from service.deps import require_api_key
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.migrations import Migrations, SpecCompat
-from service.routes import collections, encoders, health, jobs, migrations, search
+from service.routes import collections, encoders, health, jobs, migrations, search, ui
 from service.runtime.cache import EmbeddingCache, LruCache, RedisCache
 from service.runtime.encoders import EncoderHub
 from service.runtime.search_batcher import SearchBatcher
@@ -60,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         set_faiss_threads(settings.threads)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         store = open_store(settings.redis_url, settings.data_dir, settings.redis_prefix)
-        compat = SpecCompat(settings.models_path)  # which encoder versions' vectors a query may meet
+        # the one resolver of which encoder versions' vectors a query may meet: collections and migrations share it
+        compat = SpecCompat(settings.models_path)
         manager = CollectionManager(settings.data_dir, store, settings.index_options(), compat)
         hub = EncoderHub(settings.models_path, settings.hub_options(), make_cache(settings, store))
         runner = make_runner(settings, store, manager, hub)
@@ -75,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.manager = manager
             app.state.hub = hub
             app.state.jobs = runner
-            app.state.migrations = Migrations(store, compat, settings.models_path)
+            app.state.migrations = Migrations(store, compat, settings.models_path, hub.get, runner)
             app.state.search_batcher = searcher
             await anyio.to_thread.run_sync(runner.start)  # resumes the jobs a previous run left
             log.info(
@@ -101,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(migrations.router, dependencies=auth)
     app.include_router(jobs.router, dependencies=auth)
     app.include_router(health.router)
+    app.include_router(ui.router)  # /ui (public static files) and item thumbnails (key required)
     app.add_middleware(BodyLimitMiddleware, limit=lambda: settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -13,7 +13,7 @@ from fastapi import Depends, HTTPException, Request
 from indexer.collection import Collection
 from indexer.jobs.runner import JobRunner
 from indexer.manager import CollectionManager
-from service.migrations import Migrations
+from indexer.upgrade.migrations import Migrations
 from service.runtime.encoders import EncoderHub
 from service.runtime.search_batcher import SearchBatcher
 from service.settings import Settings

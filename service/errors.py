@@ -1,4 +1,12 @@
-"""Map domain errors to HTTP once; every error body is ``{"error": {"code", "message"}}``."""
+"""Map domain errors to HTTP once; every error body is ``{"error": {"code", "message"}}``.
+
+Every domain error derives from ``models.core.errors.ERSError`` through its layer's root
+(``ModelError``, ``IndexerError``, ``ServiceError``). ``HTTP_STATUS`` is the only table from error
+classes to statuses: an error takes the entry of the nearest class on its MRO, and every concrete class
+must have one, itself or through a non-root ancestor (``tests/service/test_error_mapping.py`` walks
+them all). A root alone has no entry: an error raised as a bare root is a bug, answered 500.
+Routes never catch domain errors to answer them: they propagate to the one handler below.
+"""
 
 from __future__ import annotations
 
@@ -12,46 +20,67 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from indexer.errors import (
     AlreadyExists,
     DataDirLocked,
-    ERSError,
     InvalidInput,
     LimitExceeded,
     NotFoundError,
+    StoreMismatch,
     StoreUnavailable,
 )
-from indexer.jobs.errors import JobConflict, PathRefused
-from models.core.errors import ArtifactError, EncoderNotFound, InputTooLarge, InvalidEncoderInput, ModelError, ZooError
-from service.migrations import MigrationRefused
+from indexer.jobs.errors import ItemError, JobConflict, PathRefused
+from indexer.upgrade.errors import MigrationRefused
+from models.core.errors import ArtifactError, EncoderNotFound, ERSError, InputTooLarge, InvalidEncoderInput, ZooError
+from models.data.medical import MedicalDataError
+from models.training.recipe import TrainingError
 from service.runtime.batching import QueueFull
 
-MODEL_STATUS: list[tuple[type[ModelError], int]] = [
-    (EncoderNotFound, 422),
-    (InvalidEncoderInput, 422),
-    (InputTooLarge, 413),
-    (ArtifactError, 500),
-    (ZooError, 502),
-]
-STATUS: list[tuple[type[ERSError], int]] = [
-    (NotFoundError, 404),
-    (PathRefused, 403),
-    (JobConflict, 409),
-    (MigrationRefused, 409),
-    (AlreadyExists, 409),
-    (InvalidInput, 422),
-    (LimitExceeded, 413),
-    (StoreUnavailable, 503),
-    (DataDirLocked, 503),
-]
+HTTP_STATUS: dict[type[ERSError], int] = {
+    # models
+    EncoderNotFound: 422,  # the request names an encoder that is not installed (`ers zoo pull` it)
+    InvalidEncoderInput: 422,
+    InputTooLarge: 413,
+    ArtifactError: 500,  # an installed artifact is broken: the server's fault
+    ZooError: 502,  # the upstream registry failed us
+    # Training and its data sets run from the CLI, not the API; were one to reach HTTP, it is the
+    # config or data the caller gave that a recipe refused.
+    TrainingError: 422,
+    MedicalDataError: 422,
+    # indexer
+    NotFoundError: 404,  # collections, items, jobs
+    AlreadyExists: 409,
+    InvalidInput: 422,  # job sources included (SourceInvalid)
+    LimitExceeded: 413,
+    StoreUnavailable: 503,
+    DataDirLocked: 503,
+    # The store and a collection's log disagree (wrong data directory, wiped store): the server's own
+    # state is inconsistent. Nothing in the request can fix it and a retry meets the same state, so it
+    # is 500 rather than a 4xx or a 503 with Retry-After; the code tells the operator what to look at.
+    StoreMismatch: 500,
+    PathRefused: 403,
+    JobConflict: 409,
+    ItemError: 422,  # an item's content was refused (jobs record these per item)
+    MigrationRefused: 409,
+    # service
+    QueueFull: 429,
+}
+
+
+def status_for(exc: ERSError) -> int:
+    """The status of the nearest class on ``exc``'s MRO that has an entry; 500 when none has."""
+    for cls in type(exc).__mro__:
+        status = HTTP_STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def _status_for(exc: ERSError | ModelError) -> int:
-    for cls, status in [*STATUS, *MODEL_STATUS]:
-        if isinstance(exc, cls):
-            return status
-    return 500
+def _retry_after(exc: ERSError, status: int) -> dict[str, str] | None:
+    if exc.retry_after is not None:  # the error knows (an overloaded queue)
+        return {"Retry-After": str(max(1, round(exc.retry_after)))}
+    return {"Retry-After": "1"} if status == 503 else None  # the store may be back in a moment
 
 
 def _describe(errors: list[dict[str, Any]]) -> str:
@@ -65,18 +94,8 @@ def _describe(errors: list[dict[str, Any]]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ERSError)
     async def _domain(_: Request, exc: ERSError) -> JSONResponse:
-        status = _status_for(exc)
-        headers = {"Retry-After": "1"} if status == 503 else None
-        return error_response(status, exc.code, exc.message, headers)
-
-    @app.exception_handler(ModelError)
-    async def _model(_: Request, exc: ModelError) -> JSONResponse:
-        return error_response(_status_for(exc), exc.code, exc.message)
-
-    @app.exception_handler(QueueFull)
-    async def _overloaded(_: Request, exc: QueueFull) -> JSONResponse:
-        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
-        return error_response(429, "overloaded", str(exc), headers)
+        status = status_for(exc)
+        return error_response(status, exc.code, exc.message, _retry_after(exc, status))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -65,7 +65,7 @@ class BackfillSource:
             if coll.sources is None:
                 raise SourceInvalid(f"collection '{coll.name}' does not keep sources: nothing to re-encode")
             age = version_age(coll)
-            with coll._rw.read():
+            with coll.locks.reading():
                 found = [(age.get(v, -1), n, coll.int_to_id[n]) for n, v in coll.versions.items() if v != self.to]
             found.sort()  # oldest version first (unknown labels before any), then in order of writing
             self._pending = [item_id for _, _, item_id in found]

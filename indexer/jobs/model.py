@@ -9,13 +9,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from indexer.ingest import Failure, Item, ItemKind
 from indexer.kept_sources import KeptSource
 from indexer.types import FloatArray
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE: tuple[JobState, ...] = ("queued", "running")
 TERMINAL: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
-ItemKind = Literal["path", "text", "vector", "record"]
+__all__ = ["Failure", "Item", "ItemKind"]  # items and failures are the ingest path's (indexer.ingest)
 MAX_BATCH = 1024
 
 
@@ -32,26 +33,6 @@ class JobOptions:
     claim_idle_ms: int = 30_000  # a pending stream entry idle this long is reclaimed by another worker
     backlog: int = 32  # batches of one job queued in the stream at most
     max_image_pixels: int = 40_000_000
-
-
-@dataclass
-class Item:
-    """One source item. ``value`` is a path (until loaded), text, vector list or record dict; a
-    loaded path item holds the file's bytes."""
-
-    id: str
-    kind: ItemKind
-    value: Any
-    payload: dict[str, Any] | None = None
-
-
-@dataclass
-class Failure:
-    id: str
-    reason: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"id": self.id, "reason": self.reason}
 
 
 Entry = Item | Failure  # a source yields failures too: a manifest line that cannot be parsed

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from indexer.errors import CollectionNotFound, InvalidInput, StoreUnavailable
+from indexer.ingest import FACE_SEPARATOR
 from indexer.jobs import streams
-from indexer.jobs.encode import FACE_SEPARATOR
 from indexer.jobs.errors import SourceInvalid
 from indexer.jobs.model import ACTIVE, Encoded, Failure, JobOptions
 from indexer.jobs.runner import EncoderGetter, JobRunner

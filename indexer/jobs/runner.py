@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from indexer.collection import Collection
-from indexer.durable import fsync_dir
 from indexer.errors import InvalidInput
 from indexer.jobs.backfill import BackfillSource, backfill_spec, is_backfill
 from indexer.jobs.encode import Target
@@ -30,6 +29,7 @@ from indexer.jobs.model import ACTIVE, MAX_BATCH, TERMINAL, Encoded, JobOptions,
 from indexer.jobs.sources import MANIFEST_SUFFIXES, UPLOAD_FILES, Source, resolve
 from indexer.manager import CollectionManager
 from indexer.store.base import MetadataStore
+from models.core.durable import FileData, publish_files
 from models.core.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,6 @@ def safe_upload_name(name: str) -> str:
     if not base or base in (".", "..") or base.startswith(".") or "\x00" in base:
         raise InvalidInput(f"upload file name '{name}' is not allowed")
     return base
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class JobRunner(ABC):
@@ -136,11 +129,10 @@ class JobRunner(ABC):
             raise InvalidInput("two uploaded files have the same name")
         (staging / UPLOAD_FILES).mkdir(parents=True)
         try:
-            for name, (_, data) in zip(names, files, strict=True):
-                write_durably(staging / UPLOAD_FILES / name, data)
-            write_durably(staging / f"manifest{suffix}", manifest)
-            fsync_dir(staging / UPLOAD_FILES)
-            fsync_dir(staging)
+            uploads: list[tuple[Path, FileData | None]] = [
+                (staging / UPLOAD_FILES / name, data) for name, (_, data) in zip(names, files, strict=True)
+            ]
+            publish_files([*uploads, (staging / f"manifest{suffix}", manifest)])
             spec = {"type": "upload", "path": str(staging / f"manifest{suffix}")}
             return self._create(job_id, coll, spec, opts)
         except BaseException:

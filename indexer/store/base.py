@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from indexer.errors import StoreUnavailable
 from indexer.types import CollectionConfig, ItemRecord
 
 
@@ -102,3 +103,12 @@ class MetadataStore(Protocol):
         """Raise ``StoreUnavailable`` when the backend cannot be reached."""
 
     def close(self) -> None: ...
+
+
+def unreachable_reason(store: MetadataStore) -> str | None:
+    """Why the store cannot be reached (``ping``'s ``StoreUnavailable``), or None when it answers."""
+    try:
+        store.ping()
+    except StoreUnavailable as exc:
+        return exc.message
+    return None

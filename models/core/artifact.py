@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
+from models.core.durable import publish_dir
 from models.core.errors import ArtifactError
 from models.core.spec import SPEC_FILE, EncoderSpec
 
@@ -59,14 +58,10 @@ def verify_artifact(directory: Path) -> EncoderSpec:
 
 
 def publish_artifact(staging: Path, destination: Path) -> EncoderSpec:
-    """Manifest ``staging``, verify it, then move it into place atomically (replacing an old copy)."""
+    """Manifest ``staging``, verify it, then publish it durably and atomically as ``destination``
+    (replacing an old copy): a loader sees the old artifact or the new one, never a mix."""
     write_manifest(staging)
     spec = verify_artifact(staging)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    old = destination.with_name(f".{destination.name}.old")
-    if destination.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(destination, old)
-    os.replace(staging, destination)
-    shutil.rmtree(old, ignore_errors=True)
+    publish_dir(staging, destination)
     return spec

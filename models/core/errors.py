@@ -1,14 +1,31 @@
-"""Domain errors of the encoders; the service maps each to an HTTP status once."""
+"""The one base of every domain error, and the models layer's root.
+
+Each layer has exactly one root under ``ERSError``: ``ModelError`` here, ``IndexerError`` in
+``indexer.errors`` and ``ServiceError`` in ``service.runtime.errors``; every concrete error derives
+from its layer's root. ``service/errors.py`` maps each class to an HTTP status, in one table, and
+``tests/service/test_error_mapping.py`` fails when a class has no entry there.
+"""
 
 from __future__ import annotations
 
 
-class ModelError(Exception):
-    code = "model_error"
+class ERSError(Exception):
+    """Base of every error a client may see; ``code`` is the stable machine-readable name."""
+
+    code = "error"
+    # Seconds after which the same request may succeed, when the error knows (an overloaded queue);
+    # the service sends it as ``Retry-After``.
+    retry_after: float | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class ModelError(ERSError):
+    """Root of the errors of the models layer (encoders, artifacts, the zoo, training)."""
+
+    code = "model_error"
 
 
 class EncoderNotFound(ModelError):

@@ -31,7 +31,11 @@ def _open_checked(data: bytes, max_pixels: int) -> Any:
         raise InputTooLarge(
             f"image rejected as a decompression bomb ({exc}); the limit is {max_pixels} pixels"
         ) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:  # PIL's text names the BytesIO's address: one input, many reasons
+        raise InvalidEncoderInput(
+            "image could not be decoded (corrupt or not an image): cannot identify image file"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidEncoderInput(f"image could not be decoded (corrupt or not an image): {exc}") from exc
     if image.format not in ALLOWED_FORMATS:
         raise InvalidEncoderInput(

@@ -2,14 +2,14 @@
 
 A checkpoint is a directory ``epoch-NNNN/`` holding ``tensors.safetensors`` (every tensor of the
 module and optimizer states, the RNG states) and ``state.json`` (the structure around them: optimizer
-hyper-parameters, the epoch, the recipe's extra fields). It is written to a temp directory, fsynced
-and renamed into place, so a crash mid-write leaves the previous checkpoint intact.
+hyper-parameters, the epoch, the recipe's extra fields). It is written to a temp directory and
+published by ``models.core.durable.publish_dir`` (fsynced, then renamed into place), so a crash
+mid-write leaves the previous checkpoints intact.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from models.core.durable import publish_dir
 from models.training.recipe import TrainingError
 
 TENSORS = "tensors.safetensors"
@@ -72,14 +73,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Checkpointer:
     """``save(epoch, state)`` after each epoch; ``latest()`` for ``--resume``. Keeps the last ``keep``."""
 
@@ -99,13 +92,7 @@ class Checkpointer:
         structure = _flatten({"epoch": epoch, **state}, tensors, "s")
         save_file(tensors, str(tmp / TENSORS))
         (tmp / STATE).write_text(json.dumps(structure))
-        for name in (TENSORS, STATE):
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(self.directory)
+        publish_dir(tmp, final)
         for old in self.epochs()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final

@@ -14,7 +14,6 @@ LFW protocol (the threshold is stored in the spec and used by ``/verify``) and r
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,59 +26,11 @@ from models.data.identities import AugmentConfig, augment, pk_batches
 from models.losses.metric import triplet_loss
 from models.training import facenet_steps as fd
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
+from models.training.facenet_config import FaceNetTrainConfig
 from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
 from models.training.run import config_dict, parse_config, pick_device, progress_bar, seed_everything, write_card
 
 RECIPE = "facenet"
-
-
-@dataclass
-class FaceNetTrainConfig:
-    name: str = "facenet-emoji"
-    version: str = "1"
-    seed: int = 0
-    # data: "emoji" | "face-photos" | a folder root/<identity>/<image>
-    data: str = "emoji"
-    limit: int | None = None  # emoji: this many concepts (evenly spread), for tiny runs
-    holdout: int = 300  # identities kept out of training for evaluation (emoji, folders)
-    detect: bool = False  # folders: detect + align faces with MTCNN; else images are aligned crops
-    lfw_pairs: str | None = None  # folders: evaluate on LFW's pairs.txt instead of drawn pairs
-    # backbone: "inception-resnet-v1" | "face-resnet"; pretrained: a zoo artifact to start from
-    backbone: str = "inception-resnet-v1"
-    pretrained: str | None = None
-    image_size: int = 64
-    dim: int = 128
-    width: float = 0.25
-    repeats: list[int] = field(default_factory=lambda: [2, 4, 2])
-    stem_pool: bool = False
-    thumbnail: int = 0  # inception-resnet-v1: a linear colour/layout branch on a t x t thumbnail (0: none)
-    dropout: float = 0.2
-    # optimisation
-    epochs: int = 10
-    max_steps_per_epoch: int | None = None
-    p: int = 32  # identities per batch
-    k: int = 4  # images per identity
-    margin: float = 0.2
-    mining: str = "semi-hard"  # | "batch-hard"
-    squared: bool = True  # triplet loss on squared distances, as in the FaceNet paper
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides
-    eval_batch: int = 256
-
-    def __post_init__(self) -> None:
-        if self.backbone not in fd.BACKBONES:
-            raise TrainingError(f"backbone must be one of {sorted(fd.BACKBONES)}, got '{self.backbone}'")
-        if self.mining not in ("semi-hard", "batch-hard"):
-            raise TrainingError(f"mining must be semi-hard or batch-hard, got '{self.mining}'")
-        if self.p < 2 or self.k < 2:
-            raise TrainingError("a P x K batch needs p >= 2 identities and k >= 2 images each")
-        if self.thumbnail < 0 or (self.thumbnail and self.image_size % self.thumbnail):
-            raise TrainingError(f"thumbnail must be 0 or divide image_size {self.image_size}, got {self.thumbnail}")
-        if self.thumbnail and self.backbone != "inception-resnet-v1":
-            raise TrainingError("thumbnail is an option of the inception-resnet-v1 backbone")
-        if self.backbone == "face-resnet" and (self.image_size, self.dim) != (150, 128):
-            raise TrainingError("the face-resnet backbone takes 150 px faces and gives 128-d vectors")
 
 
 def _lr_at(cfg: FaceNetTrainConfig, step: int, total: int) -> float:

@@ -24,6 +24,7 @@ from models.data.identities import (
     load_identity_folders,
     split_by_identity,
 )
+from models.training.facenet_config import BACKBONES, FaceNetTrainConfig
 from models.training.recipe import TrainingError
 from models.training.run import config_dict
 from models.training.verification import (
@@ -38,9 +39,7 @@ from models.training.verification import (
 
 if TYPE_CHECKING:
     from models.families.face.common import FaceFamily
-    from models.training.facenet import FaceNetTrainConfig
 
-BACKBONES = {"inception-resnet-v1": "facenet", "face-resnet": "face-resnet"}  # backbone -> family
 PARITY_TOLERANCE = 1e-4
 CARD_NOTES = (
     "Trained with `ers train facenet`: triplet loss on L2-normalised embeddings over P identities x K "

@@ -16,7 +16,6 @@ the drawings; a text query is embedded by its text tower (``spec.config["towers"
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import signal
 import subprocess
@@ -42,7 +41,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from service.cli.client import ClientError, ERSClient
+from service.client import ERSClient, ERSClientError, Hit, NewItem, NotFound
 from service.settings import Settings
 
 console = Console()
@@ -74,9 +73,9 @@ def start_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
             if proc.poll() is not None:
                 raise SystemExit(f"server exited with {proc.returncode}; see {log.name}")
             try:
-                client.request("GET", "/readyz")
+                client.readyz()
                 return proc
-            except ClientError:
+            except ERSClientError:
                 time.sleep(0.2)
     finally:
         client.close()
@@ -156,10 +155,10 @@ def load_data(settings: Settings, limit: int | None) -> list[Any]:
     return emojis
 
 
-def image_b64(png: bytes) -> str:
+def flat(png: bytes) -> bytes:
     from models.data.emoji import flatten_png
 
-    return base64.b64encode(flatten_png(png)).decode()  # on white: the server's decoder drops alpha
+    return flatten_png(png)  # on white: the server's decoder drops alpha
 
 
 def payload(e: Any) -> dict[str, Any]:
@@ -191,49 +190,45 @@ def parallel(url: str, jobs: Sequence[Callable[[ERSClient], Any]], on_done: Call
 def index(url: str, api: ERSClient, emojis: list[Any], picture_encoder: str) -> None:
     bound = ((IMAGES, f"{IMAGE_ENCODER}@1"), (NAMES, f"{TEXT_ENCODER}@1"), (PICTURES, picture_encoder))
     for name, encoder in bound:
-        with contextlib.suppress(ClientError):
-            api.request("DELETE", f"/v1/collections/{name}")
-        api.request("POST", "/v1/collections", json={"name": name, "encoder": encoder})
+        with contextlib.suppress(NotFound):
+            api.delete_collection(name)
+        api.create_collection(name, encoder=encoder)
     chunks = [emojis[i : i + BATCH] for i in range(0, len(emojis), BATCH)]
 
-    def images(chunk: list[Any]) -> Callable[[ERSClient], Any]:
-        items = [{"id": e.code, "image": image_b64(e.google_png), "payload": payload(e)} for e in chunk]
-        return lambda c: c.request("PUT", f"/v1/collections/{IMAGES}/items", json={"items": items})
+    def images(chunk: list[Any], collection: str) -> Callable[[ERSClient], Any]:
+        items = [NewItem(e.code, image=flat(e.google_png), payload=payload(e)) for e in chunk]
+        return lambda c: c.upsert(collection, items)
 
     def names(chunk: list[Any]) -> Callable[[ERSClient], Any]:
-        items = [{"id": e.code, "text": e.text, "payload": payload(e)} for e in chunk]
-        return lambda c: c.request("PUT", f"/v1/collections/{NAMES}/items", json={"items": items})
-
-    def pictures(chunk: list[Any]) -> Callable[[ERSClient], Any]:
-        items = [{"id": e.code, "image": image_b64(e.google_png), "payload": payload(e)} for e in chunk]
-        return lambda c: c.request("PUT", f"/v1/collections/{PICTURES}/items", json={"items": items})
+        items = [NewItem(e.code, text=e.text, payload=payload(e)) for e in chunk]
+        return lambda c: c.upsert(NAMES, items)
 
     jobs, kinds = [], []
     for chunk in chunks:  # interleaved: the encoders have separate batchers and run side by side
-        jobs += [images(chunk), names(chunk), pictures(chunk)]
+        jobs += [images(chunk, IMAGES), names(chunk), images(chunk, PICTURES)]
         kinds += [IMAGES, NAMES, PICTURES]
     columns = [TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]  # fmt: skip
     with Progress(*columns, console=console) as progress:
         tasks = {kind: progress.add_task(kind, total=len(emojis)) for kind in COLLECTIONS}
-        parallel(url, jobs, lambda i, res: progress.advance(tasks[kinds[i]], res["upserted"]))
+        parallel(url, jobs, lambda i, res: progress.advance(tasks[kinds[i]], res.upserted))
     for name in COLLECTIONS:
-        info = api.request("GET", f"/v1/collections/{name}")
-        console.print(f"{name}: {info['count']} items, {info['dim']}-d {info['metric']}, encoder {info['encoder']}")
+        info = api.get_collection(name)
+        console.print(f"{name}: {info.count} items, {info.dim}-d {info.metric}, encoder {info.encoder}")
 
 
 def image_search(url: str, emojis: list[Any], n_queries: int) -> None:
     n = min(n_queries, len(emojis))
     queries = [emojis[int(i * len(emojis) / n)] for i in range(n)]
     ranks: dict[int, int | None] = {}
-    tops: dict[int, dict[str, Any]] = {}
+    tops: dict[int, Hit] = {}
 
     def job(e: Any) -> Callable[[ERSClient], Any]:
-        body = {"image": image_b64(e.twitter_png), "k": 5}
-        return lambda c: c.request("POST", f"/v1/collections/{IMAGES}/search", json=body)["results"]
+        image = flat(e.twitter_png)
+        return lambda c: c.search(IMAGES, image=image, k=5).results
 
-    def done(i: int, results: list[dict[str, Any]]) -> None:
-        ids = [r["id"] for r in results]
+    def done(i: int, results: list[Hit]) -> None:
+        ids = [r.id for r in results]
         ranks[i] = ids.index(queries[i].code) + 1 if queries[i].code in ids else None
         tops[i] = results[0]
 
@@ -244,7 +239,7 @@ def image_search(url: str, emojis: list[Any], n_queries: int) -> None:
     for i in range(0, n, max(1, n // 8)):
         rank = ranks[i]
         mark = "[green]1 ✓[/green]" if rank == 1 else (f"[yellow]{rank}[/yellow]" if rank else "[red]>5[/red]")
-        table.add_row(queries[i].text, tops[i]["payload"]["name"], f"{tops[i]['score']:.3f}", mark)
+        table.add_row(queries[i].text, _name(tops[i]), f"{tops[i].score:.3f}", mark)
     console.print(table)
     r1 = sum(r == 1 for r in ranks.values()) / n
     r5 = sum(r is not None for r in ranks.values()) / n
@@ -252,18 +247,24 @@ def image_search(url: str, emojis: list[Any], n_queries: int) -> None:
                   f"against {len(emojis)} Google-style images ({n / elapsed:.0f} queries/s)")  # fmt: skip
 
 
+def _name(hit: Hit) -> str:
+    return str((hit.payload or {}).get("name"))
+
+
+def _named(hits: list[Hit]) -> str:
+    return ", ".join(f"{_name(h)} ({h.score:.2f})" for h in hits)
+
+
 def text_search(api: ERSClient) -> str:
     note = "names are Unicode character names: ❤ is 'heavy black heart', ☺ 'white smiling face'"
     table = Table("query", "top 3 emoji names (cosine)", title="text search over the names (minilm-l6@1)", caption=note)
     first = ""
     for query in TEXT_QUERIES:
-        res = api.request("POST", f"/v1/collections/{NAMES}/search", json={"text": query, "k": 3})["results"]
-        first = first or res[0]["id"]
-        table.add_row(query, ", ".join(f"{r['payload']['name']} ({r['score']:.2f})" for r in res))
+        res = api.search(NAMES, text=query, k=3).results
+        first = first or res[0].id
+        table.add_row(query, _named(res))
     query, flt = FILTERED_QUERY
-    res = api.request("POST", f"/v1/collections/{NAMES}/search", json={"text": query, "k": 3, "filter": flt})
-    hits = ", ".join(f"{r['payload']['name']} ({r['score']:.2f})" for r in res["results"])
-    table.add_row(f"{query}  filter {flt}", hits)
+    table.add_row(f"{query}  filter {flt}", _named(api.search(NAMES, text=query, k=3, filter=flt).results))
     console.print(table)
     return first
 
@@ -272,15 +273,13 @@ def picture_search(api: ERSClient, emojis: list[Any], n_queries: int) -> None:
     """Text queries against the drawings, embedded by the two-branch model's text tower."""
     table = Table("query", "top 3 drawings (their names, cosine)", title="text → image (two-branch model)")
     for query in PICTURE_QUERIES:
-        res = api.request("POST", f"/v1/collections/{PICTURES}/search", json={"text": query, "k": 3})["results"]
-        table.add_row(query, ", ".join(f"{r['payload']['name']} ({r['score']:.2f})" for r in res))
+        table.add_row(query, _named(api.search(PICTURES, text=query, k=3).results))
     console.print(table)
     n = min(n_queries, len(emojis))
     queries = [emojis[int(i * len(emojis) / n)] for i in range(n)]
     found = {1: 0, 5: 0}
     for e in queries:  # an emoji's name as the query: is its drawing first / in the top 5?
-        res = api.request("POST", f"/v1/collections/{PICTURES}/search", json={"text": e.text, "k": 5})["results"]
-        ids = [r["id"] for r in res]
+        ids = [r.id for r in api.search(PICTURES, text=e.text, k=5).results]
         found[1] += ids[:1] == [e.code]
         found[5] += e.code in ids
     console.print(f"text→image recall@1 {found[1] / n:.3f} recall@5 {found[5] / n:.3f} over {n} names "
@@ -288,7 +287,7 @@ def picture_search(api: ERSClient, emojis: list[Any], n_queries: int) -> None:
 
 
 def counts(api: ERSClient) -> dict[str, int]:
-    return {name: int(api.request("GET", f"/v1/collections/{name}")["count"]) for name in COLLECTIONS}
+    return {name: api.get_collection(name).count for name in COLLECTIONS}
 
 
 def run(
@@ -319,14 +318,14 @@ def run(
         stop_server(proc)
         proc = start_server(data_dir, port)
         after = counts(api)
-        same = api.request("POST", f"/v1/collections/{NAMES}/search", json={"text": TEXT_QUERIES[0], "k": 1})
+        same = api.search(NAMES, text=TEXT_QUERIES[0], k=1)
         verdict = "counts equal" if before == after else "[red]counts DIFFER[/red]"
-        kept = "unchanged" if same["results"][0]["id"] == first else "CHANGED"
+        kept = "unchanged" if same.results[0].id == first else "CHANGED"
         summary = ", ".join(f"{n} {before[n]} → {after[n]} items" for n in before)
         console.print(f"restart: {summary}: {verdict}; '{TEXT_QUERIES[0]}' top hit {kept}")
         console.rule()
         console.print(f"demo done in {time.perf_counter() - started:.0f} s")
-        console.print(f"API docs: {url}/docs   metrics: {url}/metrics")
+        console.print(f"web console: {url}/ui   API docs: {url}/docs   metrics: {url}/metrics")
         console.print(f"try: curl -s -X POST {url}/v1/collections/{NAMES}/search "
                       '-H "content-type: application/json" -d \'{"text": "a sleepy cat", "k": 3}\'')  # fmt: skip
         if wait:

@@ -16,7 +16,7 @@ from service.cli import compat as cli_compat
 from service.cli import jobs as cli_jobs
 from service.cli import migrate as cli_migrate
 from service.cli import train as cli_train
-from service.cli.common import call_server
+from service.cli.common import server, show
 from service.cli.zoo import zoo_app
 from service.settings import Settings
 
@@ -30,10 +30,6 @@ cli_jobs.register(app)
 cli_migrate.register(app)
 console = Console()
 err = Console(stderr=True)
-
-
-def _call(method: str, path: str, **kwargs: Any) -> Any:
-    return call_server(method, path, **kwargs)
 
 
 @app.command()
@@ -72,32 +68,32 @@ def collections_create(
     index: Annotated[str, typer.Option(help="auto or a FAISS factory string")] = "auto",
     encoder: Annotated[str | None, typer.Option(help="name@version")] = None,
 ) -> None:
-    body = {"name": name, "dim": dim, "metric": metric, "index": index, "encoder": encoder}
-    info = _call("POST", "/v1/collections", json=body)
-    console.print(f"created [bold]{info['name']}[/bold] (dim {info['dim']}, {info['metric']}, {info['index']})")
+    with server() as ers:
+        info = ers.create_collection(name, dim, metric=metric, index=index, encoder=encoder)
+    console.print(f"created [bold]{info.name}[/bold] (dim {info.dim}, {info.metric}, {info.index})")
 
 
 @collections_app.command("list")
 def collections_list() -> None:
-    data = _call("GET", "/v1/collections")
+    with server() as ers:
+        collections = ers.list_collections()
     table = Table("name", "dim", "metric", "encoder", "index", "active", "count")
-    for c in data["collections"]:
-        table.add_row(
-            c["name"], str(c["dim"]), c["metric"], c["encoder"] or "-", c["index"], c["active_index"], str(c["count"])
-        )
+    for c in collections:
+        table.add_row(c.name, str(c.dim), c.metric, c.encoder or "-", c.index, c.active_index, str(c.count))
     console.print(table)
 
 
 @collections_app.command("show")
 def collections_show(name: str) -> None:
-    console.print_json(json.dumps(_call("GET", f"/v1/collections/{name}")))
+    show(lambda ers: ers.get_collection(name))
 
 
 @collections_app.command("delete")
 def collections_delete(name: str, yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False) -> None:
     if not yes and sys.stdin.isatty() and not typer.confirm(f"delete collection {name} and all its items?"):
         raise typer.Exit(1)
-    _call("DELETE", f"/v1/collections/{name}")
+    with server() as ers:
+        ers.delete_collection(name)
     console.print(f"deleted {name}")
 
 
@@ -110,21 +106,17 @@ def search_cmd(
     filter_json: Annotated[str | None, typer.Option("--filter", help='JSON, e.g. {"color": "red"}')] = None,
 ) -> None:
     """Search a collection by vector or by a stored item's id."""
-    body: dict[str, Any] = {"k": k}
     try:
-        if vector is not None:
-            body["vector"] = json.loads(vector)
-        if filter_json is not None:
-            body["filter"] = json.loads(filter_json)
+        query: dict[str, Any] = {"vector": None if vector is None else json.loads(vector)}
+        query["filter"] = None if filter_json is None else json.loads(filter_json)
     except json.JSONDecodeError as exc:
         err.print(f"[red]error:[/red] not valid JSON: {exc}")
         raise typer.Exit(2) from exc
-    if item_id is not None:
-        body["id"] = item_id
-    data = _call("POST", f"/v1/collections/{collection}/search", json=body)
-    table = Table("rank", "id", "score", "payload", title=f"{collection} ({data['took_ms']} ms)")
-    for rank, hit in enumerate(data["results"], 1):
-        table.add_row(str(rank), hit["id"], f"{hit['score']:.4f}", json.dumps(hit["payload"]))
+    with server() as ers:
+        found = ers.search(collection, id=item_id, k=k, **query)
+    table = Table("rank", "id", "score", "payload", title=f"{collection} ({found.took_ms} ms)")
+    for rank, hit in enumerate(found.results, 1):
+        table.add_row(str(rank), hit.id, f"{hit.score:.4f}", json.dumps(hit.payload))
     console.print(table)
 
 

@@ -35,9 +35,7 @@ def train(
     out: Annotated[Path, typer.Option(help="artifact directory to write (loadable by the service)")],
     resume: Annotated[bool, typer.Option(help="continue from the last epoch checkpoint")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (auto picks CUDA when present)")] = "auto",
-    data_dir: Annotated[
-        Path | None, typer.Option(help="where zoo models and data sets are cached (ERS_DATA_DIR)")
-    ] = None,
+    data_dir: DataDirOption = None,
     compatible_with: Annotated[
         Path | None, typer.Option(help="old artifact: train a backward-compatible new model")
     ] = None,
@@ -70,9 +68,7 @@ def evaluate(
     data: Annotated[
         str | None, typer.Option(help="evaluation data (recipe-specific; default: its held-out set)")
     ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="where zoo models and data sets are cached (ERS_DATA_DIR)")
-    ] = None,
+    data_dir: DataDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Evaluate a trained artifact with its recipe's protocol."""

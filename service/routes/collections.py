@@ -12,9 +12,8 @@ from pydantic import ValidationError
 
 from indexer.collection import Collection
 from indexer.errors import InvalidInput, ItemNotFound, LimitExceeded
-from indexer.ingest import kept_sources_of
 from service.deps import CollectionDep, HubDep, ManagerDep, SettingsDep
-from service.inputs import prepare_items
+from service.runtime.embedding import prepare_upsert, request_items
 from service.schemas import (
     CollectionCreate,
     CollectionInfo,
@@ -130,17 +129,12 @@ async def upsert_items(
         raise InvalidInput("items is empty")
     if len(items) > settings.max_batch:
         raise LimitExceeded(f"{len(items)} items in one request; the limit is {settings.max_batch} (ERS_MAX_BATCH)")
-    for item in items:
-        vector = item.get("vector")
-        dim = collection.dim_for(item.get("encoder_version") or collection.config.encoder)  # per encoder version
-        if vector is not None and len(vector) != dim:
-            raise InvalidInput(f"item '{item['id']}': vector has dimension {len(vector)}, collection expects {dim}")
-    prepared = await prepare_items(collection, hub, settings, items)
-    n = 0
-    if prepared.ids:
-        sources = kept_sources_of(collection, items, prepared.ids, prepared.versions)
+    prepared = await prepare_upsert(collection, hub, settings, request_items(items))
+    rows, n = prepared.rows, 0
+    if rows.ids:
+        sources = rows.sources if collection.sources is not None else None
         n = await anyio.to_thread.run_sync(
-            lambda: collection.upsert(prepared.ids, prepared.vectors, prepared.payloads, prepared.versions, sources)
+            lambda: collection.upsert(rows.ids, rows.vectors, rows.payloads, rows.versions, sources)
         )
     return {"upserted": n, **({"skipped": prepared.skipped} if prepared.skipped else {})}
 

@@ -10,8 +10,9 @@ from fastapi import APIRouter
 
 from indexer.clustering import cluster_by_distance
 from indexer.errors import InvalidInput, LimitExceeded
+from indexer.ingest import encoder_input
 from service.deps import CollectionDep, HubDep, SettingsDep
-from service.inputs import bound_encoder, query_vector, raw_input
+from service.runtime.embedding import bound_encoder, query_vector
 from service.schemas import (
     ClusterRequest,
     ClusterResponse,
@@ -34,13 +35,10 @@ async def embed(body: EmbedRequest, hub: HubDep, settings: SettingsDep) -> dict[
     modality = spec.modality
     values = []
     for i, x in enumerate(body.inputs):
-        if isinstance(x, dict):
-            values.append(raw_input(None, None, modality, f"input {i}", settings, record=x))
-        elif modality == "record":
+        if not isinstance(x, dict) and modality == "record":
             raise InvalidInput(f"input {i}: this encoder takes records (JSON objects), not strings")
-        else:
-            text, image = (x, None) if modality == "text" else (None, x)
-            values.append(raw_input(text, image, modality, f"input {i}", settings))
+        kind = "record" if isinstance(x, dict) else "text" if modality == "text" else "image"
+        values.append(encoder_input(kind, x, modality, settings.max_image_pixels, f"input {i}"))
     results = await hub.embed(body.encoder, values)
     vectors = np.concatenate([r.vectors for r in results]) if results else np.zeros((0, spec.dim))
     out: dict[str, Any] = {"encoder": spec.key, "dim": spec.dim, "vectors": vectors.tolist()}

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from indexer.errors import StoreUnavailable
+from indexer.store.base import unreachable_reason
 from service.deps import ManagerDep, require_api_key
 
 router = APIRouter(tags=["health"])
@@ -20,10 +20,10 @@ def healthz() -> dict[str, Any]:
 
 @router.get("/readyz")
 def readyz(manager: ManagerDep) -> JSONResponse:
-    try:
-        manager.store.ping()
-    except StoreUnavailable as exc:
-        return JSONResponse({"status": "unavailable", "reason": exc.message}, status_code=503)
+    # not ready is an answer of this probe, not an error: the body says why
+    reason = unreachable_reason(manager.store)
+    if reason is not None:
+        return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
     return JSONResponse({"status": "ready", "collections": len(manager.list())})
 
 

@@ -7,6 +7,9 @@
   — returns to the previous query encoder.
 - ``GET /v1/collections/{name}/migrations``: the active encoder and the history, each with its reports.
 - ``PUT|GET|DELETE /v1/collections/{name}/eval-set``: the labelled inputs the gate uses.
+
+The upgrade domain is ``indexer.upgrade``: these handlers only translate HTTP to its calls, and its
+errors reach HTTP through ``service/errors.py``.
 """
 
 from __future__ import annotations
@@ -19,15 +22,8 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from indexer.errors import InvalidInput
-from models.core.encoder import Encoder
-from service.backfill import check_backfill, migrate_with_backfill
-from service.deps import CollectionDep, HubDep, MigrationsDep, RunnerDep
-from service.migrations import (
-    EVAL_NAMESPACE,
-    EvalSet,
-    describe_eval_set,
-    put_eval_set,
-)
+from indexer.upgrade.eval_set import EvalSet
+from service.deps import CollectionDep, MigrationsDep
 
 router = APIRouter(prefix="/v1/collections", tags=["migrations"])
 
@@ -51,69 +47,44 @@ class MigrationCreate(BaseModel):
 
 
 @router.post("/{name}/migrations", status_code=201)
-async def create_migration(
-    body: MigrationCreate, collection: CollectionDep, hub: HubDep, migrations: MigrationsDep, runner: RunnerDep
-) -> Any:
-    stop = partial(runner.cancel_backfills, collection.name)
+async def create_migration(body: MigrationCreate, collection: CollectionDep, migrations: MigrationsDep) -> Any:
     if body.rollback:
         if body.to is not None:
             raise InvalidInput("give either 'to' or 'rollback', not both")
-        entry = await anyio.to_thread.run_sync(migrations.rollback, collection, stop)
-        return {"migration": entry, "active": collection.config.encoder}
-    if body.to is None:
+        entry = await anyio.to_thread.run_sync(migrations.rollback, collection)
+    elif body.to is None:
         raise InvalidInput("give 'to' (name@version of the new encoder) or 'rollback': true")
-    if body.backfill == "background":
-        check_backfill(collection)  # before loading models or running the gate
-    new = await anyio.to_thread.run_sync(hub.get, body.to)  # 422 naming `ers zoo pull` when missing
-    eval_set = EvalSet(body.eval.inputs, body.eval.labels, "request") if body.eval is not None else None
-    old: dict[str, Encoder] = {}
-    has_data = eval_set is not None or migrations.store.get_doc(EVAL_NAMESPACE, collection.name) is not None
-    if has_data:
-        versions = set(migrations.gallery_versions(collection)) | {collection.config.encoder or ""}
-        for version in sorted(v for v in versions if v and v != body.to and migrations.compat.spec(v) is not None):
-            old[version] = await anyio.to_thread.run_sync(hub.get, version)
-    to = body.to
-
-    def migrate(job: str | None) -> dict[str, Any]:
-        stop_others = partial(runner.cancel_backfills, collection.name, job)
-        return migrations.migrate(collection, to, new, old, body.force, body.backfill, eval_set, job, stop_others)
-
-    if body.backfill == "background":
-        entry = await anyio.to_thread.run_sync(lambda: migrate_with_backfill(runner, collection, to, migrate))
     else:
-        entry = await anyio.to_thread.run_sync(migrate, None)
+        eval_set = EvalSet(body.eval.inputs, body.eval.labels, "request") if body.eval is not None else None
+        migrate = partial(
+            migrations.migrate, collection, body.to, force=body.force, backfill=body.backfill, eval_set=eval_set
+        )
+        entry = await anyio.to_thread.run_sync(migrate)  # loads models and runs the gate: blocking
     return {"migration": entry, "active": collection.config.encoder}
 
 
 @router.post("/{name}/migrations/rollback", status_code=201)
-async def rollback(collection: CollectionDep, migrations: MigrationsDep, runner: RunnerDep) -> Any:
-    stop = partial(runner.cancel_backfills, collection.name)
-    entry = await anyio.to_thread.run_sync(migrations.rollback, collection, stop)
+async def rollback(collection: CollectionDep, migrations: MigrationsDep) -> Any:
+    entry = await anyio.to_thread.run_sync(migrations.rollback, collection)
     return {"migration": entry, "active": collection.config.encoder}
 
 
 @router.get("/{name}/migrations")
-def list_migrations(collection: CollectionDep) -> dict[str, Any]:
-    return {
-        "active": collection.config.encoder,
-        "dim": collection.config.dim,
-        "versions": {str(k): v for k, v in collection.version_counts().items()},
-        "segments": collection.stats()["segments"],  # one index per encoder version
-        "history": collection.state.history,
-    }
+def list_migrations(collection: CollectionDep, migrations: MigrationsDep) -> dict[str, Any]:
+    return migrations.status(collection)
 
 
 @router.put("/{name}/eval-set")
 def put_eval(body: EvalSetIn, collection: CollectionDep, migrations: MigrationsDep) -> dict[str, Any]:
-    return put_eval_set(migrations.store, collection.name, body.inputs, body.labels)
+    return migrations.put_eval_set(collection, body.inputs, body.labels)
 
 
 @router.get("/{name}/eval-set")
 def get_eval(collection: CollectionDep, migrations: MigrationsDep) -> dict[str, Any]:
-    return describe_eval_set(migrations.store, collection.name)
+    return migrations.describe_eval_set(collection)
 
 
 @router.delete("/{name}/eval-set", status_code=204)
 def delete_eval(collection: CollectionDep, migrations: MigrationsDep) -> Response:
-    migrations.store.delete_doc(EVAL_NAMESPACE, collection.name)
+    migrations.delete_eval_set(collection)
     return Response(status_code=204)

@@ -27,7 +27,7 @@ from indexer.collection import Collection, Hit
 from indexer.errors import InvalidInput, LimitExceeded
 from indexer.validation import as_matrix
 from service.deps import CollectionDep, HubDep, SearchBatcherDep, SettingsDep
-from service.inputs import query_vector
+from service.runtime.embedding import query_vector
 from service.runtime.encoders import EncoderHub
 from service.runtime.search_batcher import SearchBatcher, filter_key
 from service.schemas import BatchSearchRequest, BatchSearchResponse, SearchRequest, SearchResponse

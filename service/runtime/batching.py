@@ -22,11 +22,16 @@ import anyio.to_thread
 import numpy as np
 
 from models.core.encoder import Batch, Encoder, network_inputs
+from service.runtime.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
 
-class QueueFull(Exception):
+class QueueFull(ServiceError):
+    """The encoder's queue is full: the request is answered at once (429) rather than queued forever."""
+
+    code = "overloaded"
+
     def __init__(self, encoder: str, retry_after: float) -> None:
         super().__init__(f"encoder {encoder} is overloaded: its queue is full; retry after {retry_after:.1f} s")
         self.retry_after = retry_after

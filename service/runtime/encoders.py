@@ -1,17 +1,21 @@
-"""Encoders served by this process: loaded once at start-up with a warm-up, batched, cached."""
+"""Encoders served by this process: loaded once at start-up with a warm-up, batched, cached.
+
+Which inputs failed and how a batch's output splits into per-input results (faces with their boxes)
+is the ingest path's (``indexer.ingest``), so the API's vectors and a job's are made the same way.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-import numpy as np
 
+from indexer.ingest import Embedded, merge, preprocess_each, split_output
 from models.core.backends import set_torch_threads
 from models.core.encoder import Encoder
 from models.core.errors import ArtifactError, EncoderNotFound
@@ -22,14 +26,6 @@ from service.runtime.batching import DynamicBatcher
 from service.runtime.cache import EmbeddingCache, input_key
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Embedded:
-    """The vectors one input produced: one row, or one per detected face."""
-
-    vectors: np.ndarray
-    faces: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -110,8 +106,9 @@ class EncoderHub:
         for batcher in self.batchers.values():
             await batcher.stop()
 
-    async def embed(self, key: str, inputs: Sequence[Any]) -> list[Embedded]:
-        """Vectors for each input; preprocessing errors are raised for this request only."""
+    async def embed(self, key: str, inputs: Sequence[Any], each: bool = False) -> list[Embedded]:
+        """One result per input. A preprocessing error fails the whole call (a query, ``/v1/embed``),
+        or with ``each`` only its own input: the others are encoded and it carries its ``error``."""
         encoder = await anyio.to_thread.run_sync(self.get, key)
         single = encoder.spec.modality != "face"
         keys = [input_key(key, x) for x in inputs] if self.cache is not None and single else []
@@ -119,28 +116,25 @@ class EncoderHub:
         todo = [i for i, v in enumerate(cached) if v is None]
         out: list[Embedded | None] = [Embedded(v[None, :]) if v is not None else None for v in cached]
         if todo:
-            fresh = await self._compute(key, encoder, [inputs[i] for i in todo])
+            fresh = await self._compute(key, encoder, [inputs[i] for i in todo], each)
             for i, emb in zip(todo, fresh, strict=True):
                 out[i] = emb
             if keys and self.cache is not None:
-                self.cache.put_many({keys[i]: emb.vectors[0] for i, emb in zip(todo, fresh, strict=True)})
+                done = zip(todo, fresh, strict=True)
+                self.cache.put_many({keys[i]: emb.vectors[0] for i, emb in done if emb.error is None})
         return [e for e in out if e is not None]
 
-    async def _compute(self, key: str, encoder: Encoder, inputs: Sequence[Any]) -> list[Embedded]:
-        batch = await anyio.to_thread.run_sync(encoder.preprocess, inputs)
+    async def _compute(self, key: str, encoder: Encoder, inputs: Sequence[Any], each: bool) -> list[Embedded]:
+        good, errors = list(range(len(inputs))), dict[int, Exception]()
+        if each:  # an upsert: the inputs that fail alone are left out, the others encoded
+            good, found, errors = await anyio.to_thread.run_sync(preprocess_each, encoder, inputs)
+            if found is None:
+                return merge(len(inputs), [], [], errors)
+            batch = found
+        else:  # a query or /v1/embed: the first error answers the request
+            batch = await anyio.to_thread.run_sync(encoder.preprocess, inputs)
         if self.options.batching:
             raw = await self._batcher(key, encoder).forward(batch)
         else:
             raw = await anyio.to_thread.run_sync(encoder.forward, batch)
-        vectors = encoder.postprocess(raw, batch)
-        if "_owner" not in batch:
-            return [Embedded(vectors[i : i + 1]) for i in range(len(inputs))]
-        owners = batch["_owner"]
-        boxes = batch.get("_boxes", np.zeros((len(owners), 4)))
-        scores = batch.get("_scores", np.ones(len(owners)))
-        result = []
-        for i in range(len(inputs)):
-            rows = np.flatnonzero(owners == i)
-            faces = [{"box": [round(float(v), 1) for v in boxes[r]], "score": float(scores[r])} for r in rows]
-            result.append(Embedded(vectors[rows], faces))
-        return result
+        return merge(len(inputs), good, split_output(encoder.postprocess(raw, batch), batch, len(good)), errors)

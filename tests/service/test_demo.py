@@ -63,6 +63,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, zoo_dirs: tuple[Path, Path]) -> No
     assert "top hit unchanged" in out
     assert "grinning face" in out  # the first emoji of the sort order, in the examples table
     assert f"http://127.0.0.1:{port}/docs" in out
+    assert f"web console: http://127.0.0.1:{port}/ui" in out  # printed at the very end, beside the docs
 
 
 def test_emoji_data_without_npm_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

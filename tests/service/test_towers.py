@@ -18,7 +18,7 @@ from models.data.pairs import PairItem, emoji_pairs
 from models.training.recipe import TrainRequest
 from models.training.run import load_config
 from models.training.two_branch import TwoBranchRecipe
-from service.inputs import query_encoder_key
+from service.runtime.embedding import query_encoder_key
 from tests.conftest import install_zoo_model
 from tests.service.conftest import MakeClient
 

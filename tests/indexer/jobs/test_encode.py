@@ -27,12 +27,12 @@ def test_sources_only_for_collections_that_keep_them(tmp_path: Path, zoo_dirs: t
         _, _, wire_target, entries, _ = unpack_task(_wire(pack_task("job", 0, target, items, 1000)))
         assert wire_target == target
         enc = encode_batch(0, entries, wire_target, lambda _k: encoder)
-        assert enc.ids == ["v", "a", "b"] and enc.vectors.shape == (3, encoder.spec.dim)
+        assert enc.ids == ["a", "b", "v"] and enc.vectors.shape == (3, encoder.spec.dim)  # in item order
         _, _, back, _ = unpack_result(_wire(pack_result("job", "1-0", enc, [])))
         np.testing.assert_array_equal(back.vectors, enc.vectors)
         assert back.sources is not None
         kept = [s if s is None else s.to_json() for s in back.sources]
         if keep:
-            assert kept[0] is None and kept[1] is not None and kept[2] is not None  # vectors have no source
+            assert kept[0] is not None and kept[1] is not None and kept[2] is None  # vectors have no source
         else:
             assert kept == [None, None, None]

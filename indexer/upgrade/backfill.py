@@ -1,4 +1,4 @@
-"""Kept sources on upsert, and the background backfill a migration starts (``backfill: "background"``).
+"""The background backfill a migration starts (``backfill: "background"``).
 
 A collection created with ``keep_sources`` keeps the raw input of every item it embeds
 (``indexer.kept_sources``). A migration with ``backfill: "background"`` then stores a backfill job
@@ -7,16 +7,33 @@ runs the job: the items of older versions are re-encoded with the new encoder an
 segment one batch at a time, each still searchable throughout (through the compatible prefix before,
 in full after). Progress: ``GET /v1/jobs/{id}``. A rollback, or another migration, cancels it first;
 the items it already moved keep their new vectors.
+
+The job runner is reached through ``BackfillJobs``, the part of ``indexer.jobs.runner.JobRunner`` a
+migration uses, so that this package does not depend on the jobs package (which runs the job).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from indexer.collection import Collection
-from indexer.jobs.runner import JobRunner
-from service.migrations import MigrationRefused
+from indexer.upgrade.errors import MigrationRefused
+
+
+class BackfillJobs(Protocol):
+    """What a migration asks of the job runner."""
+
+    def prepare_backfill(self, collection: str, to: str) -> str:
+        """Store a queued backfill job without running it; its id."""
+
+    def start_backfill(self, job_id: str) -> dict[str, Any]: ...
+
+    def discard(self, job_id: str) -> None:
+        """Forget a job that never ran (its migration was refused)."""
+
+    def cancel_backfills(self, collection: str, keep: str | None = None) -> list[str]:
+        """Cancel the collection's running backfills but ``keep``; the ids cancelled."""
 
 
 def check_backfill(collection: Collection) -> None:
@@ -29,16 +46,16 @@ def check_backfill(collection: Collection) -> None:
 
 
 def migrate_with_backfill(
-    runner: JobRunner, collection: Collection, to: str, migrate: Callable[[str | None], dict[str, Any]]
+    jobs: BackfillJobs, collection: Collection, to: str, migrate: Callable[[str | None], dict[str, Any]]
 ) -> dict[str, Any]:
-    """Run ``migrate(backfill_job_id)``; with a job id, the job is stored before the switch (so the
-    history entry can name it) and started after it — or forgotten when the migration is refused."""
+    """Run ``migrate(backfill_job_id)``: the job is stored before the switch (so the history entry
+    can name it) and started after it — or forgotten when the migration is refused."""
     check_backfill(collection)
-    job_id = runner.prepare_backfill(collection.name, to)
+    job_id = jobs.prepare_backfill(collection.name, to)
     try:
         entry = migrate(job_id)
     except BaseException:
-        runner.discard(job_id)
+        jobs.discard(job_id)
         raise
-    runner.start_backfill(job_id)
+    jobs.start_backfill(job_id)
     return entry

@@ -1,0 +1,175 @@
+"""Thumbnails: a small JPEG of each image item, so the web console (``/ui``) can show a grid of results.
+
+The source image of an item is not kept (unless the collection keeps sources), so the thumbnail is
+made when the item is written: ``Thumbnails.of(collection.directory).put_many(ids, images)`` with the
+upserted row ids and, per row, the image bytes it was embedded from (None for a row that came from a
+text, a record or a client's vector: that drops a stale thumbnail of the id). A face collection's rows
+``{id}#face{n}`` each get their whole source photo, so the console can draw every face box on it.
+
+One file per item under ``<collection dir>/thumbs/<hh>/<sha256 of the id>``: a JSON header line (id,
+the source image's width and height after EXIF orientation — the pixel space of a face payload's
+``face.box`` — and the sha256 and length of the JPEG) followed by the JPEG. Only the id's hash names
+a file (ids are client strings); the header's id and digest are checked on read, so a torn or foreign
+file reads as missing. A batch is published at once by ``models.core.durable.publish_files`` (each
+file replaced atomically, each touched directory synced once). Deleting the collection directory
+deletes them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from indexer.errors import NotFoundError
+from indexer.ingest import decode_base64_image
+from models.core.durable import FileData, publish_files
+from models.core.errors import ModelError
+from models.core.images import DEFAULT_MAX_PIXELS, check_image
+
+THUMBS_DIR = "thumbs"
+THUMBNAIL_SIZE = 160  # longest side in pixels: sharp in the console's 150 px grid cells
+JPEG_QUALITY = 82
+ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+EXIF_ORIENTATION = 0x0112
+
+
+class ThumbnailNotFound(NotFoundError):
+    code = "thumbnail_not_found"
+
+    def __init__(self, collection: str, item_id: str) -> None:
+        super().__init__(f"item '{item_id}' of collection '{collection}' has no thumbnail (it is not an image item, "
+                         "or it was written before thumbnails were kept)")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    jpeg: bytes
+    source_width: int  # the source image's size after EXIF orientation: face boxes are in these pixels
+    source_height: int
+
+
+def _on_white(image: Any) -> Any:
+    """RGB with transparency composited onto white, as the encoders see it (emoji PNGs are transparent)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def make_thumbnail(
+    image: bytes, size: int = THUMBNAIL_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Thumbnail | None:
+    """A JPEG at most ``size`` pixels on its longest side; None when the bytes are not an accepted image
+    (a thumbnail is never a reason to refuse an item the encoder took)."""
+    try:
+        check_image(image, max_pixels)  # format allow-list and pixel limit from the header
+        with Image.open(io.BytesIO(image)) as opened:
+            width, height = opened.size
+            if opened.getexif().get(EXIF_ORIENTATION) in ROTATED:
+                width, height = height, width
+            opened.draft("RGB", (size, size))  # JPEG: decode at a reduced scale (a 12 MP photo in ~10 ms)
+            picture = _on_white(ImageOps.exif_transpose(opened))
+        picture.thumbnail((size, size), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        picture.save(out, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    except (ModelError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return Thumbnail(out.getvalue(), width, height)
+
+
+def row_images(
+    items: Sequence[Mapping[str, Any]], ids: Sequence[str], payloads: Sequence[Mapping[str, Any] | None]
+) -> list[bytes | None]:
+    """Per upserted row, the image it was embedded from, for ``Thumbnails.put_many``: the item's ``image``
+    (bytes from a multipart upload, or base64 as the JSON API takes it); a face row ``{id}#face{n}``
+    takes its source item's (``payload["source_id"]``); None for every other row."""
+    by_id = {item["id"]: item for item in items}  # the last occurrence wins, as in the upsert itself
+    out: list[bytes | None] = []
+    for row_id, payload in zip(ids, payloads, strict=True):
+        item = by_id.get(row_id)
+        if item is None and payload is not None and isinstance(payload.get("face"), dict):
+            item = by_id.get(str(payload.get("source_id")))
+        image = None if item is None else item.get("image")
+        if image is None:
+            out.append(None)
+        elif isinstance(image, bytes):
+            out.append(image)
+        else:
+            out.append(decode_base64_image(str(image), f"item '{row_id}'"))
+    return out
+
+
+class Thumbnails:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @classmethod
+    def of(cls, collection_dir: Path) -> Thumbnails:
+        """The thumbnails of the collection whose directory is ``collection_dir`` (``Collection.directory``)."""
+        return cls(collection_dir / THUMBS_DIR)
+
+    def path_of(self, item_id: str) -> Path:
+        digest = hashlib.sha256(item_id.encode("utf-8")).hexdigest()
+        return self.directory / digest[:2] / digest
+
+    def put_many(self, ids: Sequence[str], images: Sequence[bytes | None]) -> int:
+        """Make and keep a thumbnail of ``images[i]`` for ``ids[i]``; None (or bytes that are not an image)
+        drops the id's thumbnail. One image shared by several rows (a photo's faces) is decoded once.
+        Returns how many thumbnails were written."""
+        made: dict[bytes, Thumbnail | None] = {}
+        thumbnails: list[Thumbnail | None] = []
+        for image in images:
+            if image is None:
+                thumbnails.append(None)
+                continue
+            if image not in made:
+                made[image] = make_thumbnail(image)
+            thumbnails.append(made[image])
+        self.write_many(ids, thumbnails)
+        return sum(t is not None for t in thumbnails)
+
+    def write_many(self, ids: Sequence[str], thumbnails: Sequence[Thumbnail | None]) -> None:
+        """Keep ``thumbnails[i]`` (made elsewhere, e.g. by a job's worker) for ``ids[i]`` durably; None drops it."""
+        if len(ids) != len(thumbnails):
+            raise ValueError(f"{len(ids)} ids but {len(thumbnails)} thumbnails")
+        changes: list[tuple[Path, FileData | None]] = []
+        for item_id, thumbnail in zip(ids, thumbnails, strict=True):
+            if thumbnail is None:
+                changes.append((self.path_of(item_id), None))
+                continue
+            header = {"id": item_id, "width": thumbnail.source_width, "height": thumbnail.source_height,
+                      "sha256": hashlib.sha256(thumbnail.jpeg).hexdigest(), "bytes": len(thumbnail.jpeg)}  # fmt: skip
+            changes.append((self.path_of(item_id), (json.dumps(header).encode() + b"\n", thumbnail.jpeg)))
+        publish_files(changes)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        self.write_many(ids, [None] * len(ids))
+
+    def get(self, item_id: str) -> Thumbnail | None:
+        """The thumbnail of ``item_id``; None when there is none (or its file is not intact)."""
+        try:
+            raw = self.path_of(item_id).read_bytes()
+        except FileNotFoundError:
+            return None
+        head, sep, jpeg = raw.partition(b"\n")
+        try:
+            header = json.loads(head) if sep else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+        if (
+            not isinstance(header, dict)
+            or header.get("id") != item_id
+            or header.get("bytes") != len(jpeg)
+            or header.get("sha256") != hashlib.sha256(jpeg).hexdigest()
+            or not isinstance(header.get("width"), int)
+            or not isinstance(header.get("height"), int)
+        ):
+            return None
+        return Thumbnail(jpeg, header["width"], header["height"])

@@ -1,0 +1,214 @@
+"""Backward-compatible upgrades of a collection's encoder: the spec check and the compatibility gate
+(``indexer.upgrade.gate``), the atomic switch of the query encoder, rollback and the durable history.
+
+``Migrations.migrate`` runs, in order:
+
+1. refuse unless the new model is compatible *by spec* with every encoder version in the gallery
+   (``compatible_with`` followed transitively; its prefix must be exactly that version's width);
+2. the gate: the BCT compatibility report (``models.compat.report``) of the new model against each
+   version in the gallery, on the collection's labelled evaluation set (``PUT .../eval-set``, or one
+   sent with the request); without one, a report in the new model's card against the active
+   encoder. Refuse when the criterion M(new, old) > M(old, old) fails — unless ``force``;
+3. switch the active query encoder (``Collection.set_active_encoder``: one atomic store write;
+   searches already running finish on the encoder they started with; new writes use the new one).
+
+With ``backfill: "background"`` a backfill job is stored before the switch and started after it
+(``indexer.upgrade.backfill``). Rollback returns to the encoder the last effective migration came
+from. Every switch is appended to the history, with its reports, in the collection's encoder-state
+document in the metadata store. The service builds one ``Migrations`` at start-up.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from indexer.collection import Collection
+from indexer.errors import InvalidInput
+from indexer.store.base import MetadataStore
+from indexer.upgrade import eval_set as eval_sets
+from indexer.upgrade.backfill import BackfillJobs, check_backfill, migrate_with_backfill
+from indexer.upgrade.compat import SpecCompat
+from indexer.upgrade.errors import MigrationRefused
+from indexer.upgrade.eval_set import EvalSet
+from indexer.upgrade.gate import (
+    EncoderGetter,
+    describe_failures,
+    gallery_versions,
+    gate_failures,
+    gate_reports,
+    spec_incompatibilities,
+)
+from models.core.encoder import Encoder
+
+Backfill = Literal["none", "background"]
+
+
+class Migrations:
+    """Runs migrations and rollbacks of the collections of one server (one at a time per collection),
+    and keeps their evaluation sets. ``get_encoder`` loads installed models (the service's encoder
+    hub); ``jobs`` stores, starts and cancels background backfills (the service's job runner)."""
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        compat: SpecCompat,
+        models_dir: Path,
+        get_encoder: EncoderGetter,
+        jobs: BackfillJobs,
+    ) -> None:
+        self.store = store
+        self.compat = compat
+        self.models_dir = models_dir
+        self.get_encoder = get_encoder
+        self.jobs = jobs
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    # -- migrate / rollback (blocking: the service runs them in a worker thread) -------------
+    def migrate(
+        self,
+        collection: Collection,
+        to: str,
+        *,
+        force: bool = False,
+        backfill: Backfill = "none",
+        eval_set: EvalSet | None = None,
+    ) -> dict[str, Any]:
+        """Check, gate and switch to ``to``; the history entry (with its reports). ``eval_set``: data
+        for this gate only (else the collection's stored one)."""
+        if backfill == "background":
+            check_backfill(collection)  # before loading models or running the gate
+        new_encoder = self.get_encoder(to)  # EncoderNotFound (422) names `ers zoo pull` when missing
+        switch = partial(self._switch, collection, to, new_encoder, force, backfill, eval_set)
+        if backfill == "background":
+            return migrate_with_backfill(self.jobs, collection, to, switch)
+        return switch(None)
+
+    def _switch(
+        self,
+        collection: Collection,
+        to: str,
+        new_encoder: Encoder,
+        force: bool,
+        backfill: Backfill,
+        eval_set: EvalSet | None,
+        backfill_job: str | None,
+    ) -> dict[str, Any]:
+        """``backfill_job``: the background backfill job that starts after the switch; the
+        collection's other running backfills are cancelled just before it (their ids go in the entry)."""
+        with self._lock(collection.name):
+            active = collection.config.encoder
+            if active is None:
+                raise InvalidInput(f"collection '{collection.name}' has no encoder: nothing to migrate from")
+            if to == active:
+                raise InvalidInput(f"collection '{collection.name}' already serves {to}")
+            old_spec = self.compat.spec(active)
+            if old_spec is not None and old_spec.modality != new_encoder.spec.modality:
+                raise MigrationRefused(f"{to} takes {new_encoder.spec.modality} input; {active} takes "
+                                       f"{old_spec.modality}")  # fmt: skip
+            reasons = spec_incompatibilities(self.compat, collection, to)
+            if reasons:
+                raise MigrationRefused(
+                    f"refusing to migrate '{collection.name}' to {to}: it is not compatible by spec with "
+                    + "; ".join(reasons) + ". Re-embed into a new collection instead, or train the new model "
+                    "with --compatible-with (BCT/BT²/OCA)."
+                )  # fmt: skip
+            if eval_set is None:
+                eval_set = eval_sets.stored_eval_set(self.store, collection.name)
+            reports, gate = gate_reports(
+                self.compat, self.models_dir, collection, to, new_encoder, self.get_encoder, eval_set
+            )
+            failed = gate_failures(reports)
+            if gate == "missing" and not force:
+                raise MigrationRefused(
+                    f"no evaluation set to check {to} against {active}: PUT /v1/collections/{collection.name}"
+                    "/eval-set (labelled inputs), send one with the migration, or pass force to skip the gate"
+                )
+            if failed and not force:
+                raise MigrationRefused(
+                    f"compatibility gate failed for {to} ({describe_failures(reports, failed)}); "
+                    "pass force to migrate anyway"
+                )
+            forced = bool(force and (failed or gate == "missing"))
+            entry: dict[str, Any] = {
+                "id": len(collection.state.history) + 1,
+                "kind": "migrate",
+                "from": active,
+                "to": to,
+                "at": time.time(),
+                "forced": forced,
+                "gate": "forced" if forced else "passed",
+                "eval_source": gate,
+                "reports": reports,
+                "backfill": backfill,
+                **({"backfill_job": backfill_job} if backfill_job else {}),
+            }
+            entry["cancelled_backfills"] = self.jobs.cancel_backfills(collection.name, backfill_job)
+            collection.set_active_encoder(to, new_encoder.spec.dim, entry)
+            return entry
+
+    def rollback(self, collection: Collection) -> dict[str, Any]:
+        """Back to the encoder the last effective migration came from. A background backfill still
+        running is cancelled first; the items it moved keep their new vectors and are listed in
+        ``unsearchable`` like any other item the old encoder cannot compare with."""
+        with self._lock(collection.name):
+            stack: list[str] = []
+            for entry in collection.state.history:
+                if entry.get("kind") == "migrate":
+                    stack.append(entry["from"])
+                elif entry.get("kind") == "rollback" and stack:
+                    stack.pop()
+            if not stack:
+                raise InvalidInput(f"collection '{collection.name}' has no migration to roll back")
+            target, active = stack[-1], collection.config.encoder
+            dim = self.compat.dim_of(target) or collection.dim_for(target)
+            # first: items a backfill moves from now on would be missing from the count below (a batch
+            # being written at this moment may still land; none can after the switch)
+            cancelled = self.jobs.cancel_backfills(collection.name)
+            lost = {
+                v: n
+                for v, n in gallery_versions(collection).items()
+                if self.compat.prefix(target, dim, v, collection.dim_for(v)) is None
+            }
+            entry = {
+                "id": len(collection.state.history) + 1,
+                "kind": "rollback",
+                "from": active,
+                "to": target,
+                "at": time.time(),
+                # items of these versions cannot be compared with the old encoder's queries: they stay
+                # stored, but are not found until a migration forward again (or a re-embed with it)
+                "unsearchable": lost,
+                "cancelled_backfills": cancelled,
+            }
+            collection.set_active_encoder(target, dim, entry)
+            return entry
+
+    @staticmethod
+    def status(collection: Collection) -> dict[str, Any]:
+        """The active encoder, the items per version and the history, each entry with its reports."""
+        return {
+            "active": collection.config.encoder,
+            "dim": collection.config.dim,
+            "versions": {str(k): v for k, v in collection.version_counts().items()},
+            "segments": collection.stats()["segments"],  # one index per encoder version
+            "history": collection.state.history,
+        }
+
+    # -- the collection's evaluation set (indexer.upgrade.eval_set) --------------------------
+    def put_eval_set(self, collection: Collection, inputs: list[Any], labels: list[Any]) -> dict[str, Any]:
+        return eval_sets.put_eval_set(self.store, collection.name, inputs, labels)
+
+    def describe_eval_set(self, collection: Collection) -> dict[str, Any]:
+        return eval_sets.describe_eval_set(self.store, collection.name)
+
+    def delete_eval_set(self, collection: Collection) -> None:
+        eval_sets.delete_eval_set(self.store, collection.name)

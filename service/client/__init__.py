@@ -1,0 +1,90 @@
+"""A typed Python client of ERS REST API v1, blocking (``ERSClient``) or asyncio (``AsyncERSClient``).
+
+    from service.client import ERSClient, NewItem, NotFound
+
+It needs only httpx and pydantic: nothing of the server (no FastAPI, FAISS or torch) is imported.
+"""
+
+from service.client.aio import AsyncERSClient
+from service.client.errors import (
+    Conflict,
+    ERSClientError,
+    ERSConnectionError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    RetryableError,
+    ServerError,
+    Unauthorized,
+    Unavailable,
+)
+from service.client.inputs import NewItem, Query, Upload
+from service.client.sync import ERSClient
+from service.client.types import (
+    BatchSearchResult,
+    Cluster,
+    Clusters,
+    Collection,
+    CompatReport,
+    Embeddings,
+    EvalSetInfo,
+    Face,
+    Health,
+    Hit,
+    Item,
+    Job,
+    JobError,
+    JobSource,
+    Migration,
+    MigrationHistory,
+    MigrationResult,
+    SearchResult,
+    Segment,
+    Skipped,
+    UpsertResult,
+    Verification,
+)
+
+__all__ = [
+    "AsyncERSClient",
+    "BatchSearchResult",
+    "Cluster",
+    "Clusters",
+    "Collection",
+    "CompatReport",
+    "Conflict",
+    "ERSClient",
+    "ERSClientError",
+    "ERSConnectionError",
+    "Embeddings",
+    "EvalSetInfo",
+    "Face",
+    "Forbidden",
+    "Health",
+    "Hit",
+    "InvalidRequest",
+    "Item",
+    "Job",
+    "JobError",
+    "JobSource",
+    "Migration",
+    "MigrationHistory",
+    "MigrationResult",
+    "NewItem",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "Query",
+    "RetryableError",
+    "SearchResult",
+    "Segment",
+    "ServerError",
+    "Skipped",
+    "Unauthorized",
+    "Unavailable",
+    "Upload",
+    "UpsertResult",
+    "Verification",
+]

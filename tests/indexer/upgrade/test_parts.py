@@ -1,0 +1,73 @@
+"""The parts a migration is built from: spec compatibility, the evaluation set, the card report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from indexer.errors import InvalidInput, LimitExceeded
+from indexer.store.sqlite import SqliteStore
+from indexer.upgrade.compat import SpecCompat
+from indexer.upgrade.eval_set import (
+    MAX_EVAL_ITEMS,
+    check_eval_set,
+    delete_eval_set,
+    describe_eval_set,
+    put_eval_set,
+    stored_eval_set,
+)
+from indexer.upgrade.gate import card_report
+from tests.indexer.upgrade.conftest import LABELS, OTHER, TEXTS, V1, V2, WIDTH, write_models
+
+
+def test_spec_compat_follows_the_installed_specs(tmp_path: Path) -> None:
+    write_models(tmp_path)
+    compat = SpecCompat(tmp_path)
+    assert compat.chain(V2, V1) == WIDTH and compat.chain(V1, V2) is None and compat.chain(OTHER, V1) is None
+    assert compat.prefix(V2, WIDTH + 8, V1, WIDTH) == WIDTH  # the compatible prefix
+    assert compat.prefix(V1, WIDTH, V2, WIDTH + 8) is None  # an old query never meets newer vectors
+    assert compat.prefix(V1, WIDTH, V1, WIDTH) == WIDTH
+    # versions without a spec are client labels: compared only at equal width
+    assert compat.prefix("mine@1", 4, "mine@2", 4) == 4 and compat.prefix("mine@1", 4, V1, WIDTH) is None
+    assert compat.dim_of(V2) == WIDTH + 8 and compat.dim_of("mine@1") is None and compat.spec("nope@1") is None
+
+
+@pytest.mark.parametrize(
+    ("inputs", "labels", "error", "message"),
+    [
+        (["a", "b"], ["x"], InvalidInput, "2 inputs but 1 labels"),
+        (["a"], ["x"], InvalidInput, "at least 2"),
+        (["a", "b"], ["x", "y"], InvalidInput, "no label occurs twice"),
+        (["a"] * (MAX_EVAL_ITEMS + 1), ["x"] * (MAX_EVAL_ITEMS + 1), LimitExceeded, "at most"),
+    ],
+)
+def test_bad_eval_sets_are_refused(inputs: list[str], labels: list[str], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        check_eval_set(inputs, labels)
+
+
+def test_eval_set_round_trip(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "meta.sqlite3")
+    try:
+        assert describe_eval_set(store, "c") == {"size": 0, "labels": 0} and stored_eval_set(store, "c") is None
+        described = put_eval_set(store, "c", TEXTS, LABELS)
+        assert (described["size"], described["labels"]) == (len(TEXTS), 4)
+        stored = stored_eval_set(store, "c")
+        assert stored is not None and (stored.inputs, stored.labels, stored.source) == (TEXTS, LABELS, "collection")
+        delete_eval_set(store, "c")
+        assert stored_eval_set(store, "c") is None
+    finally:
+        store.close()
+
+
+def test_card_report_is_found_in_the_card_or_two_levels_down(tmp_path: Path) -> None:
+    report = {"old": V1, "new": V2, "criterion_met": False}
+    (tmp_path / V2).mkdir()
+    assert card_report(tmp_path, V2, V1) is None  # no card
+    (tmp_path / V2 / "metrics.json").write_text(json.dumps({"eval": {"compat": report}, "top1": 0.5}))
+    assert card_report(tmp_path, V2, V1) == report
+    assert card_report(tmp_path, V2, OTHER) is None  # a report against another model does not count
+    (tmp_path / V2 / "metrics.json").write_text("{not json")
+    assert card_report(tmp_path, V2, V1) is None
