@@ -14,6 +14,7 @@ from indexer.collection import Collection
 from indexer.jobs.runner import JobRunner
 from indexer.manager import CollectionManager
 from indexer.upgrade.migrations import Migrations
+from service.metrics import Metrics
 from service.runtime.encoders import EncoderHub
 from service.runtime.search_batcher import SearchBatcher
 from service.settings import Settings
@@ -41,6 +42,14 @@ async def get_hub(request: Request) -> EncoderHub:
 
 
 HubDep = Annotated[EncoderHub, Depends(get_hub)]
+
+
+async def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 async def get_runner(request: Request) -> JobRunner:

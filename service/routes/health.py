@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from indexer.store.base import unreachable_reason
-from service.deps import ManagerDep, require_api_key
+from service.deps import ManagerDep, MetricsDep, require_api_key
 
 router = APIRouter(tags=["health"])
 
@@ -28,7 +28,7 @@ def readyz(manager: ManagerDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_api_key)])
-def metrics(request: Request, manager: ManagerDep) -> PlainTextResponse:
+def metrics(manager: ManagerDep, registry: MetricsDep) -> PlainTextResponse:
     gauges = []
     for c in manager.list():
         gauges.append(("ers_collection_items", "Items per collection.", {"collection": c.name}, float(c.count)))
@@ -40,5 +40,5 @@ def metrics(request: Request, manager: ManagerDep) -> PlainTextResponse:
                 float(c.index.size),
             )
         )
-    text = request.app.state.metrics.render(gauges)
+    text = registry.render(gauges)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
