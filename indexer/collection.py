@@ -12,6 +12,8 @@ applied to each segment whose index has not seen it yet.
 
 from __future__ import annotations
 
+import logging
+import struct
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -22,14 +24,30 @@ import numpy as np
 from indexer import collection_search
 from indexer.collection_replay import ReplayedCollection
 from indexer.collection_search import Hit
-from indexer.errors import CollectionNotFound, InvalidInput, ItemNotFound, LimitExceeded
+from indexer.errors import (
+    CollectionNotFound,
+    CollectionQuarantined,
+    InsufficientStorage,
+    InvalidInput,
+    ItemNotFound,
+    LimitExceeded,
+    LogDamaged,
+)
 from indexer.kept_sources import KeptSource
 from indexer.records import MAX_ITEMS_PER_RECORD, LogRecord, encode
 from indexer.segments import STATE_NAMESPACE, EncoderState
+from indexer.thumbnails import Thumbnail
 from indexer.types import FloatArray, ItemRecord
 from indexer.validation import as_matrix, check_ids
+from indexer.wal import refused_when_disk_full
+from models.core.errors import ERSError
 
 __all__ = ["Collection", "Hit"]
+log = logging.getLogger(__name__)
+# What applying an intact log record raises when the record itself cannot be applied (undecodable,
+# values the maps or the index refuse): the collection is damaged, not the store or the disk.
+UNAPPLICABLE = (LogDamaged, ValueError, TypeError, KeyError, IndexError, OverflowError, RuntimeError,
+                AssertionError, struct.error)  # fmt: skip
 
 
 class Collection(ReplayedCollection):
@@ -44,6 +62,7 @@ class Collection(ReplayedCollection):
         versions: list[str | None] | None = None,
         sources: Sequence[KeptSource | None] | None = None,
         only_moving_to: str | None = None,
+        thumbnails: Sequence[Thumbnail | None] | None = None,
     ) -> int:
         """Durably upsert a batch (all or nothing); returns the number of items written.
 
@@ -52,6 +71,8 @@ class Collection(ReplayedCollection):
         ``only_moving_to`` (background backfill: re-encoded kept sources) writes only the rows whose
         item still exists with another version, decided under the writer lock — a client write or
         delete that came first wins — and refuses once the collection no longer queries with it.
+        ``thumbnails[i]`` is row i's picture for the web console (None drops a stale one); they are
+        written after the log, under the writer lock so the last write of an id keeps its picture.
         """
         check_ids(ids)
         versions = versions or [self.config.encoder] * len(ids)
@@ -74,13 +95,11 @@ class Collection(ReplayedCollection):
         rows = sorted(last.values())
         with self.locks.writing():
             self._check_open()
-            self._catch_up()
+            self._apply_logged()
             if only_moving_to is not None:
                 rows = self._still_to_move(ids, rows, only_moving_to)
                 if not rows:
                     return 0
-            elif self.sources is not None:
-                self.sources.replace([ids[r] for r in rows], [sources[r] if sources else None for r in rows])
             ids = [ids[r] for r in rows]
             record = LogRecord(
                 op="upsert",
@@ -90,11 +109,71 @@ class Collection(ReplayedCollection):
                 versions=[versions[r] for r in rows],
                 vectors=matrix[rows],
             )
-            self.wal.append(encode(record))
-            self._catch_up()
+            data = encode(record)
+            previous = None
+            if self.sources is not None and only_moving_to is None:
+                previous = [self.sources.get(i) for i in ids]
+                with refused_when_disk_full(f"keeping the sources of a write to '{self.name}'"):
+                    self.sources.replace(ids, [sources[r] if sources else None for r in rows])
+            logged_end = self.wal.end_offset
+            try:
+                self._log_and_apply(data)
+            except BaseException:
+                if previous is not None and self.wal.end_offset == logged_end:  # not logged, or withdrawn
+                    self._restore_sources(ids, previous)
+                raise
+            if only_moving_to is None:  # a backfill re-encodes the same input: the picture stands
+                self._keep_thumbnails(ids, [thumbnails[r] for r in rows] if thumbnails is not None else None)
         for segment in list(self.segments.values()):
             segment.policy.after_write(len(ids))
         return len(ids)
+
+    def _keep_thumbnails(self, ids: list[str], thumbnails: list[Thumbnail | None] | None) -> None:
+        """Pictures are derived, cosmetic data: the write is acknowledged whatever happens here (a full
+        disk leaves the item without one, which the console shows as a placeholder)."""
+        if thumbnails is None and not self.thumbnails.directory.exists():
+            return  # a collection that never held an image item: nothing to write or drop
+        try:
+            self.thumbnails.write_many(ids, thumbnails or [None] * len(ids))
+        except (OSError, ERSError) as exc:
+            log.warning("collection %s: thumbnails of %d items not kept: %s", self.name, len(ids), exc)
+
+    def _log_and_apply(self, data: bytes) -> None:
+        """Append one record (the acknowledgement point) and apply it. Caller holds ``locks.writing()``.
+
+        A full disk refuses the write with nothing of it kept: the log cuts a failed append back
+        itself, and a record whose store step was refused without effect is withdrawn from the log.
+        """
+        offset = self.wal.append(data)
+        try:
+            self._apply_logged()
+        except InsufficientStorage:
+            try:
+                if self.store_off == offset and self.store.applied_offset(self.name) == offset:
+                    self.wal.withdraw(offset)  # nothing applied it: the write is undone, as answered
+            except Exception:  # it stays logged and is applied by the next write, as after a store outage
+                log.exception("collection %s: could not withdraw the refused record at %d", self.name, offset)
+            raise
+
+    def _apply_logged(self) -> None:
+        """``_catch_up`` for a write. A full disk or an unreachable store is retried by the next
+        write; a logged record that cannot be applied at all quarantines the collection (503 with
+        the reason, as at start-up) instead of failing every later write with a 500."""
+        try:
+            with refused_when_disk_full(f"applying a write to collection '{self.name}'"):
+                self._catch_up()
+        except UNAPPLICABLE as exc:
+            self.damaged = f"a logged record cannot be applied ({type(exc).__name__}: {exc})"
+            log.exception("collection %s quarantined", self.name)
+            raise CollectionQuarantined(self.name, self.damaged) from exc
+
+    def _restore_sources(self, ids: list[str], previous: list[KeptSource | None]) -> None:
+        """Put back the kept sources a refused write replaced (its vectors were never logged)."""
+        assert self.sources is not None
+        try:
+            self.sources.replace(ids, previous)
+        except OSError:
+            log.exception("collection %s: could not restore the kept sources of a refused write", self.name)
 
     def _still_to_move(self, ids: list[str], rows: list[int], version: str) -> list[int]:
         """Rows whose item exists with a version other than ``version``. Caller holds ``locks.writing()``."""
@@ -112,15 +191,15 @@ class Collection(ReplayedCollection):
         """Durably delete the ids that exist; returns how many did."""
         with self.locks.writing():
             self._check_open()
-            self._catch_up()
+            self._apply_logged()
             present = list(dict.fromkeys(i for i in ids if i in self.id_to_int))
             if not present:
                 return 0
             record = LogRecord("delete", present, [self.id_to_int[i] for i in present], [], [])
-            self.wal.append(encode(record))
-            self._catch_up()
+            self._log_and_apply(encode(record))
             if self.sources is not None:  # after the log: a crash in between leaves only an unused file
                 self.sources.delete(present)
+            self._keep_thumbnails(present, None)
         for segment in list(self.segments.values()):
             segment.policy.after_write(len(present))
         return len(present)
@@ -226,6 +305,8 @@ class Collection(ReplayedCollection):
     def _check_open(self) -> None:
         if self.closed:
             raise CollectionNotFound(self.name)
+        if self.damaged is not None:
+            raise CollectionQuarantined(self.name, self.damaged)
 
     def close(self, snapshot: bool = True) -> None:
         with self.locks.writing():

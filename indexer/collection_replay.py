@@ -38,6 +38,7 @@ from indexer.segments import (
     write_segment_meta,
 )
 from indexer.store.base import MetadataStore
+from indexer.thumbnails import Thumbnails
 from indexer.types import CollectionConfig, ItemRecord
 from indexer.vector_index import VectorIndex
 from indexer.wal import HEADER, WriteAheadLog
@@ -69,19 +70,28 @@ class ReplayedCollection:
         self.versions: dict[int, str | None] = {}
         self.payload_index = PayloadIndex()
         self.closed = False
+        self.deleted = False  # set by the manager's delete, under the writer lock: no more files written
+        # Why the collection stopped serving when a logged record could not be applied (None: it
+        # serves); the manager answers 503 with it, as for a collection quarantined at start-up.
+        self.damaged: str | None = None
         # raw inputs of embedded items, for a background backfill after a migration
         self.sources = KeptSources(directory / SOURCES_DIR) if config.keep_sources else None
+        self.thumbnails = Thumbnails.of(directory)  # the web console's pictures of image items
         directory.mkdir(parents=True, exist_ok=True)
         self.wal = WriteAheadLog(directory / "wal", options.wal_segment_bytes)
-        for item in store.iter_items(self.name):
-            self._map_add(item.id, item.int_id, item.payload, item.encoder_version)
-        self.store_off = store.applied_offset(self.name)
-        self._check_store_matches_log()
         self.segments: dict[str | None, Segment] = {}
-        for key, dim in self._segments_at_start().items():
-            self.segments[key] = self._open_segment(key, dim)
-        with self.locks.writing():
-            self._catch_up()
+        try:
+            for item in store.iter_items(self.name):
+                self._map_add(item.id, item.int_id, item.payload, item.encoder_version)
+            self.store_off = store.applied_offset(self.name)
+            self._check_store_matches_log()
+            for key, dim in self._segments_at_start().items():
+                self.segments[key] = self._open_segment(key, dim)
+            with self.locks.writing():
+                self._catch_up()
+        except BaseException:
+            self.wal.close()  # a collection that cannot be opened holds no file open
+            raise
 
     # -- opening -----------------------------------------------------------------------------
     def _load_state(self) -> EncoderState:
@@ -96,7 +106,8 @@ class ReplayedCollection:
         if self.store_off > self.wal.end_offset:
             raise StoreMismatch(
                 f"collection '{self.name}': the metadata store has applied log offset {self.store_off} but "
-                f"the log in {self.wal.directory} ends at {self.wal.end_offset}; this data directory does not "
+                f"the log in {self.wal.directory} ends at {self.wal.end_offset}; either the log lost records the "
+                "store holds (`ers doctor --repair` rebuilds it from the store) or this data directory does not "
                 "belong to this metadata store (check ERS_DATA_DIR, ERS_REDIS_URL, ERS_REDIS_PREFIX)"
             )
         if self.store_off < self.wal.start_offset:
@@ -204,9 +215,9 @@ class ReplayedCollection:
             end = offset + HEADER.size + len(payload)
             record = decode(payload)
             to_store = offset >= self.store_off
+            born = self._segments_born(offset, record)  # before the store: a failure here applies nothing
             if to_store:
                 self._apply_store(offset, end, record)
-            born = self._segments_born(offset, record)
             with self.locks.mutating():
                 self.segments.update(born)
                 if to_store:

@@ -63,3 +63,33 @@ class StoreMismatch(IndexerError):
     """The metadata store and a collection's log disagree (wrong data directory or wiped store)."""
 
     code = "store_mismatch"
+
+
+class InsufficientStorage(IndexerError):
+    """The disk (or the quota, or Redis's memory) is full: the write was refused and not
+    acknowledged (507). Writes succeed again once space is freed; reads go on meanwhile."""
+
+    code = "insufficient_storage"
+
+
+class CollectionQuarantined(IndexerError):
+    """A collection whose log, snapshot or store record cannot be loaded: it answers 503 with the
+    reason while the other collections serve; ``ers doctor`` reports it and repairs what it can."""
+
+    code = "collection_quarantined"
+    retry_after = 60.0  # waiting does not heal it (an operator must), so ask clients not to hammer
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(
+            f"collection '{name}' is quarantined: {reason} (run `ers doctor` with the server stopped, "
+            "or delete the collection)"
+        )
+        self.reason = reason
+
+
+class LogDamaged(IndexerError):
+    """A write-ahead log holds damage that is not a torn, unacknowledged tail: intact records
+    follow a corrupt one, or an older segment stops short. Raised at open (the collection is
+    quarantined), never dropped silently: cutting there would lose acknowledged writes."""
+
+    code = "log_damaged"

@@ -19,17 +19,27 @@ from collections.abc import Iterator
 from typing import Any
 
 from indexer.errors import InvalidInput
+from indexer.validation import check_json_value
 
 RANGE_OPS = ("gt", "gte", "lt", "lte")
+FILTER_DEPTH = 3  # {field: {"in": [values]}}: the deepest a valid filter goes
 Key = tuple[str, Any]
 
 
 def _typed(value: Any) -> Key | None:
-    """Make 1 == 1.0 but keep True, 1 and "1" apart; None for unindexable values."""
+    """Make 1 == 1.0 but keep True, 1 and "1" apart; None for unindexable values.
+
+    Never raises: it runs on every payload while a collection opens, and a value written before
+    payloads were checked (an integer too big for a float) must not stop the collection opening.
+    """
     if isinstance(value, bool):
         return ("b", value)
     if isinstance(value, int | float):
-        return ("n", float(value)) if math.isfinite(value) else None
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return ("n", number) if math.isfinite(number) else None
     if isinstance(value, str):
         return ("s", value)
     if value is None:
@@ -49,25 +59,36 @@ def _leaves(payload: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Ke
                 yield path, key
 
 
-def validate_filter(flt: dict[str, Any]) -> None:
-    """Raise InvalidInput with a precise message for malformed filters."""
+def validate_filter(flt: Any) -> None:
+    """Raise InvalidInput with a precise message for malformed filters.
+
+    The values obey the payload rules (``check_json_value``: finite numbers, int64 integers), so
+    every value a filter compares with converts to a float, as the indexed payload values do.
+    """
     if not isinstance(flt, dict):
         raise InvalidInput("filter must be an object of {field: condition}")
+    check_json_value(flt, "filter", FILTER_DEPTH)
     for field, cond in flt.items():
         if not isinstance(cond, dict):
-            if _typed(cond) is None:
-                raise InvalidInput(f"filter on '{field}': equality needs a string, number, bool or null")
+            _check_scalar(field, "equality", cond)
             continue
         unknown = set(cond) - {"eq", "in", *RANGE_OPS}
         if unknown or not cond:
             raise InvalidInput(
                 f"filter on '{field}': unknown operator(s) {sorted(unknown) or '{}'}; use eq, in, gt, gte, lt, lte"
             )
-        if "in" in cond and not isinstance(cond["in"], list):
+        if "eq" in cond:
+            _check_scalar(field, "'eq'", cond["eq"])
+        if "in" in cond and not isinstance(cond["in"], list):  # FILTER_DEPTH keeps its values scalars
             raise InvalidInput(f"filter on '{field}': 'in' takes a list")
         for op in RANGE_OPS:
             if op in cond and (isinstance(cond[op], bool) or not isinstance(cond[op], int | float)):
                 raise InvalidInput(f"filter on '{field}': '{op}' takes a number")
+
+
+def _check_scalar(field: str, what: str, value: Any) -> None:
+    if _typed(value) is None:
+        raise InvalidInput(f"filter on '{field}': {what} needs a string, number, bool or null")
 
 
 class PayloadIndex:

@@ -13,8 +13,10 @@ builds, swaps and snapshots on its own, over its own items.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,6 +55,7 @@ class PolicyCollection(Protocol):
     wal: WriteAheadLog
     store_off: int  # log offset the store has applied up to
     locks: CollectionLocks
+    deleted: bool  # set under the writer lock by a delete: its directory is no longer the collection's
 
     def segment_key(self, version: str | None) -> str | None: ...
 
@@ -75,11 +78,20 @@ class IndexPolicy:
         self._flag_lock = threading.Lock()  # guards ``_building`` only (a leaf)
         self._threads: list[threading.Thread] = []
         self._min_train: int | None = None
+        # Set by ``close`` under the snapshot lock: no snapshot is written and no thread started after
+        # it, so a deleted collection's directory (or a new one of the same name) is never written to.
+        self._closed = False
 
     # -- start-up ----------------------------------------------------------------------------
     def load_or_rebuild(self) -> tuple[VectorIndex, int]:
         snap = load_snapshot(self.seg.directory, self.seg.dim, self.c.config.metric)
-        if snap is not None and snap[1].offset >= self.c.wal.start_offset:
+        if snap is not None and not self.c.wal.start_offset <= snap[1].offset <= self.c.wal.end_offset:
+            # past the log's end: the index holds records the log lost; rebuilt from the store instead
+            log.warning("collection %s: snapshot in %s at offset %d is outside the log [%d, %d]; rebuilding",
+                        self.c.name, self.seg.directory, snap[1].offset, self.c.wal.start_offset,
+                        self.c.wal.end_offset)  # fmt: skip
+            snap = None
+        if snap is not None:
             self.built_n = snap[1].built_n
             self.seg.snapshot_off = snap[1].offset
             return snap[0], snap[1].offset
@@ -157,6 +169,8 @@ class IndexPolicy:
         return None
 
     def _spawn(self, fn: Callable[[], None]) -> None:
+        if self._closed:
+            return
         if not self.options.background:
             fn()
             return
@@ -189,31 +203,56 @@ class IndexPolicy:
 
     # -- snapshots ---------------------------------------------------------------------------
     def snapshot(self) -> None:
-        c = self.c
+        """Write a snapshot now, unless the policy is closed. A failed write (a full disk) is
+        logged and skipped: snapshots only shorten the replay at the next start."""
         with self._snap_lock:
-            with c.locks.frozen():
-                index = self.seg.index
-                offset = self.seg.index_off
-                data = index.serialize()
-                meta = SnapshotMeta(
-                    offset=offset,
-                    spec=index.spec,
-                    file=f"index-{offset:020d}.faiss",
-                    built_n=self.built_n,
-                    nprobe=index.nprobe,
-                    dead=sorted(index.dead),
-                )
-                store_off = c.store_off
+            if not self._closed:
+                self._snapshot_locked()
+
+    @contextmanager
+    def snapshots_held(self) -> Iterator[None]:
+        """No snapshot file is being written while this is held (taken before the writer lock): a
+        delete moves the collection's directory under it, then marks the collection deleted, so no
+        snapshot writes into the moved directory or recreates the old one."""
+        with self._snap_lock:
+            yield
+
+    def _snapshot_locked(self) -> None:
+        c = self.c
+        with c.locks.frozen():
+            if c.deleted:  # deleted meanwhile: its directory is not the collection's to write any more
+                return
+            index = self.seg.index
+            offset = self.seg.index_off
+            data = index.serialize()
+            meta = SnapshotMeta(
+                offset=offset,
+                spec=index.spec,
+                # a fresh name each time: a snapshot never overwrites the file the published meta names
+                file=f"index-{offset:020d}-{secrets.token_hex(4)}.faiss",
+                built_n=self.built_n,
+                nprobe=index.nprobe,
+                dead=sorted(index.dead),
+            )
+            store_off = c.store_off
+        try:
             write_snapshot(self.seg.directory, data, meta)
             self.seg.snapshot_off = offset
             c.truncate_log(store_off)
+        except OSError as exc:
+            log.warning("collection %s: snapshot of %s skipped: %s", c.name, self.seg.directory, exc)
 
     def describe(self) -> dict[str, Any]:
         index = self.seg.index
         return {"active_index": index.spec, "nprobe": index.nprobe, "building": self._building}
 
     def close(self, snapshot: bool) -> None:
+        """Stop: wait for a snapshot being written, start nothing more, let running threads end
+        (a build still training writes nothing once closed), then write the last snapshot if asked."""
+        with self._snap_lock:
+            self._closed = True
         for thread in self._threads:
             thread.join(timeout=60)
         if snapshot:
-            self.snapshot()
+            with self._snap_lock:
+                self._snapshot_locked()

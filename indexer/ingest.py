@@ -36,8 +36,9 @@ import numpy as np
 
 from indexer.errors import InvalidInput
 from indexer.kept_sources import KeptSource
+from indexer.thumbnails import Thumbnail, make_thumbnail
 from indexer.types import FloatArray
-from indexer.validation import as_matrix, check_ids
+from indexer.validation import as_matrix, check_id, check_payload, check_version, load_json
 from models.core.encoder import Batch, Encoder
 from models.core.errors import ERSError
 from models.core.images import check_image
@@ -117,6 +118,8 @@ class Rows:
     payloads: list[dict[str, Any] | None] = field(default_factory=list)
     versions: list[str | None] = field(default_factory=list)
     sources: list[KeptSource | None] = field(default_factory=list)
+    # per row, the small picture the web console shows (image and face rows; None for the others)
+    thumbnails: list[Thumbnail | None] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     done: int = 0
 
@@ -197,6 +200,11 @@ def _encoder_input(kind: str, value: Any, modality: str, max_pixels: int) -> Any
             except UnicodeDecodeError as exc:
                 raise InvalidInput(f"file is not UTF-8 text: {exc.reason}") from exc
         if kind == "text":
+            if not str(value).isascii():
+                try:  # JSON can carry a lone surrogate ("\ud800"), which no tokenizer, cache key or log can hold
+                    str(value).encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise InvalidInput("text is not valid Unicode (a lone surrogate)") from exc
             return value
     elif modality in ("image", "face"):
         if kind in ("path", "image"):
@@ -206,21 +214,23 @@ def _encoder_input(kind: str, value: Any, modality: str, max_pixels: int) -> Any
     elif modality == "record":
         if kind == "path":
             try:
-                value = json.loads(value)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InvalidInput(f"file is not a JSON record: {exc}") from exc
-            return canonical_record(value)
+                return canonical_record(load_json(value, "file"))
+            except InvalidInput as exc:  # the parser's own words, after the reason that matters here
+                raise InvalidInput(f"file is not a JSON record: {exc.__cause__}") from exc
         if kind == "record":
             return canonical_record(value)
     raise InvalidInput(f"this collection's encoder takes {modality} input, not {_NOUNS.get(kind, kind)}")
 
 
 def plan(items: Sequence[Item], dest: Destination) -> Plan:
-    """Everything checked before encoding: ids, given vectors, and each raw item's encoder input."""
+    """Everything checked before encoding: ids, payloads (``indexer.validation``: nothing that cannot be
+    logged gets further), given vectors, and each raw item's encoder input."""
     out = Plan()
     for n, item in enumerate(items):
         try:
-            check_ids([item.id])
+            check_id(item.id)
+            check_payload(item.payload)
+            check_version(item.version)
             if item.kind == "vector":
                 out.vectors[n] = _vector(item.value, dest.dim_of(item.version or dest.encoder))
             elif dest.modality is None:
@@ -317,21 +327,28 @@ def _add_embedded(out: Rows, item: Item, value: Any, result: Embedded, dest: Des
     if not np.isfinite(result.vectors).all():
         out.failures.append(Failure(item.id, NOT_FINITE, InvalidInput(NOT_FINITE)))
         return
+    # one thumbnail per image, made here so a Redis worker ships it with the vectors; every face row
+    # of a photo shares it (the console draws the row's box on the whole photo)
+    thumb = make_thumbnail(bytes(value), max_pixels=dest.max_pixels) if dest.modality in ("image", "face") else None
     if not face:
         kept = _kept(dest.modality, value) if dest.keep_sources else None
-        _add(out, item.id, result.vectors[0], item.payload, dest.encoder, kept)
+        _add(out, item.id, result.vectors[0], item.payload, dest.encoder, kept, thumb)
     for n, (vector, box) in enumerate(zip(result.vectors, result.faces, strict=True) if face else ()):
         payload = {**(item.payload or {}), "source_id": item.id, "face": box}
-        _add(out, f"{item.id}{FACE_SEPARATOR}{n}", vector, payload, dest.encoder, None)  # faces keep no source
+        _add(out, f"{item.id}{FACE_SEPARATOR}{n}", vector, payload, dest.encoder, None, thumb)  # faces keep no source
     out.done += 1
 
 
-def _add(out: Rows, item_id: str, vector: np.ndarray, payload: Any, version: str | None, kept: Any) -> None:
+def _add(
+    out: Rows, item_id: str, vector: np.ndarray, payload: Any, version: str | None, kept: Any,
+    thumb: Thumbnail | None = None,
+) -> None:  # fmt: skip
     out.ids.append(item_id)
     out.vectors.append(np.asarray(vector, dtype=np.float32))
     out.payloads.append(payload)
     out.versions.append(version)
     out.sources.append(kept)
+    out.thumbnails.append(thumb)
 
 
 def _kept(modality: str | None, value: Any) -> KeptSource | None:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from indexer.types import FloatArray
+from indexer.validation import check_payloads
 
 # A record's items get FAISS ids ``offset << ITEM_BITS | i``: unique forever, derived from the log
 # alone (no counter to persist), and every version of an item gets a new id.
@@ -34,6 +35,10 @@ class LogRecord:
 
 
 def encode(record: LogRecord) -> bytes:
+    """The record's bytes. An upsert's payloads are checked here too (``check_payloads``), the last
+    line before the log: replay must be able to apply every record it is given, on every start."""
+    if record.op == "upsert":
+        check_payloads(record.payloads)
     header = {
         "op": record.op,
         "ids": record.ids,
@@ -42,7 +47,7 @@ def encode(record: LogRecord) -> bytes:
         "versions": record.versions,
         "shape": list(record.vectors.shape) if record.vectors is not None else None,
     }
-    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     body = record.vectors.astype("<f4", copy=False).tobytes() if record.vectors is not None else b""
     return _LEN.pack(len(head)) + head + body
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,6 +75,9 @@ class SegmentPolicy(Protocol):
         """Called after each write of ``n`` items, outside the writer lock: snapshot or rebuild when due."""
 
     def snapshot(self) -> None: ...
+
+    def snapshots_held(self) -> AbstractContextManager[None]:
+        """While held, no snapshot file of the segment is being written (taken before the writer lock)."""
 
     def describe(self) -> dict[str, Any]: ...
 

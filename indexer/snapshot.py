@@ -31,8 +31,16 @@ class SnapshotMeta:
 
 
 def write_snapshot(directory: Path, data: bytes, meta: SnapshotMeta) -> None:
-    atomic_write_bytes(directory / meta.file, data)
-    atomic_write_bytes(directory / META, json.dumps(asdict(meta)).encode())
+    """Publish the index file, then the meta naming it. When either write fails (a full disk), the
+    previous snapshot stays published and the new index file is removed unless the meta names it."""
+    published = published_file(directory)
+    try:
+        atomic_write_bytes(directory / meta.file, data)
+        atomic_write_bytes(directory / META, json.dumps(asdict(meta)).encode())
+    except BaseException:
+        if meta.file != published:
+            (directory / meta.file).unlink(missing_ok=True)
+        raise
     for stale in directory.glob("index-*.faiss"):
         if stale.name != meta.file:
             stale.unlink(missing_ok=True)
@@ -45,17 +53,41 @@ def remove_temp_files(directory: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def load_snapshot(directory: Path, dim: int, metric: Metric) -> tuple[VectorIndex, SnapshotMeta] | None:
-    """The last published snapshot, or None (missing or unreadable: the caller rebuilds)."""
-    remove_temp_files(directory)
+def published_file(directory: Path) -> str | None:
+    """The index file the published meta names, if it can be read."""
+    try:
+        return str(json.loads((directory / META).read_text())["file"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def remove_snapshot(directory: Path) -> bool:
+    """Unpublish a directory's snapshot (the index is rebuilt from the store); True if there was one."""
+    found = False
+    for path in [directory / META, *directory.glob("index-*.faiss")]:
+        if path.exists():
+            path.unlink()
+            found = True
+    return found
+
+
+def load_snapshot(
+    directory: Path, dim: int, metric: Metric, tidy: bool = True
+) -> tuple[VectorIndex, SnapshotMeta] | None:
+    """The last published snapshot, or None (missing or unreadable: the caller rebuilds). ``tidy``
+    removes temp files of interrupted writes first (``ers doctor`` only looks)."""
+    if tidy:
+        remove_temp_files(directory)
     path = directory / META
     if not path.exists():
         return None
     try:
         meta = SnapshotMeta(**json.loads(path.read_text()))
+        if not isinstance(meta.offset, int) or not isinstance(meta.file, str) or "/" in meta.file:
+            raise ValueError(f"meta names offset {meta.offset!r} and file {meta.file!r}")
         data = (directory / meta.file).read_bytes()
         index = VectorIndex.deserialize(dim, metric, meta.spec, data, meta.dead)
-    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+    except Exception as exc:  # anything a damaged file can make FAISS or json raise: indexes are derived
         log.warning("snapshot in %s unreadable (%s); rebuilding from the store", directory, exc)
         return None
     if index.dim != dim or index.index.d != dim:

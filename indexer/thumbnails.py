@@ -1,10 +1,12 @@
 """Thumbnails: a small JPEG of each image item, so the web console (``/ui``) can show a grid of results.
 
 The source image of an item is not kept (unless the collection keeps sources), so the thumbnail is
-made when the item is written: ``Thumbnails.of(collection.directory).put_many(ids, images)`` with the
-upserted row ids and, per row, the image bytes it was embedded from (None for a row that came from a
-text, a record or a client's vector: that drops a stale thumbnail of the id). A face collection's rows
-``{id}#face{n}`` each get their whole source photo, so the console can draw every face box on it.
+made when the item is written, from the image bytes it was embedded from: ``make_thumbnail`` (pure
+CPU, so a job's worker can make it and ship it with ``Thumbnail.to_json``) and
+``Thumbnails.of(collection.directory).write_many(row ids, thumbnails)``, or both at once with
+``put_many(row ids, images)``. None for a row drops a stale thumbnail of its id (its new vector came
+from a text, a record or a client's vector). A face collection's rows ``{id}#face{n}`` each get their
+whole source photo, so the console can draw every face box on it.
 
 One file per item under ``<collection dir>/thumbs/<hh>/<sha256 of the id>``: a JSON header line (id,
 the source image's width and height after EXIF orientation — the pixel space of a face payload's
@@ -17,10 +19,11 @@ deletes them all.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,6 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from indexer.errors import NotFoundError
-from indexer.ingest import decode_base64_image
 from models.core.durable import FileData, publish_files
 from models.core.errors import ModelError
 from models.core.images import DEFAULT_MAX_PIXELS, check_image
@@ -54,6 +56,16 @@ class Thumbnail:
     source_width: int  # the source image's size after EXIF orientation: face boxes are in these pixels
     source_height: int
 
+    def to_json(self) -> list[Any]:
+        """For a job's results stream: a worker makes the thumbnail, the server writes it."""
+        return [base64.b64encode(self.jpeg).decode(), self.source_width, self.source_height]
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Thumbnail | None:
+        if not (isinstance(doc, list) and len(doc) == 3 and isinstance(doc[0], str)):
+            return None
+        return cls(base64.b64decode(doc[0]), int(doc[1]), int(doc[2]))
+
 
 def _on_white(image: Any) -> Any:
     """RGB with transparency composited onto white, as the encoders see it (emoji PNGs are transparent)."""
@@ -63,9 +75,7 @@ def _on_white(image: Any) -> Any:
     return image.convert("RGB")
 
 
-def make_thumbnail(
-    image: bytes, size: int = THUMBNAIL_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Thumbnail | None:
+def make_thumbnail(image: bytes, size: int = THUMBNAIL_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> Thumbnail | None:
     """A JPEG at most ``size`` pixels on its longest side; None when the bytes are not an accepted image
     (a thumbnail is never a reason to refuse an item the encoder took)."""
     try:
@@ -82,28 +92,6 @@ def make_thumbnail(
     except (ModelError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return None
     return Thumbnail(out.getvalue(), width, height)
-
-
-def row_images(
-    items: Sequence[Mapping[str, Any]], ids: Sequence[str], payloads: Sequence[Mapping[str, Any] | None]
-) -> list[bytes | None]:
-    """Per upserted row, the image it was embedded from, for ``Thumbnails.put_many``: the item's ``image``
-    (bytes from a multipart upload, or base64 as the JSON API takes it); a face row ``{id}#face{n}``
-    takes its source item's (``payload["source_id"]``); None for every other row."""
-    by_id = {item["id"]: item for item in items}  # the last occurrence wins, as in the upsert itself
-    out: list[bytes | None] = []
-    for row_id, payload in zip(ids, payloads, strict=True):
-        item = by_id.get(row_id)
-        if item is None and payload is not None and isinstance(payload.get("face"), dict):
-            item = by_id.get(str(payload.get("source_id")))
-        image = None if item is None else item.get("image")
-        if image is None:
-            out.append(None)
-        elif isinstance(image, bytes):
-            out.append(image)
-        else:
-            out.append(decode_base64_image(str(image), f"item '{row_id}'"))
-    return out
 
 
 class Thumbnails:

@@ -13,8 +13,9 @@ Metric = Literal["cosine", "ip", "l2"]
 METRICS: tuple[str, ...] = ("cosine", "ip", "l2")
 FloatArray = npt.NDArray[np.float32]
 
-# Names become directory names and Redis key parts: keep them boring.
-COLLECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+# Names become directory names and Redis key parts: keep them boring. \Z, not $: "$" also matches
+# before a trailing newline, which let "abc\n" through ``match``.
+COLLECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}\Z")
 
 
 @dataclass(frozen=True)

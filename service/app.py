@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from indexer.jobs.embedded import EmbeddedRunner
 from indexer.jobs.runner import JobRunner
@@ -19,10 +19,17 @@ from indexer.store.factory import open_store
 from indexer.threads import set_faiss_threads
 from indexer.upgrade.compat import SpecCompat
 from indexer.upgrade.migrations import Migrations
-from service.deps import require_api_key
+from service import openapi
 from service.errors import install_error_handlers
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.middleware import (
+    PROBE_PATHS,
+    AllowedMethodsMiddleware,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    RouteTable,
+)
 from service.routes import collections, encoders, health, jobs, migrations, search, ui
 from service.runtime.cache import EmbeddingCache, LruCache, RedisCache
 from service.runtime.encoders import EncoderHub
@@ -95,15 +102,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    auth = [Depends(require_api_key)]
-    app.include_router(collections.router, dependencies=auth)
-    app.include_router(search.router, dependencies=auth)
-    search.document(app)
-    app.include_router(encoders.router, dependencies=auth)
-    app.include_router(migrations.router, dependencies=auth)
-    app.include_router(jobs.router, dependencies=auth)
-    app.include_router(health.router)
-    app.include_router(ui.router)  # /ui (public static files) and item thumbnails (key required)
-    app.add_middleware(BodyLimitMiddleware, limit=lambda: settings.max_body_bytes)
+    modules = (collections, search, encoders, migrations, jobs, health, ui)
+    for module in modules:
+        app.include_router(module.router)
+    # Auth and Allow match a request's path against the routes as declared (the app's list wraps routers).
+    routes = RouteTable([*app.router.routes, *(route for module in modules for route in module.router.routes)])
+    openapi.install(app, settings)
+    # Added innermost first. With keys set, every path needs one but the probes, the console's static
+    # files (they hold no data; its thumbnails are under /v1) and, with ERS_PUBLIC_DOCS, the docs.
+    docs = [app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url]
+    open_paths = {*PROBE_PATHS, "/ui", *(p for p in docs if p and settings.public_docs)}
+    app.add_middleware(
+        BodyLimitMiddleware, limit=lambda: settings.max_body_bytes, timeout=lambda: settings.body_timeout_s
+    )
+    app.add_middleware(AllowedMethodsMiddleware, routes=routes)
+    app.add_middleware(
+        ApiKeyMiddleware, settings=settings, routes=routes, open_paths=open_paths, open_prefixes=("/ui/",)
+    )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

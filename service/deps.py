@@ -1,11 +1,10 @@
-"""FastAPI dependencies: the objects ``service.app`` builds at start-up, and API-key auth.
+"""FastAPI dependencies: the objects ``service.app`` builds at start-up, and the API-key decision.
 
 All are ``async def``: none blocks, and a plain ``def`` dependency costs a thread-pool hop
 (~90 µs each, measured) on every request."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -15,6 +14,7 @@ from indexer.jobs.runner import JobRunner
 from indexer.manager import CollectionManager
 from indexer.upgrade.migrations import Migrations
 from service.metrics import Metrics
+from service.middleware import AUTHENTICATED, UNAUTHORIZED
 from service.runtime.encoders import EncoderHub
 from service.runtime.search_batcher import SearchBatcher
 from service.settings import Settings
@@ -83,18 +83,19 @@ async def get_collection(name: str, manager: ManagerDep) -> Collection:
 CollectionDep = Annotated[Collection, Depends(get_collection)]
 
 
-async def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """With keys configured, every /v1 call needs ``Authorization: Bearer <key>``."""
-    if not settings.api_keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token:
-        presented = token.strip().encode()
-        # Compare against every key, always, in constant time per key.
-        matches = [hmac.compare_digest(presented, key.encode()) for key in settings.api_keys]
-        if any(matches):
-            return
-    raise HTTPException(
-        401, "missing or invalid API key (Authorization: Bearer <key>)", headers={"WWW-Authenticate": "Bearer"}
-    )
+async def is_authenticated(request: Request) -> bool:
+    """Whether the request carried a valid API key (true when no keys are configured). Decided once,
+    from the headers, by ``service.middleware.ApiKeyMiddleware`` before anything read the body; a
+    request that did not pass through it counts as unauthenticated."""
+    return bool(getattr(request.state, AUTHENTICATED, False))
+
+
+AuthenticatedDep = Annotated[bool, Depends(is_authenticated)]
+
+
+async def require_api_key(authenticated: AuthenticatedDep) -> None:
+    """Marks a route that must never answer without a key (metrics, thumbnails). The middleware
+    already refuses every path it does not list as open; this keeps the route closed should its
+    path ever be listed there (``/ui/...`` is, and the thumbnails sit beside it)."""
+    if not authenticated:
+        raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})

@@ -19,9 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexer.errors import (
     AlreadyExists,
+    CollectionQuarantined,
     DataDirLocked,
+    InsufficientStorage,
     InvalidInput,
     LimitExceeded,
+    LogDamaged,
     NotFoundError,
     StoreMismatch,
     StoreUnavailable,
@@ -51,6 +54,9 @@ HTTP_STATUS: dict[type[ERSError], int] = {
     LimitExceeded: 413,
     StoreUnavailable: 503,
     DataDirLocked: 503,
+    CollectionQuarantined: 503,  # one collection cannot be loaded; the others serve (the body says why)
+    InsufficientStorage: 507,  # the disk (or Redis's memory) is full: not acknowledged, nothing kept
+    LogDamaged: 500,  # raised while opening (the collection is quarantined); never a client's fault
     # The store and a collection's log disagree (wrong data directory, wiped store): the server's own
     # state is inconsistent. Nothing in the request can fix it and a retry meets the same state, so it
     # is 500 rather than a 4xx or a 503 with Retry-After; the code tells the operator what to look at.
@@ -74,6 +80,9 @@ def status_for(exc: ERSError) -> int:
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    # A message may quote a client's string, and JSON lets a client send a lone surrogate that UTF-8
+    # cannot encode: escape it, or the refusal itself would become a 500.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 

@@ -4,14 +4,45 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
+
+# JSON numbers only: lax ``float`` would take true/false as 1/0 and "1" as 1.0.
+Vector = list[StrictFloat]
+
+
+def exactly_one_of(*fields: str) -> dict[str, Any]:
+    """JSON Schema for "exactly one of ``fields`` is given, not null; the others are absent or null"
+    (what the models' validators check), so the OpenAPI document states the rule too."""
+    return {
+        "oneOf": [
+            {
+                "required": [f],
+                "properties": {f: {"not": {"type": "null"}}} | {o: {"type": "null"} for o in fields if o != f},
+            }
+            for f in fields
+        ]
+    }
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"  # indexer.types.COLLECTION_NAME_RE
+ENCODER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*@[A-Za-z0-9_.-]+$"  # name@version, as indexer.manager checks it
 
 
 class CollectionCreate(BaseModel):
-    name: str = Field(description="1-64 letters, digits, '_' or '-'")
-    dim: int | None = Field(default=None, description="vector dimension (from the encoder's spec when bound)")
+    # Patterns and bounds are documented in the schema but checked by the indexer, whose messages say
+    # what a valid value is (pydantic's would only quote the regex).
+    name: str = Field(json_schema_extra={"pattern": NAME_PATTERN}, description="1-64 letters, digits, '_' or '-'")
+    dim: int | None = Field(
+        default=None,
+        json_schema_extra={"minimum": 1, "maximum": 65_536},
+        description="vector dimension (from the encoder's spec when bound)",
+    )
     metric: Literal["cosine", "ip", "l2"] | None = Field(default=None, description="default: encoder's, else cosine")
-    encoder: str | None = Field(default=None, description="name@version of the encoder that makes vectors")
+    encoder: str | None = Field(
+        default=None,
+        json_schema_extra={"pattern": ENCODER_PATTERN},
+        description="name@version of the encoder that makes vectors",
+    )
     index: str = Field(default="auto", description="'auto' or a FAISS factory string, e.g. HNSW32, IVF1024,PQ32")
     keep_sources: bool = Field(
         default=False,
@@ -40,8 +71,10 @@ class CollectionList(BaseModel):
 
 
 class ItemIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "text", "image", "record"))
+
     id: str
-    vector: list[float] | None = None
+    vector: Vector | None = None
     text: str | None = Field(default=None, description="raw text, embedded by the collection's encoder")
     image: str | None = Field(default=None, description="base64 image, embedded by the collection's encoder")
     record: dict[str, Any] | None = Field(
@@ -79,7 +112,9 @@ class DeleteResponse(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    vector: list[float] | None = None
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "id", "text", "image", "record"))
+
+    vector: Vector | None = None
     id: str | None = Field(default=None, description="search with a stored item's vector (it is left out)")
     text: str | None = Field(default=None, description="embedded by the collection's encoder")
     image: str | None = Field(default=None, description="base64 image, embedded by the collection's encoder")
@@ -121,9 +156,10 @@ class BatchSearchResponse(BaseModel):
 
 
 class EmbedRequest(BaseModel):
-    encoder: str = Field(description="name@version")
+    encoder: str = Field(json_schema_extra={"pattern": ENCODER_PATTERN}, description="name@version")
     inputs: list[str | dict[str, Any]] = Field(
-        description="texts, base64 images for image and face encoders, or records (JSON objects) for record encoders"
+        min_length=1,
+        description="texts, base64 images for image and face encoders, or records (JSON objects) for record encoders",
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -13,7 +15,25 @@ from indexer.index_policy import IndexOptions
 from indexer.jobs.model import JobOptions
 from service.runtime.encoders import HubOptions
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+def loopback_refusal(host: str) -> str | None:
+    """Why ``host`` is not a loopback-only bind address, or None when it is.
+
+    The host is resolved, not read as text: ``127.evil.example`` is a name anyone can point anywhere,
+    and ``localhost`` may be mapped to any address in /etc/hosts. Every address it resolves to must be
+    a loopback one; a name that does not resolve is refused too, since what it will mean is unknown."""
+    if not host.strip():
+        return "an empty host binds every interface"
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+        return f"cannot resolve {host!r} ({exc}) to check that it is a loopback address"
+    addresses = sorted({str(info[4][0]) for info in infos})
+    # an IPv6 link-local address may carry a zone ("fe80::1%eth0"), which ip_address does not parse
+    outside = [a for a in addresses if not ipaddress.ip_address(a.split("%", 1)[0]).is_loopback]
+    if not addresses or outside:
+        return f"{host} resolves to {', '.join(outside) or 'no address'}, which is not loopback"
+    return None
 
 
 class Settings(BaseSettings):
@@ -24,6 +44,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    public_docs: bool = False  # with keys set, serve /docs, /redoc and /openapi.json without one
     log_level: str = "info"
     access_log: bool = False  # a line per request costs ~0.1 ms of CPU; /metrics counts requests
     # metadata store: SQLite in the data directory unless a Redis URL is given
@@ -31,6 +52,7 @@ class Settings(BaseSettings):
     redis_prefix: str = "ers"
     # limits (413 beyond them)
     max_body_bytes: int = 64 << 20
+    body_timeout_s: float = Field(default=30.0, gt=0)  # a request body not received in this time: 408
     max_batch: int = 1000
     max_queries: int = 256
     max_k: int = 1000
@@ -89,9 +111,12 @@ class Settings(BaseSettings):
     def cache_path(self) -> Path:
         return self.data_dir / "cache"
 
-    @property
-    def is_loopback(self) -> bool:
-        return self.host in LOOPBACK or self.host.startswith("127.")
+    def bind_refusal(self) -> str | None:
+        """Why ``ers serve`` must not bind ``host`` as configured: only loopback goes without API keys."""
+        if self.api_keys:
+            return None
+        refusal = loopback_refusal(self.host)
+        return None if refusal is None else f"{refusal}; set ERS_API_KEYS to expose ERS beyond loopback"
 
     def hub_options(self) -> HubOptions:
         return HubOptions(

@@ -60,6 +60,7 @@ def encode_batch(
         done=rows.done,
         failures=failures + rows.failures,
         sources=rows.sources,
+        thumbnails=rows.thumbnails,
     )
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from indexer.ingest import Failure, Item, ItemKind
 from indexer.kept_sources import KeptSource
+from indexer.thumbnails import Thumbnail
 from indexer.types import FloatArray
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -61,6 +62,7 @@ class Encoded:
     failures: list[Failure] = field(default_factory=list)
     # per row, the raw input it was encoded from (kept by collections with keep_sources); None: unknown
     sources: list[KeptSource | None] | None = None
+    thumbnails: list[Thumbnail | None] | None = None  # per row, the console's picture (image rows)
 
     @property
     def items(self) -> int:

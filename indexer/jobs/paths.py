@@ -47,6 +47,8 @@ def read_file(path: Path, roots: Sequence[Path]) -> bytes:
     """A file's bytes, re-checked at open time: the descriptor actually opened must be a regular
     file inside a root. Every failure is one item's ``ItemError``, with the reason."""
     roots = real_roots(roots)
+    if "\x00" in str(path):  # os calls raise ValueError on it, which would fail the whole job
+        raise ItemError("refused: the path contains a NUL character")
     real = Path(os.path.realpath(path))
     if not any(is_inside(real, r) for r in roots):
         raise ItemError("refused: the path (or a symlink on it) leads outside the allowed roots")

@@ -50,10 +50,15 @@ def check_client_options(options: dict[str, Any], default_batch: int) -> dict[st
     return {"batch_size": batch, **({"pattern": pattern} if pattern else {})}
 
 
+MAX_UPLOAD_NAME_BYTES = 255  # NAME_MAX of Linux file systems
+
+
 def safe_upload_name(name: str) -> str:
     base = os.path.basename(name.replace("\\", "/"))
     if not base or base in (".", "..") or base.startswith(".") or "\x00" in base:
         raise InvalidInput(f"upload file name '{name}' is not allowed")
+    if len(base.encode("utf-8", "surrogatepass")) > MAX_UPLOAD_NAME_BYTES:  # the file system's limit
+        raise InvalidInput(f"upload file name '{base[:40]}...' is over {MAX_UPLOAD_NAME_BYTES} bytes")
     return base
 
 
@@ -240,7 +245,9 @@ class JobRunner(ABC):
             if job is not None and is_backfill(job):
                 collection.upsert(enc.ids, enc.vectors, enc.payloads, enc.versions, only_moving_to=job["source"]["to"])
             else:
-                collection.upsert(enc.ids, enc.vectors, enc.payloads, enc.versions, sources=enc.sources)
+                collection.upsert(
+                    enc.ids, enc.vectors, enc.payloads, enc.versions, sources=enc.sources, thumbnails=enc.thumbnails
+                )
         self.store.record_job_batch(job_id, enc.seq, enc.done, len(enc.failures),
                                     [f.to_json() for f in enc.failures], dead)  # fmt: skip
 

@@ -14,18 +14,20 @@ from __future__ import annotations
 import csv
 import fnmatch
 import io
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from indexer.errors import InvalidInput
 from indexer.jobs.errors import ItemError, SourceInvalid
 from indexer.jobs.model import Batch, Entry, Failure, Item, ItemKind
 from indexer.jobs.paths import check_source_path, read_file
+from indexer.validation import load_json
 
 FIELDS: tuple[ItemKind, ...] = ("path", "text", "vector", "record")
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv")
+JSON_CELLS = ("vector", "record", "payload")  # CSV cells that hold JSON
 UPLOAD_FILES = "files"
 
 
@@ -112,9 +114,9 @@ class Source:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Failure(f"line {number}", f"not valid JSON: {exc.msg}")
+                record = load_json(line, f"line {number}")
+            except InvalidInput as exc:
+                yield Failure(f"line {number}", exc.message)
                 continue
             yield self._item(record, f"line {number}")
 
@@ -129,9 +131,9 @@ class Source:
                 for key, cell in row.items():
                     if key is None or cell is None or cell == "":
                         continue  # surplus cells, or an empty cell: the field is absent
-                    record[key] = json.loads(cell) if key in ("vector", "record", "payload") else cell
-            except json.JSONDecodeError as exc:
-                yield Failure(str(row.get("id") or where), f"{where}: a cell is not valid JSON: {exc.msg}")
+                    record[key] = load_json(cell, f"{where}: the '{key}' cell") if key in JSON_CELLS else cell
+            except InvalidInput as exc:
+                yield Failure(str(row.get("id") or where), exc.message)
                 continue
             yield self._item(record, where)
 

@@ -26,6 +26,7 @@ from redis.retry import Retry
 from indexer.jobs.encode import Target
 from indexer.jobs.model import Encoded, Entry, Failure, Item
 from indexer.kept_sources import KeptSource
+from indexer.thumbnails import Thumbnail
 
 TASK_GROUP = "workers"
 RESULT_GROUP = "server"
@@ -110,6 +111,7 @@ def pack_result(job_id: str, task_id: str, enc: Encoded, dead: list[dict[str, An
         "dead": json.dumps(dead, ensure_ascii=False),
         # the raw inputs, for collections that keep sources (the server never sees a worker's inputs)
         "sources": json.dumps(None if enc.sources is None else [s and s.to_json() for s in enc.sources]),
+        "thumbnails": json.dumps(None if enc.thumbnails is None else [t and t.to_json() for t in enc.thumbnails]),
     }
 
 
@@ -129,4 +131,7 @@ def unpack_result(fields: dict[bytes, bytes]) -> tuple[str, str, Encoded, list[d
     sources = json.loads(fields.get(b"sources", b"null"))  # absent: a worker of an older version
     if isinstance(sources, list) and len(sources) == len(ids):
         enc.sources = [KeptSource.from_json(s) for s in sources]
+    thumbnails = json.loads(fields.get(b"thumbnails", b"null"))  # absent: a worker of an older version
+    if isinstance(thumbnails, list) and len(thumbnails) == len(ids):
+        enc.thumbnails = [Thumbnail.from_json(t) for t in thumbnails]
     return _s(fields[b"job"]), _s(fields[b"task"]), enc, json.loads(fields[b"dead"])

@@ -22,6 +22,10 @@ class MetadataStore(Protocol):
 
     def get_collection(self, name: str) -> CollectionConfig | None: ...
 
+    def collection_names(self) -> list[str]:
+        """Every collection's name, sorted, without reading its config (start-up quarantines a
+        collection whose config cannot be read, instead of failing on it)."""
+
     def list_collections(self) -> list[CollectionConfig]:
         """All collections, sorted by name."""
 

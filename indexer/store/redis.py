@@ -25,7 +25,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from indexer.errors import AlreadyExists, StoreUnavailable
+from indexer.errors import AlreadyExists, InsufficientStorage, StoreUnavailable
 from indexer.store.redis_jobs import RedisJobsMixin
 from indexer.types import CollectionConfig, ItemRecord
 
@@ -120,6 +120,15 @@ class RedisStore(RedisJobsMixin):
             yield
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise StoreUnavailable(f"redis at {self._where} unavailable ({what}): {exc}") from exc
+        except redis.exceptions.ResponseError as exc:
+            # Refusals of a write that Redis did not apply: out of memory (maxmemory), or unable to
+            # persist (MISCONF: its disk is full or failing).
+            # redis-py raises OutOfMemoryError (absent from the type stubs) with the "OOM" code stripped
+            if "when used memory > 'maxmemory'" in str(exc):
+                raise InsufficientStorage(f"redis at {self._where} is out of memory ({what}): {exc}") from exc
+            if str(exc).startswith("MISCONF"):
+                raise StoreUnavailable(f"redis at {self._where} refuses writes ({what}): {exc}") from exc
+            raise
 
     # -- collections -------------------------------------------------------------------------
     def create_collection(self, config: CollectionConfig) -> None:
@@ -133,6 +142,10 @@ class RedisStore(RedisJobsMixin):
         with self._guard("get_collection"):
             raw = self._r.hget(self._collections_key, name)
         return None if raw is None else CollectionConfig.from_json(json.loads(raw))
+
+    def collection_names(self) -> list[str]:
+        with self._guard("collection_names"):
+            return sorted(n.decode() for n in self._r.hkeys(self._collections_key))
 
     def list_collections(self) -> list[CollectionConfig]:
         with self._guard("list_collections"):

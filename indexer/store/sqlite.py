@@ -9,6 +9,7 @@ open connections by concurrency instead of by the number of threads ever seen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.errors import AlreadyExists, StoreUnavailable
+from indexer.errors import AlreadyExists, InsufficientStorage, StoreUnavailable
 from indexer.store.sqlite_jobs import JOBS_SCHEMA, SqliteJobsMixin
 from indexer.types import CollectionConfig, ItemRecord
 
@@ -39,6 +40,9 @@ CREATE TABLE IF NOT EXISTS docs (
     namespace TEXT NOT NULL, key TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (namespace, key)
 );
 """
+
+_SQLITE_FULL = 13  # "database or disk is full"
+_SQLITE_UNUSABLE = {5, 6, 7, 8, 10, 11, 14}  # busy, locked, out of memory, read-only, I/O error, corrupt, cannot open
 
 # Vectors are stored little-endian explicitly so a data dir stays readable on any host.
 _VEC_DTYPE = np.dtype("<f4")
@@ -106,15 +110,25 @@ class SqliteStore(SqliteJobsMixin):
 
     @contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; rolled back entirely on any exception."""
+        """One write transaction; rolled back entirely on any exception, a failed COMMIT included.
+        A full disk is ``InsufficientStorage`` (nothing was written); a store that cannot write
+        (locked, I/O error, read-only...) ``StoreUnavailable``."""
         with self._write_lock, self._conn() as conn:
-            conn.execute("BEGIN IMMEDIATE")
             try:
+                conn.execute("BEGIN IMMEDIATE")
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:  # SQLite may have rolled back already (a full disk at COMMIT)
+                    with contextlib.suppress(sqlite3.Error):  # the first error is the one to report
+                        conn.execute("ROLLBACK")
+                code = getattr(exc, "sqlite_errorcode", None)
+                code = code & 0xFF if isinstance(code, int) else None  # the primary result code
+                if code == _SQLITE_FULL:
+                    raise InsufficientStorage(f"sqlite store {self.path}: disk full ({exc}); not written") from exc
+                if code in _SQLITE_UNUSABLE:
+                    raise StoreUnavailable(f"sqlite store {self.path} unusable: {exc}") from exc
                 raise
-            conn.execute("COMMIT")
 
     # -- collections -------------------------------------------------------------------------
     def create_collection(self, config: CollectionConfig) -> None:
@@ -130,6 +144,10 @@ class SqliteStore(SqliteJobsMixin):
         with self._conn() as conn:
             row = conn.execute("SELECT config FROM collections WHERE name = ?", (name,)).fetchone()
         return None if row is None else CollectionConfig.from_json(json.loads(row[0]))
+
+    def collection_names(self) -> list[str]:
+        with self._conn() as conn:
+            return [r[0] for r in conn.execute("SELECT name FROM collections ORDER BY name").fetchall()]
 
     def list_collections(self) -> list[CollectionConfig]:
         with self._conn() as conn:

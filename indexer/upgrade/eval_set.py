@@ -17,6 +17,7 @@ from indexer.errors import InvalidInput, LimitExceeded
 from indexer.ingest import decode_base64_image
 from indexer.segments import EVAL_NAMESPACE
 from indexer.store.base import MetadataStore
+from indexer.upgrade.errors import EvalSetNotFound
 
 MAX_EVAL_ITEMS = 20_000
 
@@ -48,7 +49,7 @@ def put_eval_set(store: MetadataStore, name: str, inputs: list[Any], labels: lis
 def describe_eval_set(store: MetadataStore, name: str) -> dict[str, Any]:
     doc = store.get_doc(EVAL_NAMESPACE, name)
     if doc is None:
-        return {"size": 0, "labels": 0}
+        raise EvalSetNotFound(name)
     return {"size": len(doc["inputs"]), "labels": len(set(map(json.dumps, doc["labels"]))),
             "updated_at": doc.get("updated_at")}  # fmt: skip
 

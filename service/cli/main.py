@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service.cli import compat as cli_compat
+from service.cli import doctor as cli_doctor
 from service.cli import jobs as cli_jobs
 from service.cli import migrate as cli_migrate
 from service.cli import train as cli_train
@@ -28,6 +29,7 @@ cli_train.register(app)
 cli_compat.register(app)
 cli_jobs.register(app)
 cli_migrate.register(app)
+cli_doctor.register(app)
 console = Console()
 err = Console(stderr=True)
 
@@ -41,8 +43,9 @@ def serve(
     """Run the API server (one process owns a data directory)."""
     overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir}.items() if v is not None}
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    if not settings.is_loopback and not settings.api_keys:
-        err.print(f"[red]refusing to bind {settings.host}[/red]: set ERS_API_KEYS to expose ERS beyond loopback")
+    refusal = settings.bind_refusal()
+    if refusal is not None:
+        err.print(f"[red]refusing to bind {settings.host}[/red]: {refusal}")
         raise typer.Exit(2)
     import uvicorn
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio.to_thread
@@ -12,6 +11,7 @@ from pydantic import ValidationError
 
 from indexer.collection import Collection
 from indexer.errors import InvalidInput, ItemNotFound, LimitExceeded
+from indexer.validation import check_payload, load_json
 from service.deps import CollectionDep, HubDep, ManagerDep, SettingsDep
 from service.runtime.embedding import prepare_upsert, request_items
 from service.schemas import (
@@ -33,8 +33,9 @@ MULTIPART_DOC = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
+                    "required": ["file"],
                     "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "file": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}},
                         "id": {"type": "array", "items": {"type": "string"}, "description": "default: file name"},
                         "payload": {"type": "string", "description": "JSON object applied to every file"},
                     },
@@ -102,10 +103,8 @@ async def _items_from_request(request: Request) -> list[dict[str, Any]]:
             raise InvalidInput(f"{len(ids)} 'id' parts for {len(files)} files")
         payload = None
         if "payload" in form:
-            try:
-                payload = json.loads(str(form["payload"]))
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"payload is not valid JSON: {exc}") from exc
+            payload = load_json(str(form["payload"]), "payload")
+            check_payload(payload)  # once for every file (ingest checks each item's again)
         items = []
         for n, upload in enumerate(files):
             items.append({"id": ids[n] if ids else upload.filename or f"upload-{n}", "image": await upload.read(),
@@ -134,7 +133,9 @@ async def upsert_items(
     if rows.ids:
         sources = rows.sources if collection.sources is not None else None
         n = await anyio.to_thread.run_sync(
-            lambda: collection.upsert(rows.ids, rows.vectors, rows.payloads, rows.versions, sources)
+            lambda: collection.upsert(
+                rows.ids, rows.vectors, rows.payloads, rows.versions, sources, thumbnails=rows.thumbnails
+            )
         )
     return {"upserted": n, **({"skipped": prepared.skipped} if prepared.skipped else {})}
 

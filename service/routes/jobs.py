@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from indexer.errors import InvalidInput
 from indexer.jobs.runner import JobRunner
+from indexer.validation import load_json
 from service.deps import RunnerDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -39,7 +39,7 @@ UPLOAD_DOC = {
                     "type": "object",
                     "required": ["collection", "manifest"],
                     "properties": {
-                        "collection": {"type": "string"},
+                        "collection": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
                         "manifest": {"type": "string", "format": "binary", "description": ".jsonl or .csv"},
                         "file": {
                             "type": "array",
@@ -63,10 +63,7 @@ async def _submit_upload(request: Request, runner: JobRunner) -> dict[str, Any]:
         raise InvalidInput("multipart job upload needs a 'collection' field")
     if manifest is None or isinstance(manifest, str):
         raise InvalidInput("multipart job upload needs a 'manifest' file part (.jsonl or .csv)")
-    try:
-        options = json.loads(str(form.get("options") or "{}"))
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"options is not valid JSON: {exc}") from exc
+    options = load_json(str(form.get("options") or "{}"), "options")
     if not isinstance(options, dict):
         raise InvalidInput("options must be a JSON object")
     files = [(f.filename or "", await f.read()) for f in form.getlist("file") if not isinstance(f, str)]

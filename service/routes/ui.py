@@ -20,7 +20,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 
-from indexer.thumbnails import Thumbnail, Thumbnails, ThumbnailNotFound
+from indexer.thumbnails import Thumbnail, ThumbnailNotFound, Thumbnails
 from service.deps import CollectionDep, require_api_key
 
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"

@@ -44,7 +44,10 @@ export const fmt = {
   },
   when(epoch) {
     if (!epoch) return "—";
-    return new Date(epoch * 1000).toLocaleString("en-GB", { dateStyle: "medium", timeStyle: "short" });
+    const date = new Date(epoch * 1000);
+    const options = { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" };
+    if (date.getFullYear() !== new Date().getFullYear()) options.year = "numeric";
+    return date.toLocaleString("en-GB", options);
   },
   value(v) {
     if (v === null || v === undefined) return "—";

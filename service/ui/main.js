@@ -29,14 +29,19 @@ export function go(page, arg = "") {
   else location.hash = hash;
 }
 
+let generation = 0; // a page that finishes loading after the user moved on is stopped at once
+
 async function route() {
   if (stopCurrent) stopCurrent();
   stopCurrent = null;
+  const mine = ++generation;
   const { page, arg } = currentRoute();
   document.querySelectorAll(".tabs a").forEach((a) => a.classList.toggle("active", a.dataset.page === page));
   const host = h("div", { class: "page", dataset: { page } });
   clear(main, host);
-  stopCurrent = (await PAGES[page](host, arg, go)) || null;
+  const stop = (await PAGES[page](host, arg, go)) || null;
+  if (mine === generation) stopCurrent = stop;
+  else if (stop) stop();
 }
 
 // --- the API key ---------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ export async function searchPage(host, arg, go) {
   resetThumbnailProbe(name);
 
   const catalog = new FieldCatalog();
-  const state = { mode: "text", file: null, seq: 0, isFace: false };
+  const state = { mode: "text", file: null, previewUrl: null, seq: 0, isFace: false };
   const grid = h("div", { class: "results-grid" });
   const summary = h("div", { class: "results-head" });
   const status = h("div");
@@ -68,8 +68,10 @@ export async function searchPage(host, arg, go) {
   );
 
   function renderTabs() {
-    const modes = [["text", "Text"], ["image", "Image"], ["id", "By id"]];
-    if (state.isFace) modes.push(["verify", "Verify"]);
+    // a face collection takes photos, not text: its tabs are image, id and verify
+    const modes = state.isFace
+      ? [["image", "Image"], ["id", "By id"], ["verify", "Verify faces"]]
+      : [["text", "Text"], ["image", "Image"], ["id", "By id"]];
     clear(
       tabs,
       modes.map(([mode, label]) =>
@@ -90,7 +92,9 @@ export async function searchPage(host, arg, go) {
   function takeFile(file) {
     if (!file || !file.type.startsWith("image/")) return;
     state.file = file;
-    clear(preview, h("img", { src: URL.createObjectURL(file), alt: "query image" }), h("span", { class: "muted" }, file.name || "pasted image"));
+    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+    state.previewUrl = URL.createObjectURL(file);
+    clear(preview, h("img", { src: state.previewUrl, alt: "query image" }), h("span", { class: "muted" }, file.name || "pasted image"));
     setMode("image");
     runCurrent();
   }
@@ -129,7 +133,8 @@ export async function searchPage(host, arg, go) {
       const face = result.results.some((r) => r.payload && r.payload.face && Array.isArray(r.payload.face.box));
       if (face && !state.isFace) {
         state.isFace = true;
-        renderTabs();
+        if (state.mode === "text") setMode("image");
+        else renderTabs();
       }
       clear(
         summary,

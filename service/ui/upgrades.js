@@ -48,8 +48,12 @@ export async function upgradesPage(host, arg, go) {
     state.history.forEach((e) => { if (e.to) known.add(e.to); if (e.from) known.add(e.from); });
     clear(
       body,
-      h("div", { class: "two-col" }, servingCard(state, evalSet, name), proposeCard(name, info, state, known, draft, outcome, refresh)),
-      historyCard(state.history),
+      h(
+        "div",
+        { class: "two-col" },
+        h("div", {}, servingCard(state, evalSet, name), historyCard(state.history)),
+        proposeCard(name, info, state, known, draft, outcome, refresh),
+      ),
     );
   }
 
@@ -58,8 +62,7 @@ export async function upgradesPage(host, arg, go) {
 }
 
 function evalSetNote(evalSet, name) {
-  if (!evalSet) return null;
-  if (!evalSet.size) {
+  if (!evalSet || !evalSet.size) {  // GET .../eval-set answers 404 when there is none
     return h("p", { class: "muted eval-set" }, "No evaluation set: the gate has nothing to measure, so a migration needs force (or ", h("code", {}, `PUT /v1/collections/${name}/eval-set`), " with labelled inputs first).");
   }
   return h("p", { class: "eval-set" }, `The gate measures each proposal on ${fmt.int(evalSet.size)} labelled inputs (${fmt.int(evalSet.labels)} labels), set ${fmt.when(evalSet.updated_at)}.`);
@@ -212,30 +215,29 @@ function reportTables(reports) {
 }
 
 function historyCard(history) {
-  const rows = [...history].reverse();
+  const entries = [...history].reverse();
   return h(
     "section",
     { class: "card history" },
     h("h2", {}, "History"),
-    rows.length
+    entries.length
       ? h(
-          "table",
-          { class: "table" },
-          h("thead", {}, h("tr", {}, ["#", "Change", "From → to", "When", "Gate", "Details"].map((t) => h("th", {}, t)))),
-          h(
-            "tbody",
-            {},
-            rows.map((e) =>
+          "ol",
+          { class: "timeline" },
+          entries.map((e) =>
+            h(
+              "li",
+              { dataset: { entry: String(e.id), kind: e.kind } },
               h(
-                "tr",
-                { dataset: { entry: String(e.id), kind: e.kind } },
-                h("td", {}, e.id),
-                h("td", {}, pill(e.kind, e.kind === "rollback" ? "warn" : "info")),
-                h("td", {}, h("code", {}, e.from), " → ", h("code", {}, e.to)),
-                h("td", {}, fmt.when(e.at)),
-                h("td", {}, e.gate ? pill(e.gate, e.gate === "passed" ? "ok" : "warn") : "—"),
-                h("td", {}, details(e)),
+                "div",
+                { class: "timeline-head" },
+                h("span", { class: "entry-id" }, `#${e.id}`),
+                pill(e.kind, e.kind === "rollback" ? "warn" : "info"),
+                h("code", {}, e.from), " → ", h("code", {}, e.to),
+                e.gate ? pill(e.gate, e.gate === "passed" ? "ok" : "warn") : null,
+                h("span", { class: "muted when" }, fmt.when(e.at)),
               ),
+              h("div", { class: "timeline-body" }, details(e)),
             ),
           ),
         )

@@ -10,6 +10,7 @@ import pytest
 
 from indexer.errors import InvalidInput, ItemNotFound
 from indexer.index_policy import IndexOptions
+from indexer.thumbnails import Thumbnail
 from indexer.types import Metric
 from tests.indexer.conftest import OpenCollection, clustered
 
@@ -52,6 +53,17 @@ def test_upsert_replaces_and_delete_removes(open_collection: OpenCollection) -> 
     with pytest.raises(ItemNotFound):
         c.get("a")
     assert [h.id for h in c.search([[5, 5, 5, 5]], k=5)[0]] == ["b"]
+
+
+def test_thumbnails_follow_the_last_write_and_go_with_the_item(open_collection: OpenCollection) -> None:
+    c = open_collection(dim=4, metric="l2")
+    picture = Thumbnail(b"\xff\xd8jpeg", 64, 48)
+    c.upsert(["a", "b"], [[0, 0, 0, 1], [0, 0, 1, 0]], thumbnails=[picture, None])
+    assert c.thumbnails.get("a") == picture and c.thumbnails.get("b") is None
+    c.upsert(["a"], [[1, 0, 0, 0]])  # a vector from elsewhere: the old picture no longer describes it
+    assert c.thumbnails.get("a") is None
+    c.upsert(["b"], [[1, 0, 0, 0]], thumbnails=[picture])
+    assert c.delete(["b"]) == 1 and c.thumbnails.get("b") is None
 
 
 def test_repeated_id_in_one_batch_keeps_the_last(open_collection: OpenCollection) -> None:

@@ -64,8 +64,27 @@ def test_remove_forgets_item(index: PayloadIndex) -> None:
         ({"a": {"gt": "5"}}, "'gt' takes a number"),
         ({"a": [1, 2]}, "equality needs"),
         ({"a": {}}, "unknown operator"),
+        ({"x": 10**400}, "filter 'x': integer outside the 64-bit range"),  # issue 16: was a 500
+        ({"x": {"gte": 10**400}}, r"filter 'x\.gte': integer outside the 64-bit range"),
+        ({"x": {"in": [1, 2**64]}}, "integer outside the 64-bit range"),
+        ({"x": {"lt": float("nan")}}, "NaN and Infinity are not allowed"),
+        ({"x": {"eq": float("inf")}}, "NaN and Infinity are not allowed"),
+        ({"x": {"eq": [1]}}, "'eq' needs a string, number"),
+        ({"x": {"in": [{"y": 1}]}}, r"filter 'x\.in\[0\]': nested deeper than 3 levels"),
+        ({"x": {"eq": {"a": {"b": 1}}}}, "nested deeper than 3 levels"),
+        ([{"x": 1}], "filter must be an object"),
     ],
 )
-def test_invalid_filters_are_explained(flt: dict[str, Any], message: str) -> None:
+def test_invalid_filters_are_explained(flt: Any, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         validate_filter(flt)
+
+
+def test_values_no_float_can_hold_are_unindexable_not_fatal() -> None:
+    """A payload logged before integers were limited to int64 must not stop its collection opening:
+    the index (built on every start) leaves such a value out instead of raising OverflowError."""
+    index = PayloadIndex()
+    index.add(1, {"x": 10**400, "y": 2})
+    index.add(2, {"x": 3, "y": 2})
+    assert index.match({"y": 2}) == {1, 2}
+    assert index.match({"x": {"gte": 0}}) == {2}

@@ -194,3 +194,26 @@ def test_rows_keep_sources_in_item_order(text_encoder: Encoder) -> None:
 def test_no_encoder_needed_for_vectors_only(tmp_path: Path) -> None:
     rows = ingest([Item("v", "vector", [1, 2, 3])], None, dest(None, encoder=None))
     assert rows.ids == ["v"] and rows.versions == [None] and rows.matrix(3).dtype == np.float32
+
+
+def test_plan_refuses_what_could_not_be_logged() -> None:
+    """Issue 16: ids, payloads and version labels are checked with the vectors, item by item, so
+    the REST upsert and every job runner refuse them before anything reaches the log."""
+    items = [
+        Item("ok", "vector", [1, 2, 3], payload={"x": 1}),
+        Item("huge", "vector", [1, 2, 3], payload={"x": 10**400}),
+        Item("nan", "vector", [1, 2, 3], payload={"x": float("nan")}),
+        Item("a\nb", "vector", [1, 2, 3]),
+        Item("bools", "vector", [True, False, True]),
+        Item("label", "vector", [1, 2, 3], version="v1\n"),
+    ]
+    planned = plan(items, dest(None, encoder=None))
+    assert list(planned.vectors) == [0]
+    reasons = {items[n].id: f.reason for n, f in planned.failures.items()}
+    assert reasons == {
+        "huge": "payload 'x': integer outside the 64-bit range (-2^63 to 2^63-1)",
+        "nan": "payload 'x': NaN and Infinity are not allowed (numbers must be finite)",
+        "a\nb": "item id 'a\\nb' contains a control character or lone surrogate: it could not be addressed",
+        "bools": "vector must hold numbers, not bool values",
+        "label": "encoder_version 'v1\\n' contains a control character or lone surrogate",
+    }

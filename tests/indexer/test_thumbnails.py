@@ -4,13 +4,13 @@ row has no image; and ``row_images`` picking each upserted row's image as the AP
 
 from __future__ import annotations
 
-import base64
 import io
+import json
 from pathlib import Path
 
 from PIL import Image
 
-from indexer.thumbnails import THUMBNAIL_SIZE, THUMBS_DIR, Thumbnails, make_thumbnail, row_images
+from indexer.thumbnails import THUMBNAIL_SIZE, THUMBS_DIR, Thumbnail, Thumbnails, make_thumbnail
 
 EXIF_ORIENTATION = 0x0112
 
@@ -25,6 +25,11 @@ def decoded(jpeg: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(jpeg))
     assert image.format == "JPEG"
     return image.convert("RGB")
+
+
+def rgb(image: Image.Image, x: int, y: int) -> tuple[int, int, int]:
+    r, g, b = image.getpixel((x, y))  # type: ignore[misc]
+    return int(r), int(g), int(b)
 
 
 def transparent_disc(size: int = 64) -> bytes:
@@ -43,7 +48,7 @@ def test_a_transparent_png_becomes_a_jpeg_on_white_at_its_own_size() -> None:
     image = decoded(thumb.jpeg)
     assert image.size == (64, 64)  # never enlarged
     assert (thumb.source_width, thumb.source_height) == (64, 64)
-    corner, centre = image.getpixel((1, 1)), image.getpixel((32, 32))
+    corner, centre = rgb(image, 1, 1), rgb(image, 32, 32)
     assert min(corner) > 240, corner  # white, as the encoders see it
     assert centre[0] > 180 and centre[1] < 80 and centre[2] < 80, centre
 
@@ -68,7 +73,7 @@ def test_exif_orientation_is_applied_and_the_source_size_is_the_upright_one() ->
     upright = decoded(thumb.jpeg)
     assert (thumb.source_width, thumb.source_height) == (200, 400)  # the box pixel space of a face payload
     assert upright.size == (80, 160)
-    top, bottom = upright.getpixel((40, 20)), upright.getpixel((40, 140))
+    top, bottom = rgb(upright, 40, 20), rgb(upright, 40, 140)
     assert top[0] > 200 and top[1] < 60, top  # the red half is on top once rotated clockwise
     assert min(bottom) > 200, bottom
 
@@ -111,16 +116,12 @@ def test_a_torn_or_foreign_file_reads_as_missing(tmp_path: Path) -> None:
     assert thumbs.get("b") is None
 
 
-def test_row_images_follow_the_rows_as_the_api_writes_them() -> None:
-    png = transparent_disc(16)
-    items = [
-        {"id": "json", "image": base64.b64encode(png).decode()},
-        {"id": "multipart", "image": png},
-        {"id": "photo", "image": "data:image/png;base64," + base64.b64encode(png).decode()},
-        {"id": "text", "text": "a red disc"},
-        {"id": "vector", "vector": [0.1, 0.2]},
-    ]
-    ids = ["json", "multipart", "photo#face0", "photo#face1", "text", "vector"]
-    payloads = [None, {"k": 1}, {"source_id": "photo", "face": {"box": [1, 2, 3, 4]}},
-                {"source_id": "photo", "face": {"box": [5, 6, 7, 8]}}, None, None]  # fmt: skip
-    assert row_images(items, ids, payloads) == [png, png, png, png, None, None]
+def test_a_thumbnail_made_by_a_worker_is_written_by_the_server_as_it_was(tmp_path: Path) -> None:
+    made = make_thumbnail(encoded(Image.new("RGB", (300, 200), (9, 9, 200)), "PNG"))
+    assert made is not None
+    shipped = Thumbnail.from_json(json.loads(json.dumps(made.to_json())))
+    assert shipped == made
+    assert Thumbnail.from_json(None) is None and Thumbnail.from_json(["x"]) is None
+    thumbs = Thumbnails(tmp_path / THUMBS_DIR)
+    thumbs.write_many(["a#face0", "a#face1"], [shipped, shipped])
+    assert thumbs.get("a#face1") == made

@@ -1,7 +1,8 @@
 """One ingest path: the same raw items (text, image, face photos, records; a corrupt image and items of
 the wrong kind among them) through the REST upsert, an embedded job and a Redis worker job give the
 same stored vectors (as stored float32), payloads (face boxes included), kept sources and per-item
-reasons. Real tiny encoders, the real face-resnet@1 zoo encoder on real photos, a real redis-server."""
+reasons, and the same thumbnails (image and face rows only). Real tiny encoders, the real face-resnet@1
+zoo encoder on real photos, a real redis-server."""
 
 from __future__ import annotations
 
@@ -180,7 +181,7 @@ def through_job(api: TestClient, name: str, case: Case, sources: Path) -> dict[s
 
 
 def stored(api: TestClient, name: str) -> dict[str, tuple[Any, ...]]:
-    """id -> (vector as stored float32, payload, encoder version, kept source)."""
+    """id -> (vector as stored float32, payload, encoder version, kept source, thumbnail JPEG or None)."""
     collection = api.app.state.manager.get(name)  # type: ignore[attr-defined]
     ids, _ = collection.all_vectors()
     out = {}
@@ -189,7 +190,10 @@ def stored(api: TestClient, name: str) -> dict[str, tuple[Any, ...]]:
         item = r.json()
         vector = np.asarray(item["vector"], dtype=np.float32).tobytes()
         kept = collection.sources.get(item_id) if collection.sources is not None else None
-        out[item_id] = (vector, item["payload"], item["encoder_version"], kept)
+        thumb = api.get(f"/v1/collections/{name}/thumbnails/{quote(item_id, safe='')}")
+        assert thumb.status_code in (200, 404), thumb.text
+        jpeg = thumb.content if thumb.status_code == 200 else None
+        out[item_id] = (vector, item["payload"], item["encoder_version"], kept, jpeg)
     return out
 
 
@@ -208,11 +212,14 @@ def test_same_items_same_rows_and_reasons_on_every_path(kind: str, servers: Serv
     written = {x[0] for x in case.items} - case.failed
     if kind == "face":
         assert {i.split("#face")[0] for i in rows} == written and len(rows) == 4  # obama: 1 face, group: 3
-        for item_id, (_, payload, _, kept) in rows.items():
+        for item_id, (_, payload, _, kept, jpeg) in rows.items():
             assert payload["source_id"] == item_id.split("#")[0] and len(payload["face"]["box"]) == 4
             assert payload["face"]["score"] > 0.5 and kept is None
+            assert jpeg is not None and jpeg.startswith(b"\xff\xd8")  # every face row shows its photo
     else:
-        assert set(rows) == written and all(kept is not None for *_, kept in rows.values())
+        assert set(rows) == written and all(kept is not None for *_, kept, _ in rows.values())
+        pictures = [jpeg is not None for *_, jpeg in rows.values()]
+        assert all(pictures) if kind == "image" else not any(pictures)  # thumbnails of image items only
     for path in ("embedded", "redis"):
         assert seen[path][1] == reasons, path
         assert seen[path][0].keys() == rows.keys(), path

@@ -10,6 +10,7 @@ import pytest
 from indexer.errors import InvalidInput, LimitExceeded
 from indexer.store.sqlite import SqliteStore
 from indexer.upgrade.compat import SpecCompat
+from indexer.upgrade.errors import EvalSetNotFound
 from indexer.upgrade.eval_set import (
     MAX_EVAL_ITEMS,
     check_eval_set,
@@ -51,7 +52,9 @@ def test_bad_eval_sets_are_refused(inputs: list[str], labels: list[str], error: 
 def test_eval_set_round_trip(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "meta.sqlite3")
     try:
-        assert describe_eval_set(store, "c") == {"size": 0, "labels": 0} and stored_eval_set(store, "c") is None
+        assert stored_eval_set(store, "c") is None
+        with pytest.raises(EvalSetNotFound):
+            describe_eval_set(store, "c")
         described = put_eval_set(store, "c", TEXTS, LABELS)
         assert (described["size"], described["labels"]) == (len(TEXTS), 4)
         stored = stored_eval_set(store, "c")

@@ -184,7 +184,8 @@ def test_migrations_and_eval_sets(ers: ERSClient) -> None:
     ers.create_collection("c-mig", encoder=TEXT)
     texts = ["cat", "kitten", "dog", "puppy", "car", "truck", "apple", "pear"]
     ers.upsert("c-mig", [NewItem(f"g{i}", text=t) for i, t in enumerate(texts)])
-    assert ers.get_eval_set("c-mig").size == 0
+    with pytest.raises(NotFound, match="has no evaluation set"):
+        ers.get_eval_set("c-mig")
     stored = ers.put_eval_set("c-mig", texts, [i // 2 for i in range(8)])
     assert (stored.size, stored.labels) == (8, 4) and stored.updated_at is not None
     with pytest.raises(Conflict) as gate:  # v2 makes the very same vectors: new/old is not above old/old
@@ -203,7 +204,9 @@ def test_migrations_and_eval_sets(ers: ERSClient) -> None:
     assert [m.kind for m in history.history] == ["migrate"] and history.history[0].to_json()["from"] == TEXT
     back = ers.rollback("c-mig")
     assert back.active == TEXT and back.migration.kind == "rollback" and back.migration.unsearchable == {}
-    assert ers.delete_eval_set("c-mig") is None and ers.get_eval_set("c-mig").size == 0
+    assert ers.delete_eval_set("c-mig") is None
+    with pytest.raises(NotFound):  # gone, as any deleted resource
+        ers.get_eval_set("c-mig")
     with_eval = ers.migrate("c-mig", TEXT_V2, force=True, eval_set={"inputs": texts[:4], "labels": [0, 0, 1, 1]})
     assert with_eval.migration.eval_source == "request" and with_eval.migration.reports[TEXT].n == 4
     assert [m.kind for m in ers.migrations("c-mig").history] == ["migrate", "rollback", "migrate"]
