@@ -42,6 +42,8 @@ def validate_spec(dim: int, spec: str, metric: Metric) -> None:
     """Raise InvalidInput unless ``spec`` is ``auto`` or a FAISS factory string valid for ``dim``."""
     if spec == "auto":
         return
+    if not spec.isascii() or not spec.isprintable():  # FAISS's factory takes ASCII text only
+        raise InvalidInput(f"invalid FAISS index spec {spec!a}: printable ASCII only")
     if "IDMap" in spec:
         raise InvalidInput("index spec must not contain IDMap: ids are managed by ERS")
     try:

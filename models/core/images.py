@@ -7,6 +7,7 @@ An allow-list of formats, a pixel limit checked from the header before pixels ar
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from typing import Any
 
@@ -35,7 +36,7 @@ def _open_checked(data: bytes, max_pixels: int) -> Any:
         raise InvalidEncoderInput(
             "image could not be decoded (corrupt or not an image): cannot identify image file"
         ) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, TypeError, struct.error) as exc:
         raise InvalidEncoderInput(f"image could not be decoded (corrupt or not an image): {exc}") from exc
     if image.format not in ALLOWED_FORMATS:
         raise InvalidEncoderInput(
@@ -63,7 +64,9 @@ def decode_image(data: bytes | np.ndarray | Image.Image, max_pixels: int = DEFAU
     try:
         image.load()
         return np.asarray(_to_rgb(ImageOps.exif_transpose(image)))
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, TypeError, struct.error) as exc:
+        # Pillow's decoders raise any of these on hostile bytes (a TIFF whose offset is a fraction
+        # gives a TypeError, found by fuzzing): each is the input's fault, never the server's
         raise InvalidEncoderInput(f"image could not be decoded (corrupt or truncated): {exc}") from exc
 
 

@@ -75,7 +75,11 @@ class EncoderHub:
             name, _ = split_key(key)
         except ValueError as exc:
             raise EncoderNotFound(str(exc)) from exc
-        if not (self.models_dir / key).is_dir():
+        try:
+            present = (self.models_dir / key).is_dir()
+        except OSError:  # a name the file system cannot hold (over 255 bytes): no such encoder
+            present = False
+        if not present:
             raise EncoderNotFound(
                 f"encoder '{key}' is not available in {self.models_dir}; run `ers zoo pull {name}` "
                 "(or `ers zoo import`) with the same --data-dir, then retry"
