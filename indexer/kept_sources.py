@@ -14,15 +14,13 @@ has its source; deleting the collection directory deletes them all.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from indexer.errors import LimitExceeded
-from models.core.durable import FileData, publish_files
+from indexer.item_files import ItemFiles
 
 SourceKind = Literal["text", "image", "record"]
 KINDS: tuple[str, ...] = ("text", "image", "record")
@@ -70,14 +68,7 @@ class KeptSource:
         return self.data
 
 
-class KeptSources:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def path_of(self, item_id: str) -> Path:
-        digest = hashlib.sha256(item_id.encode("utf-8")).hexdigest()
-        return self.directory / digest[:2] / digest
-
+class KeptSources(ItemFiles):
     def replace(self, ids: Sequence[str], sources: Sequence[KeptSource | None]) -> None:
         """Keep ``sources[i]`` for ``ids[i]`` durably; None drops the id's kept source (its new vector
         came from elsewhere, so the old input no longer describes it)."""
@@ -85,41 +76,16 @@ class KeptSources:
             if source is not None and len(source.data) > MAX_SOURCE_BYTES:
                 raise LimitExceeded(f"item '{item_id}': its input is {len(source.data)} bytes; kept sources "
                                     f"are limited to {MAX_SOURCE_BYTES}")  # fmt: skip
-        changes: list[tuple[Path, FileData | None]] = []
-        for item_id, source in zip(ids, sources, strict=True):
-            if source is None:
-                changes.append((self.path_of(item_id), None))
-                continue
-            header = {"id": item_id, "kind": source.kind, "sha256": hashlib.sha256(source.data).hexdigest(),
-                      "bytes": len(source.data)}  # fmt: skip
-            changes.append((self.path_of(item_id), (json.dumps(header).encode() + b"\n", source.data)))
-        publish_files(changes)
+        self.write(
+            [(i, None, b"") if s is None else (i, {"kind": s.kind}, s.data) for i, s in zip(ids, sources, strict=True)]
+        )
 
     def delete(self, ids: Sequence[str]) -> None:
         self.replace(ids, [None] * len(ids))
 
     def get(self, item_id: str) -> KeptSource | None:
         """The kept input of ``item_id``; None when there is none (or the file is not intact)."""
-        try:
-            raw = self.path_of(item_id).read_bytes()
-        except FileNotFoundError:
+        found = self.read(item_id)
+        if found is None or found[0].get("kind") not in KINDS:
             return None
-        head, sep, data = raw.partition(b"\n")
-        try:
-            header = json.loads(head) if sep else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            header = None
-        if (
-            not isinstance(header, dict)
-            or header.get("id") != item_id
-            or header.get("kind") not in KINDS
-            or header.get("bytes") != len(data)
-            or header.get("sha256") != hashlib.sha256(data).hexdigest()
-        ):
-            return None
-        return KeptSource(header["kind"], data)
-
-    def count(self) -> int:
-        if not self.directory.is_dir():
-            return 0
-        return sum(1 for p in self.directory.glob("*/*") if not p.name.startswith("."))
+        return KeptSource(found[0]["kind"], found[1])

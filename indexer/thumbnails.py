@@ -20,9 +20,7 @@ deletes them all.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from indexer.errors import NotFoundError
-from models.core.durable import FileData, publish_files
+from indexer.item_files import ItemFiles
 from models.core.errors import ModelError
 from models.core.images import DEFAULT_MAX_PIXELS, check_image
 
@@ -94,18 +92,11 @@ def make_thumbnail(image: bytes, size: int = THUMBNAIL_SIZE, max_pixels: int = D
     return Thumbnail(out.getvalue(), width, height)
 
 
-class Thumbnails:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
+class Thumbnails(ItemFiles):
     @classmethod
     def of(cls, collection_dir: Path) -> Thumbnails:
         """The thumbnails of the collection whose directory is ``collection_dir`` (``Collection.directory``)."""
         return cls(collection_dir / THUMBS_DIR)
-
-    def path_of(self, item_id: str) -> Path:
-        digest = hashlib.sha256(item_id.encode("utf-8")).hexdigest()
-        return self.directory / digest[:2] / digest
 
     def put_many(self, ids: Sequence[str], images: Sequence[bytes | None]) -> int:
         """Make and keep a thumbnail of ``images[i]`` for ``ids[i]``; None (or bytes that are not an image)
@@ -127,37 +118,20 @@ class Thumbnails:
         """Keep ``thumbnails[i]`` (made elsewhere, e.g. by a job's worker) for ``ids[i]`` durably; None drops it."""
         if len(ids) != len(thumbnails):
             raise ValueError(f"{len(ids)} ids but {len(thumbnails)} thumbnails")
-        changes: list[tuple[Path, FileData | None]] = []
-        for item_id, thumbnail in zip(ids, thumbnails, strict=True):
-            if thumbnail is None:
-                changes.append((self.path_of(item_id), None))
-                continue
-            header = {"id": item_id, "width": thumbnail.source_width, "height": thumbnail.source_height,
-                      "sha256": hashlib.sha256(thumbnail.jpeg).hexdigest(), "bytes": len(thumbnail.jpeg)}  # fmt: skip
-            changes.append((self.path_of(item_id), (json.dumps(header).encode() + b"\n", thumbnail.jpeg)))
-        publish_files(changes)
+        self.write([
+            (i, None, b"") if t is None else (i, {"width": t.source_width, "height": t.source_height}, t.jpeg)
+            for i, t in zip(ids, thumbnails, strict=True)
+        ])  # fmt: skip
 
     def delete(self, ids: Sequence[str]) -> None:
         self.write_many(ids, [None] * len(ids))
 
     def get(self, item_id: str) -> Thumbnail | None:
         """The thumbnail of ``item_id``; None when there is none (or its file is not intact)."""
-        try:
-            raw = self.path_of(item_id).read_bytes()
-        except FileNotFoundError:
+        found = self.read(item_id)
+        if found is None:
             return None
-        head, sep, jpeg = raw.partition(b"\n")
-        try:
-            header = json.loads(head) if sep else None
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            header = None
-        if (
-            not isinstance(header, dict)
-            or header.get("id") != item_id
-            or header.get("bytes") != len(jpeg)
-            or header.get("sha256") != hashlib.sha256(jpeg).hexdigest()
-            or not isinstance(header.get("width"), int)
-            or not isinstance(header.get("height"), int)
-        ):
+        header, jpeg = found
+        if not isinstance(header.get("width"), int) or not isinstance(header.get("height"), int):
             return None
         return Thumbnail(jpeg, header["width"], header["height"])
