@@ -131,8 +131,8 @@ class Collection(ReplayedCollection):
     def _keep_thumbnails(self, ids: list[str], thumbnails: list[Thumbnail | None] | None) -> None:
         """Pictures are derived, cosmetic data: the write is acknowledged whatever happens here (a full
         disk leaves the item without one, which the console shows as a placeholder)."""
-        if thumbnails is None and not self.thumbnails.directory.exists():
-            return  # a collection that never held an image item: nothing to write or drop
+        if not any(thumbnails or ()) and not self.thumbnails.directory.exists():
+            return  # no pictures, and a collection that never held one: nothing to write or drop
         try:
             self.thumbnails.write_many(ids, thumbnails or [None] * len(ids))
         except (OSError, ERSError) as exc:

@@ -55,12 +55,9 @@ def fsync_file(path: Path) -> None:
 
 
 def fsync_dir(directory: Path) -> None:
-    """Persist a directory entry change (create, rename, unlink) itself."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Persist a directory entry change (create, rename, unlink) itself: a directory opens and
+    fsyncs like a file."""
+    fsync_file(directory)
 
 
 def fsync_tree(directory: Path) -> None:
