@@ -30,6 +30,7 @@ import copy
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -39,6 +40,7 @@ from indexer.kept_sources import KeptSource
 from indexer.thumbnails import Thumbnail, make_thumbnail
 from indexer.types import FloatArray
 from indexer.validation import as_matrix, check_id, check_payload, check_version, load_json
+from models.core.batching import Budget, forward_grouped
 from models.core.encoder import Batch, Encoder
 from models.core.errors import ERSError
 from models.core.images import check_image
@@ -291,13 +293,15 @@ def merge(n: int, good: list[int], embedded: list[Embedded], errors: Mapping[int
     return [e for e in out if e is not None]
 
 
-def encode_inputs(encoder: Encoder, inputs: Sequence[Any]) -> list[Embedded]:
-    """Encode in one batch (the failing inputs left out). A failing forward pass is no input's fault:
-    it propagates (a job runner retries the batch)."""
+def encode_inputs(encoder: Encoder, inputs: Sequence[Any], threads: int | None = None) -> list[Embedded]:
+    """Encode in length-sorted forwards under the default padding budget (the failing inputs left
+    out), with ``threads`` intra-op threads each. A failing forward pass is no input's fault: it
+    propagates (a job runner retries the batch)."""
     good, batch, errors = preprocess_each(encoder, inputs)
     embedded: list[Embedded] = []
     if good and batch is not None:
-        embedded = split_output(encoder.postprocess(encoder.forward(batch), batch), batch, len(good))
+        raw = forward_grouped(partial(encoder.forward, threads=threads), batch, Budget())
+        embedded = split_output(encoder.postprocess(raw, batch), batch, len(good))
     return merge(len(inputs), good, embedded, errors)
 
 
@@ -362,11 +366,11 @@ def _kept(modality: str | None, value: Any) -> KeptSource | None:
     return None
 
 
-def ingest(items: Sequence[Item], encoder: Encoder | None, dest: Destination) -> Rows:
+def ingest(items: Sequence[Item], encoder: Encoder | None, dest: Destination, threads: int | None = None) -> Rows:
     """The whole path in one synchronous call (job runners): plan, encode, rows."""
     planned = plan(items, dest)
     embedded: list[Embedded] = []
     if planned.inputs:
         assert encoder is not None, "a destination with a modality needs its encoder"
-        embedded = encode_inputs(encoder, list(planned.inputs.values()))
+        embedded = encode_inputs(encoder, list(planned.inputs.values()), threads)
     return rows_of(items, planned, embedded, dest)

@@ -19,6 +19,7 @@ from indexer.store.factory import open_store
 from indexer.threads import set_faiss_threads
 from indexer.upgrade.compat import SpecCompat
 from indexer.upgrade.migrations import Migrations
+from models.core.backends import set_device
 from service import openapi
 from service.errors import install_error_handlers
 from service.metrics import Metrics
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         set_faiss_threads(settings.threads)
+        set_device(settings.device)
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         store = open_store(settings.redis_url, settings.data_dir, settings.redis_prefix)
         # the one resolver of which encoder versions' vectors a query may meet: collections and migrations share it

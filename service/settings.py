@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from indexer.index_policy import IndexOptions
 from indexer.jobs.model import JobOptions
+from models.core.batching import Budget
 from service.runtime.encoders import HubOptions
 
 
@@ -68,9 +69,14 @@ class Settings(BaseSettings):
     target_recall: float = 0.97
     # encoders
     models_dir: Path | None = None  # default: <data_dir>/models (where `ers zoo pull` puts them)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when ONNX Runtime / torch has it
+    # intra-op threads per forward; 0 adapts: one each while forwards overlap, every core for a lone one
+    encoder_threads: int = Field(default=0, ge=0)
     batching: bool = True
-    batch_max: int = 8  # measured on 2 cores: smaller batches than clients keep both cores busy
-    batch_concurrency: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    batch_max: int = Field(default=8, ge=1)  # rows per forward (on 2 cores, 8 beat 32: docs/benchmarks.md)
+    batch_tokens: int = Field(default=2048, ge=1)  # padded tokens per forward (rows x longest), text
+    batch_pixels: int = Field(default=4 * 224 * 224, ge=1)  # pixels per forward, images
+    batch_concurrency: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))  # forwards at once
     batch_wait_ms: float = 5.0
     batch_queue: int = 512
     embed_cache_size: int = 10_000
@@ -121,11 +127,11 @@ class Settings(BaseSettings):
     def hub_options(self) -> HubOptions:
         return HubOptions(
             batching=self.batching,
-            max_batch=self.batch_max,
+            budget=Budget(tokens=self.batch_tokens, pixels=self.batch_pixels, rows=self.batch_max),
             max_wait_ms=self.batch_wait_ms,
             max_queue=self.batch_queue,
-            concurrency=max(1, self.batch_concurrency // max(1, self.threads)),
-            threads=self.threads,
+            concurrency=max(1, self.batch_concurrency // max(1, self.encoder_threads)),
+            threads=self.encoder_threads,
         )
 
     def job_options(self) -> JobOptions:

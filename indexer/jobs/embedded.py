@@ -24,6 +24,7 @@ from indexer.jobs.errors import SourceInvalid
 from indexer.jobs.model import ACTIVE, Batch, Encoded
 from indexer.jobs.runner import JobRunner
 from indexer.jobs.sources import Source, load
+from models.core.backends import cpu_cores
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -162,13 +163,16 @@ class _Pipeline:
 
     def _encode(self) -> None:
         opts = self.runner.options
+        # The job's encoder threads share the cores: each forward gets its share (measured in
+        # bench/index.py; ONNX Runtime's workers sleep between forwards, so the writer is not starved).
+        forward_threads = max(1, cpu_cores() // max(1, opts.encode_threads))
         while (batch := self._get(self.loaded)) is not _END:
             assert isinstance(batch, Batch)
             reason, dead = "", list[dict[str, Any]]()
             for attempt in range(1, opts.max_attempts + 1):
                 try:
                     enc = encode_batch(batch.seq, batch.entries, self.target, self.runner.get_encoder,
-                                       opts.max_image_pixels)  # fmt: skip
+                                       opts.max_image_pixels, forward_threads)  # fmt: skip
                     break
                 except Exception as exc:  # not one item's fault (those are failures already): retry
                     reason = f"{type(exc).__name__}: {exc}"

@@ -36,7 +36,9 @@ def encode_batch(
     target: Target,
     get_encoder: Callable[[str], Encoder] | None,
     max_pixels: int = 40_000_000,
+    threads: int | None = None,
 ) -> Encoded:
+    """``threads``: intra-op threads per forward (None: the encoder's default, one)."""
     items = [e for e in entries if isinstance(e, Item)]
     encoder: Encoder | None = None
     if target.encoder is not None and get_encoder is not None and any(i.kind != "vector" for i in items):
@@ -49,7 +51,7 @@ def encode_batch(
         keep_sources=target.keep_sources,
         max_pixels=max_pixels,
     )
-    rows = ingest(items, encoder, dest)
+    rows = ingest(items, encoder, dest, threads)
     failures = [e for e in entries if isinstance(e, Failure)]  # the source's own (unparsable lines)
     return Encoded(
         seq,

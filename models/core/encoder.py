@@ -30,7 +30,9 @@ class Encoder(Protocol):
 
     def preprocess(self, inputs: Sequence[Any]) -> Batch: ...
 
-    def forward(self, batch: Batch) -> np.ndarray: ...
+    def forward(self, batch: Batch, threads: int | None = None) -> np.ndarray:
+        """``threads``: intra-op threads for this call (None: the runner's default)."""
+        ...
 
     def postprocess(self, raw: np.ndarray, batch: Batch) -> FloatArray: ...
 
@@ -96,12 +98,12 @@ class ModelEncoder:
     def preprocess(self, inputs: Sequence[Any]) -> Batch:
         return self.family.preprocess(inputs)
 
-    def forward(self, batch: Batch) -> np.ndarray:
+    def forward(self, batch: Batch, threads: int | None = None) -> np.ndarray:
         feeds = network_inputs(batch)
         first = next(iter(feeds.values()))
         if len(first) == 0:
             return np.zeros((0, self.spec.dim), dtype=np.float32)
-        return np.asarray(self.runner(feeds))
+        return np.asarray(self.runner(feeds, threads))
 
     def postprocess(self, raw: np.ndarray, batch: Batch) -> FloatArray:
         return self.family.postprocess(raw, batch)

@@ -132,12 +132,14 @@ def worker(
         err.print("[red]error:[/red] a worker needs Redis: --redis-url or ERS_REDIS_URL")
         raise typer.Exit(2)
     from indexer.jobs.worker import StreamWorker
+    from models.core.backends import set_device
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())  # finish the batch in hand, then leave
     opts = settings.job_options()
+    set_device(settings.device)
     StreamWorker(settings.redis_url, settings.redis_prefix, settings.models_path, opts, settings.threads, name).run(
         stop
     )

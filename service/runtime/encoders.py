@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import anyio.to_thread
 
 from indexer.ingest import Embedded, merge, preprocess_each, split_output
 from models.core.backends import set_torch_threads
+from models.core.batching import Budget, forward_grouped
 from models.core.encoder import Encoder
 from models.core.errors import ArtifactError, EncoderNotFound
 from models.core.registry import load_encoder
@@ -31,11 +33,11 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class HubOptions:
     batching: bool = True
-    max_batch: int = 8
+    budget: Budget = field(default_factory=Budget)
     max_wait_ms: float = 5.0
     max_queue: int = 512
-    concurrency: int = 2
-    threads: int = 1
+    concurrency: int = 2  # forwards at once (batching)
+    threads: int = 0  # intra-op threads per forward; 0 adapts to the load (see DynamicBatcher)
     warmup: bool = True
 
 
@@ -47,7 +49,7 @@ class EncoderHub:
         self.encoders: dict[str, Encoder] = {}
         self.batchers: dict[str, DynamicBatcher] = {}
         self._lock = threading.Lock()
-        set_torch_threads(options.threads)
+        set_torch_threads(max(1, options.threads))
 
     def load_all(self) -> None:
         for spec in installed(self.models_dir):
@@ -57,7 +59,7 @@ class EncoderHub:
         with self._lock:
             if key in self.encoders:
                 return self.encoders[key]
-            encoder = load_encoder(self.models_dir / key, threads=self.options.threads)
+            encoder = load_encoder(self.models_dir / key, threads=max(1, self.options.threads))
             if self.options.warmup:
                 family = getattr(encoder, "family", None)
                 example = family.example_inputs() if family is not None else []
@@ -101,7 +103,7 @@ class EncoderHub:
         batcher = self.batchers.get(key)
         if batcher is None:
             o = self.options
-            batcher = DynamicBatcher(encoder, o.max_batch, o.max_wait_ms, o.max_queue, o.concurrency)
+            batcher = DynamicBatcher(encoder, o.budget, o.max_wait_ms, o.max_queue, o.concurrency, o.threads)
             batcher.start()
             self.batchers[key] = batcher
         return batcher
@@ -140,5 +142,7 @@ class EncoderHub:
         if self.options.batching:
             raw = await self._batcher(key, encoder).forward(batch)
         else:
-            raw = await anyio.to_thread.run_sync(encoder.forward, batch)
+            threads = self.options.threads or 1
+            forward = partial(encoder.forward, threads=threads)
+            raw = await anyio.to_thread.run_sync(forward_grouped, forward, batch, self.options.budget)
         return merge(len(inputs), good, split_output(encoder.postprocess(raw, batch), batch, len(good)), errors)
