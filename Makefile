@@ -60,3 +60,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .mypy_cache .ruff_cache
+
+# The peer server for bench/encode_peers.py (Infinity, pinned, CPU torch) in its own venv,
+# .bench-venvs/infinity: a benchmark tool only, never a dependency of ERS. Idempotent.
+.PHONY: bench-peers-setup
+bench-peers-setup:
+	PYTHON=$(PY) bash bench/setup_peers.sh

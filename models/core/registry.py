@@ -11,6 +11,7 @@ from models.core.artifact import ONNX_FILE, TORCH_FILE, verify_artifact
 from models.core.backends import OnnxRunner, TorchRunner
 from models.core.encoder import Family, ModelEncoder
 from models.core.errors import ArtifactError
+from models.core.quantize import INT8, PRECISION_KEY
 
 F = TypeVar("F", bound=type[Family])
 _FAMILIES: dict[str, type[Family]] = {}
@@ -64,6 +65,17 @@ def load_encoder(directory: Path, backend: Backend = "auto", threads: int = 1) -
     spec = verify_artifact(directory)
     family = family_class(spec.family)(spec, directory)
     has_onnx, has_torch = (directory / ONNX_FILE).exists(), (directory / TORCH_FILE).exists()
+    precision = spec.config.get(PRECISION_KEY, "fp32")  # absent: an fp32 artifact
+    if precision not in ("fp32", INT8):
+        raise ArtifactError(f"{spec.key}: unknown precision '{precision}' in spec config")
+    if precision == INT8:
+        # Its weights exist only as the quantised ONNX graph: PyTorch would have to serve fp32 weights
+        # (if any were present) under the int8 name, and fp16 conversion on CUDA would undo the int8.
+        if backend == "torch":
+            raise ArtifactError(f"{spec.key} is int8 and runs on ONNX Runtime only; use backend onnx or auto")
+        if not has_onnx:
+            raise ArtifactError(f"{directory} has no {ONNX_FILE} (an int8 artifact runs on ONNX Runtime only)")
+        return ModelEncoder(family, OnnxRunner(directory / ONNX_FILE, threads, fp16_on_cuda=False), "onnx")
     if backend == "onnx" or (backend == "auto" and has_onnx):
         if not has_onnx:
             raise ArtifactError(f"{directory} has no {ONNX_FILE}")

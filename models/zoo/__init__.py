@@ -66,7 +66,9 @@ def find(name: str) -> ZooEntry:
     matches = [e for e in zoo.values() if e.name == name]
     if not matches:
         raise ZooError(f"'{name}' is not in the zoo; `ers zoo list` shows what is")
-    return max(matches, key=lambda e: e.key)
+    # A bare name means the newest full-precision model; variants such as "1-int8" are asked for by key.
+    plain = [e for e in matches if "-" not in e.key.split("@", 1)[1]] or matches
+    return max(plain, key=lambda e: e.key)
 
 
 def pull(name: str, models_dir: Path, cache_dir: Path, force: bool = False) -> EncoderSpec:

@@ -7,6 +7,10 @@
   model uses the same uncased 30522-piece BERT vocabulary as L6, so L6's ``tokenizer.json`` is used.
 
 The two models are different vector spaces: vectors of one must never be searched against the other.
+
+* ``minilm-l6@1-int8`` / ``minilm-l3@1-int8``: the same builds, then ONNX Runtime dynamic int8
+  quantisation of ``model.onnx`` (see ``INT8_OPTIONS``); served by ONNX Runtime only. Each declares
+  itself compatible with its fp32 model (``compatible_with``, all 384 dims), on measured retrieval.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,7 @@ from models.core.artifact import ONNX_FILE
 from models.core.errors import ZooError
 from models.core.export import export_onnx, parity, save_weights
 from models.core.fetch import Fetcher, Package, extract
+from models.core.quantize import INT8, PRECISION_KEY, Int8Options, quantize_int8, quantized_op_types
 from models.core.spec import EncoderSpec
 from models.families.bert import TOKENIZER_FILE, BertConfig, BertModel, BertTextFamily, hf_state_dict
 from models.zoo import zoo_entry
@@ -207,3 +213,81 @@ def build_l3(staging: Path, fetcher: Fetcher) -> EncoderSpec:
     if not diff <= TOLERANCE:
         raise ZooError(f"{L3.filename}: our BERT differs from the original graph by {diff:.2e} (> {TOLERANCE})")
     return _finish(staging, spec, module)
+
+
+# --- int8 variants: the fp32 build above, then ONNX Runtime dynamic quantisation -----------------
+# Options chosen on the val split of the X-ray and emoji retrieval sets (models.data.text_retrieval;
+# `bench/int8_quality.py --sweep` reruns the comparison). Per-channel scales keep the int8 output at a
+# mean cosine of 0.991-0.997 to fp32 (per-tensor: 0.95-0.98); reduce_range (7-bit weights, for CPUs
+# without VNNI) only lost precision (0.83-0.91 per-tensor); quantising the embedding tables (Gather)
+# as well shrinks the graph 2.5-3x (L6 59 -> 23 MB) for <0.001 of mean cosine.
+INT8_OPTIONS = Int8Options(per_channel=True, reduce_range=False, op_types=("MatMul", "Gather"))
+# Per text, the int8 vector must stay this close (cosine) to the fp32 one, or the build fails.
+INT8_MIN_COSINE = 0.97
+# int8 vectors are searched against fp32 ones (a collection switches without re-embedding) when int8
+# queries on the fp32 gallery lose at most COMPAT_TOLERANCE_R10 points of R@10 against fp32/fp32 on
+# the test split of both retrieval sets. Measuring that takes minutes (two data sets, two encoders),
+# too slow for a pull, so the decision is this constant, backed by `bench/int8_quality.py`'s figures
+# (docs: the int8 section of the benchmarks page).
+COMPAT_TOLERANCE_R10 = 0.5
+# Measured (test split, bench/int8_quality.py): L6 loses 0.7 points on X-ray (paired 95% CI -0.1..+1.4)
+# and 0.2 on emoji: over the tolerance, so L6 int8 is a separate space (re-embed to switch); L3 loses
+# 0.0 on X-ray and -0.4 (a gain) on emoji: compatible.
+INT8_COMPATIBLE = {"minilm-l6@1": False, "minilm-l3@1": True}
+
+
+def _int8_variant(spec: EncoderSpec, staging: Path) -> EncoderSpec:
+    """Quantise the fp32 artifact built in ``staging`` in place; drop its safetensors (fp32 weights that
+    must never be served under the int8 name) and return the int8 spec."""
+    from models.core.artifact import TORCH_FILE
+    from models.core.backends import OnnxRunner
+    from models.core.encoder import l2_normalise, network_inputs
+
+    fp32_path = staging / "model-fp32.onnx"
+    (staging / ONNX_FILE).rename(fp32_path)
+    quantize_int8(fp32_path, staging / ONNX_FILE, INT8_OPTIONS)
+    if "MatMulInteger" not in quantized_op_types(staging / ONNX_FILE):
+        raise ZooError(f"{spec.key}: quantize_dynamic left no MatMulInteger in the graph")
+    batch = network_inputs(BertTextFamily(spec, staging).preprocess(PARITY_TEXTS))
+    fp32 = l2_normalise(OnnxRunner(fp32_path, fp16_on_cuda=False)(batch))
+    int8 = l2_normalise(OnnxRunner(staging / ONNX_FILE, fp16_on_cuda=False)(batch))
+    cosine = np.sum(fp32 * int8, axis=1)  # (texts,)
+    log.info("%s int8: cosine to fp32 per parity text %s", spec.key, np.round(cosine, 4).tolist())
+    if not float(cosine.min()) >= INT8_MIN_COSINE:
+        raise ZooError(f"{spec.key}: int8 vectors drift from fp32 (min cosine {cosine.min():.4f} < {INT8_MIN_COSINE})")
+    fp32_path.unlink()
+    (staging / TORCH_FILE).unlink()
+    compatible = INT8_COMPATIBLE[spec.key]
+    options_ops = list(INT8_OPTIONS.op_types)  # a JSON list, as spec.json reads back
+    return replace(
+        spec,
+        version=f"{spec.version}-int8",
+        config={**spec.config, PRECISION_KEY: INT8, "int8": {**asdict(INT8_OPTIONS), "op_types": options_ops}},
+        compatible_with=spec.key if compatible else None,
+        compat_dims=spec.dim if compatible else None,
+        description=f"{spec.description}; int8 dynamic quantisation (ONNX Runtime only)",
+    )
+
+
+@zoo_entry(
+    "minilm-l6@1-int8",
+    "text",
+    384,
+    "all-MiniLM-L6-v2, int8 dynamic quantisation (ONNX Runtime only; a space of its own: switching to it re-embeds)",
+    _source(L6),
+    "Apache-2.0",
+)
+def build_l6_int8(staging: Path, fetcher: Fetcher) -> EncoderSpec:
+    return _int8_variant(build_l6(staging, fetcher), staging)
+
+
+@zoo_entry(
+    "minilm-l3@1-int8",
+    "text",
+    384,
+    "paraphrase-MiniLM-L3-v2, int8 dynamic quantisation (ONNX Runtime only; searchable against minilm-l3@1)",
+    f"{_source(L3)} + {_source(L6)} (tokenizer)",
+    "Apache-2.0",
+)
+def build_l3_int8(staging: Path, fetcher: Fetcher) -> EncoderSpec:
+    return _int8_variant(build_l3(staging, fetcher), staging)

@@ -16,8 +16,9 @@ from service.runtime.batching import _Request, _Row, pick
 from tests.conftest import install_zoo_model
 from tests.service.conftest import MakeClient
 
-WORDS = ("the patient shows clear lungs with no focal consolidation effusion or pneumothorax and a normal "
-         "heart size while the mediastinal contours remain stable compared with the prior study").split()  # fmt: skip
+REPORT = ("the patient shows clear lungs with no focal consolidation effusion or pneumothorax and a normal "
+          "heart size while the mediastinal contours remain stable compared with the prior study")  # fmt: skip
+WORDS = REPORT.split()
 
 
 def sentence(rng: np.random.Generator) -> str:
