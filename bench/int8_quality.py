@@ -40,6 +40,7 @@ from models.zoo.minilm import COMPAT_TOLERANCE_R10
 MODELS = ("minilm-l6@1", "minilm-l3@1")
 SWEEP = [Int8Options(pc, rr, ops) for ops in (("MatMul",), ("MatMul", "Gather")) for pc in (False, True)
          for rr in (False, True)]  # fmt: skip
+SWEEP.append(Int8Options(True, False, ("MatMul", "Gather"), fp32_down_projections=True))
 
 
 def quality(fp32: Any, int8: Any, data: RetrievalSet, resamples: int) -> dict[str, Any]:

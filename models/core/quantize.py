@@ -22,14 +22,33 @@ class Int8Options:
     """``quantize_dynamic``'s knobs. ``per_channel``: one scale per output channel of each weight
     instead of one per tensor. ``reduce_range``: 7-bit weights, which avoids int16 overflow in the
     VPMADDUBSW path of CPUs without VNNI at some cost in precision. ``op_types``: the ops quantised
-    (``MatMul``: the linear layers; ``Gather``: the embedding tables)."""
+    (``MatMul``: the linear layers; ``Gather``: the embedding tables). ``fp32_down_projections``:
+    leave in fp32 the MatMuls that map a wider input to a narrower output (in a BERT, each layer's
+    feed-forward output: its input, the GELU activations, carries the outliers that dynamic per-tensor
+    activation quantisation handles worst)."""
 
     per_channel: bool = False
     reduce_range: bool = False
     op_types: tuple[str, ...] = ("MatMul",)
+    fp32_down_projections: bool = False
 
     def label(self) -> str:
-        return f"{'+'.join(self.op_types)} per_channel={self.per_channel} reduce_range={self.reduce_range}"
+        down = " fp32_down_projections" if self.fp32_down_projections else ""
+        return f"{'+'.join(self.op_types)} per_channel={self.per_channel} reduce_range={self.reduce_range}{down}"
+
+
+def down_projections(path: Path) -> list[str]:
+    """Names of the MatMul nodes whose constant weight (in, out) has in > out."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    found = []
+    for node in graph.node:
+        weights = [shapes[i] for i in node.input if i in shapes and len(shapes[i]) == 2]
+        if node.op_type == "MatMul" and len(weights) == 1 and weights[0][0] > weights[0][1]:
+            found.append(node.name)
+    return found
 
 
 def quantize_int8(source: Path, destination: Path, options: Int8Options) -> Path:
@@ -43,6 +62,7 @@ def quantize_int8(source: Path, destination: Path, options: Int8Options) -> Path
         per_channel=options.per_channel,
         reduce_range=options.reduce_range,
         weight_type=QuantType.QInt8,
+        nodes_to_exclude=down_projections(source) if options.fp32_down_projections else [],
     )
     return destination
 

@@ -13,6 +13,7 @@ Our parameter names are cleaner than the reference checkpoint's (``_blocks.3._de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -38,6 +39,29 @@ LITE0_STAGES: tuple[Stage, ...] = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
+
+
+def round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """TF EfficientNet's ``round_filters``: scale by ``width``, round to a multiple of ``divisor``, never
+    more than 10% down."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+def scaled_stages(width: float, depth: float) -> tuple[Stage, ...]:
+    """Lite0's stages scaled as ``efficientnet-lite-pytorch`` (``fix_head_stem``) scales them: channels by
+    ``width``, repeats by ``ceil(depth * r)``, except that the first and last stages keep their repeats
+    and the first stage reads the unscaled 32-channel stem."""
+    stages = []
+    for i, (repeats, kernel, stride, expand, cin, cout) in enumerate(LITE0_STAGES):
+        fixed = i in (0, len(LITE0_STAGES) - 1)
+        r = repeats if fixed else math.ceil(depth * repeats)
+        c_in = cin if i == 0 else round_channels(cin, width)
+        stages.append((r, kernel, stride, expand, c_in, round_channels(cout, width)))
+    return tuple(stages)
+
+
 # Preprocessing (spec.config), as the TF EfficientNet-Lite evaluation: the centre crop of 224/256 of the
 # shorter side (TF's CROP_PADDING = 32), resized bicubic to ``image_size``, then (x - mean_rgb) / stddev_rgb
 # on the 0-255 scale. Lite models were trained with inception-style 127/128 ("for better post-quantization"),
@@ -63,9 +87,12 @@ class EfficientNetLiteConfig:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> EfficientNetLiteConfig:
-        """From ``spec.config`` (preprocessing keys such as ``mean_rgb`` are ignored)."""
+        """From ``spec.config`` (preprocessing keys such as ``mean_rgb`` are ignored); the stages follow
+        ``width_coefficient`` and ``depth_coefficient`` (both 1.0, Lite0, when absent)."""
         names = {f.name for f in fields(cls)} - {"stages"}
-        return cls(**{k: v for k, v in config.items() if k in names})
+        width, depth = float(config.get("width_coefficient", 1.0)), float(config.get("depth_coefficient", 1.0))
+        stages = LITE0_STAGES if (width, depth) == (1.0, 1.0) else scaled_stages(width, depth)
+        return cls(**{k: v for k, v in config.items() if k in names}, stages=stages)
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
