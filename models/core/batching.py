@@ -57,10 +57,14 @@ def is_tokens(batch: Batch) -> bool:
     return MASK in batch
 
 
-def split_rows(batch: Batch) -> list[Batch]:
-    """One batch per row, each cut to its own length (token inputs lose their padding)."""
+def split_rows(batch: Batch, lengths: np.ndarray | None = None) -> list[Batch]:
+    """One batch per row, each cut to its own length (token inputs lose their padding);
+    ``lengths``: ``row_lengths(batch)`` when the caller has it already."""
     feeds = network_inputs(batch)
-    lengths = row_lengths(batch) if MASK in feeds else None
+    if MASK not in feeds:
+        lengths = None
+    elif lengths is None:
+        lengths = row_lengths(batch)
     out = []
     for i in range(row_count(batch)):
         row: Batch = {}
@@ -113,7 +117,7 @@ def forward_grouped(forward: Callable[[Batch], np.ndarray], batch: Batch, budget
     groups = length_groups(lengths, budget.units(batch), budget.rows)
     if len(groups) == 1 and not is_tokens(batch):
         return forward(batch)  # fixed-shape rows within the budget: nothing to regroup
-    rows = split_rows(batch)
+    rows = split_rows(batch, lengths)
     out: np.ndarray | None = None
     for group in groups:
         raw = np.asarray(forward(collate([rows[i] for i in group])))

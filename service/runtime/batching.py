@@ -151,7 +151,7 @@ class DynamicBatcher:
             self._units = self.budget.units(batch)
         request = _Request(asyncio.get_running_loop().create_future(), rows)
         lengths = row_lengths(batch)
-        for i, feeds in enumerate(split_rows(batch)):
+        for i, feeds in enumerate(split_rows(batch, lengths)):
             self._pending.append(_Row(request, i, int(lengths[i]), feeds, next(self._seq)))
         self._active += 1
         self._load = 0.8 * self._load + 0.2 * self._active
