@@ -25,6 +25,7 @@ from indexer.index_policy import IndexOptions, IndexPolicy
 from indexer.kept_sources import SOURCES_DIR, KeptSources
 from indexer.locks import CollectionLocks
 from indexer.records import LogRecord, decode
+from indexer.rewritten_views import ViewCache
 from indexer.segments import (
     STATE_NAMESPACE,
     CompatResolver,
@@ -69,6 +70,7 @@ class ReplayedCollection:
         self.payloads: dict[int, dict[str, Any] | None] = {}
         self.versions: dict[int, str | None] = {}
         self.payload_index = PayloadIndex()
+        self.views = ViewCache()  # rewritten views of old segments (transform migrations): derived data
         self.closed = False
         self.deleted = False  # set by the manager's delete, under the writer lock: no more files written
         # Why the collection stopped serving when a logged record could not be applied (None: it

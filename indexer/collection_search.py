@@ -16,7 +16,8 @@ import numpy as np
 from indexer.collection_replay import ReplayedCollection
 from indexer.errors import InvalidInput
 from indexer.filters import validate_filter
-from indexer.segments import merge_by_score
+from indexer.rewritten_views import RewrittenView, build_view
+from indexer.segments import Segment, merge_by_score
 from indexer.types import FloatArray
 from indexer.validation import as_matrix
 from indexer.vector_index import prepare
@@ -79,7 +80,13 @@ def _search_segments(
         if segment.index.size == 0:
             continue
         dims = c.compat.prefix(version, matrix.shape[1], segment.key, segment.dim)
-        if dims is None or dims != segment.dim or dims > matrix.shape[1]:
+        if dims is None:
+            view = _rewritten_view(c, version, segment)
+            if view is not None:  # a transform migration: the segment's vectors rewritten into this space
+                still = lambda i, key=segment.key: c.segment_key(c.versions.get(i)) == key  # noqa: E731
+                parts.append(view.search(prepare(matrix, metric), k, allowed, still))
+            continue
+        if dims != segment.dim or dims > matrix.shape[1]:
             continue  # incompatible versions are never compared
         mine = allowed
         if allowed is not None:  # the filter's ids in this segment only (exact fallback reconstructs them)
@@ -90,3 +97,21 @@ def _search_segments(
     if not parts:
         return np.full((len(matrix), k), -np.inf, np.float32), np.full((len(matrix), k), -1, np.int64)
     return merge_by_score(parts, k)
+
+
+def _rewritten_view(c: ReplayedCollection, version: str | None, segment: Segment) -> RewrittenView | None:
+    """The view of ``segment`` for queries of ``version`` (built on first use, e.g. after a restart), or
+    None when no transform relates them. Caller holds ``locks.reading()``."""
+    view = c.views.get(version, segment.key)
+    if view is not None:
+        return view
+    rewrite = c.compat.rewriter(version, segment.key)
+    if rewrite is None:
+        return None
+    with c.views.lock:
+        view = c.views.get(version, segment.key)
+        if view is None:
+            ids = np.fromiter((n for n, v in c.versions.items() if c.segment_key(v) == segment.key), dtype=np.int64)
+            view = build_view(version, segment, ids, rewrite)
+            c.views.put(view)
+    return view

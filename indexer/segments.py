@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,10 @@ class CompatResolver(Protocol):
     def dim_of(self, version: str | None) -> int | None:
         """The dimension vectors of ``version`` have, when known (from its spec)."""
 
+    def rewriter(self, query: str | None, segment: str | None) -> Callable[[np.ndarray], np.ndarray] | None:
+        """A map of this segment's stored vectors into the query version's space, when a ``transform``
+        migration fitted one (``indexer.rewritten_views``); None otherwise."""
+
 
 class SameDimCompat:
     """Without spec information (an indexer used on its own): equal versions, or equal dimensions,
@@ -61,6 +66,9 @@ class SameDimCompat:
         return segment_dim if query == segment or query_dim == segment_dim else None
 
     def dim_of(self, version: str | None) -> int | None:
+        return None
+
+    def rewriter(self, query: str | None, segment: str | None) -> Callable[[np.ndarray], np.ndarray] | None:
         return None
 
 

@@ -86,7 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.manager = manager
             app.state.hub = hub
             app.state.jobs = runner
-            app.state.migrations = Migrations(store, compat, settings.models_path, hub.get, runner)
+            app.state.migrations = Migrations(
+                store, compat, settings.models_path, hub.get, runner, settings.allowed_roots, settings.max_image_pixels
+            )
             app.state.search_batcher = searcher
             await anyio.to_thread.run_sync(runner.start)  # resumes the jobs a previous run left
             log.info(

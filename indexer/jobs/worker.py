@@ -24,9 +24,9 @@ from indexer.jobs import streams
 from indexer.jobs.encode import encode_batch, give_up
 from indexer.jobs.model import Batch, JobOptions
 from indexer.store.redis import RedisStore
+from models.compat.bridges import load_any
 from models.core.backends import set_torch_threads
 from models.core.encoder import Encoder
-from models.core.registry import load_encoder
 
 log = logging.getLogger(__name__)
 TRANSIENT = (*streams.REDIS_DOWN, StoreUnavailable)
@@ -51,7 +51,7 @@ class StreamWorker:
 
     def get_encoder(self, key: str) -> Encoder:
         if key not in self._encoders:
-            self._encoders[key] = load_encoder(self.models_dir / key, threads=self.threads)
+            self._encoders[key] = load_any(self.models_dir / key, self.get_encoder, threads=self.threads)
             log.info("worker %s loaded encoder %s", self.name, key)
         return self._encoders[key]
 

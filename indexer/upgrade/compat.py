@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from models.compat.bridges import load_transform
 from models.compat.report import compat_chain
 from models.core.errors import ArtifactError
 from models.core.spec import EncoderSpec
@@ -31,6 +35,7 @@ class SpecCompat:
         self._specs: dict[str, EncoderSpec] = {}
         self._missing: dict[str, float] = {}  # key -> when it was last looked for
         self._lock = threading.Lock()
+        self._maps: dict[str, Callable[[np.ndarray], np.ndarray]] = {}  # transform bridge key -> its map
 
     def spec(self, key: str) -> EncoderSpec | None:
         found = self._specs.get(key)
@@ -72,3 +77,15 @@ class SpecCompat:
     def dim_of(self, version: str | None) -> int | None:
         spec = self.spec(version) if version is not None else None
         return spec.dim if spec is not None else None
+
+    def rewriter(self, query: str | None, segment: str | None) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The fitted map of a ``transform`` bridge ``query`` whose old encoder is ``segment``."""
+        spec = self.spec(query) if query is not None else None
+        if spec is None or segment is None or spec.config.get("bridge") != "transform":
+            return None
+        if spec.config.get("old") != segment:
+            return None
+        with self._lock:
+            if spec.key not in self._maps:
+                self._maps[spec.key] = load_transform(self.models_dir / spec.key).apply
+            return self._maps[spec.key]

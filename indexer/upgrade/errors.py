@@ -20,3 +20,13 @@ class EvalSetNotFound(NotFoundError):
     def __init__(self, collection: str) -> None:
         super().__init__(f"collection '{collection}' has no evaluation set: PUT /v1/collections/{collection}/eval-set "
                          "with labelled inputs")  # fmt: skip
+
+
+class MigrationTaskNotFound(NotFoundError):
+    """No such migration task for this collection (never started, or forgotten by a restart): 404."""
+
+    code = "migration_task_not_found"
+
+    def __init__(self, collection: str, task_id: str) -> None:
+        super().__init__(f"collection '{collection}' has no migration task '{task_id}' (tasks are kept in memory: "
+                         "a restart forgets finished ones; GET .../migrations shows the history)")  # fmt: skip

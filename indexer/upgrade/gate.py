@@ -40,6 +40,8 @@ def spec_incompatibilities(compat: SpecCompat, collection: Collection, to: str) 
     reasons = []
     versions = set(gallery_versions(collection)) | {collection.config.encoder} - {None}
     for version in sorted(v for v in versions if v is not None and v != to):
+        if compat.rewriter(to, version) is not None:
+            continue  # a transform bridge: its segment is searched through a rewritten view
         dims = compat.chain(to, version)
         width = collection.dim_for(version)
         if compat.spec(version) is None:

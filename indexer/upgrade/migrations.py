@@ -20,31 +20,53 @@ document in the metadata store. The service builds one ``Migrations`` at start-u
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from indexer.collection import Collection
 from indexer.errors import InvalidInput
 from indexer.store.base import MetadataStore
 from indexer.upgrade import eval_set as eval_sets
 from indexer.upgrade.backfill import BackfillJobs, check_backfill, migrate_with_backfill
+from indexer.upgrade.bridging import (
+    BridgeRequest,
+    MigrationTask,
+    RefusedWithReport,
+    TaskBoard,
+    build_views,
+    calibration_inputs,
+    check_request,
+    encode_both,
+    fit_bridge,
+    labelled_part,
+)
 from indexer.upgrade.compat import SpecCompat
-from indexer.upgrade.errors import MigrationRefused
+from indexer.upgrade.errors import MigrationRefused, MigrationTaskNotFound
 from indexer.upgrade.eval_set import EvalSet
 from indexer.upgrade.gate import (
     EncoderGetter,
+    Reports,
     describe_failures,
     gallery_versions,
     gate_failures,
     gate_reports,
     spec_incompatibilities,
 )
+from models.compat.bridges import write_bridge
+from models.compat.pretrained import Calibration
 from models.core.encoder import Encoder
+from models.core.errors import ERSError
 
 Backfill = Literal["none", "background"]
+log = logging.getLogger(__name__)
 
 
 class Migrations:
@@ -59,8 +81,13 @@ class Migrations:
         models_dir: Path,
         get_encoder: EncoderGetter,
         jobs: BackfillJobs,
+        roots: Sequence[Path] = (),
+        max_pixels: int = 40_000_000,
     ) -> None:
         self.store = store
+        self.roots = list(roots)  # where a calibration source may be read from (ERS_ALLOWED_ROOTS)
+        self.max_pixels = max_pixels
+        self.tasks = TaskBoard()
         self.compat = compat
         self.models_dir = models_dir
         self.get_encoder = get_encoder
@@ -101,6 +128,7 @@ class Migrations:
         backfill: Backfill,
         eval_set: EvalSet | None,
         backfill_job: str | None,
+        bridged: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """``backfill_job``: the background backfill job that starts after the switch; the
         collection's other running backfills are cancelled just before it (their ids go in the entry)."""
@@ -121,18 +149,23 @@ class Migrations:
                     + "; ".join(reasons) + ". Re-embed into a new collection instead, or train the new model "
                     "with --compatible-with (BCT/BT²/OCA)."
                 )  # fmt: skip
-            if eval_set is None:
-                eval_set = eval_sets.stored_eval_set(self.store, collection.name)
-            reports, gate = gate_reports(
-                self.compat, self.models_dir, collection, to, new_encoder, self.get_encoder, eval_set
-            )
-            failed = gate_failures(reports)
+            if bridged is not None:  # measured on calibration (indexer.upgrade.bridging): refused there if it failed
+                reports: Reports = {}
+                gate = "calibration"
+                failed = [] if bridged["pretrained"].get("criterion_met") else [active]
+            else:
+                if eval_set is None:
+                    eval_set = eval_sets.stored_eval_set(self.store, collection.name)
+                reports, gate = gate_reports(
+                    self.compat, self.models_dir, collection, to, new_encoder, self.get_encoder, eval_set
+                )
+                failed = gate_failures(reports)
             if gate == "missing" and not force:
                 raise MigrationRefused(
                     f"no evaluation set to check {to} against {active}: PUT /v1/collections/{collection.name}"
                     "/eval-set (labelled inputs), send one with the migration, or pass force to skip the gate"
                 )
-            if failed and not force:
+            if failed and not force and bridged is None:
                 raise MigrationRefused(
                     f"compatibility gate failed for {to} ({describe_failures(reports, failed)}); "
                     "pass force to migrate anyway"
@@ -150,6 +183,7 @@ class Migrations:
                 "reports": reports,
                 "backfill": backfill,
                 **({"backfill_job": backfill_job} if backfill_job else {}),
+                **(bridged or {}),
             }
             entry["cancelled_backfills"] = self.jobs.cancel_backfills(collection.name, backfill_job)
             collection.set_active_encoder(to, new_encoder.spec.dim, entry)
@@ -190,10 +224,91 @@ class Migrations:
                 "cancelled_backfills": cancelled,
             }
             collection.set_active_encoder(target, dim, entry)
+            collection.views.invalidate()  # derived data of the encoder left: rebuilt if it comes back
             return entry
 
-    @staticmethod
-    def status(collection: Collection) -> dict[str, Any]:
+    # -- bridged migrations: encoders nobody trained for compatibility (indexer.upgrade.bridging) --
+    def start_bridged(self, collection: Collection, req: BridgeRequest, backfill: Backfill = "none") -> dict[str, Any]:
+        """Check the request (4xx now), then calibrate, fit, gate and switch in a task; the task's view."""
+        if collection.config.encoder is None:
+            raise InvalidInput(f"collection '{collection.name}' has no encoder: nothing to migrate from")
+        if req.to == collection.config.encoder:
+            raise InvalidInput(f"collection '{collection.name}' already serves {req.to}")
+        req = check_request(req, collection, self.roots)
+        if backfill == "background":
+            check_backfill(collection)
+        self.get_encoder(req.to)  # EncoderNotFound (422) before the task starts
+        task = self.tasks.new(collection.name, req.to, req.method)
+        run = partial(self._run_bridged, collection, req, backfill, task)
+        threading.Thread(target=run, name=f"migration-{task.id}", daemon=True).start()
+        return task.to_json()
+
+    def task(self, collection: Collection, task_id: str) -> dict[str, Any]:
+        found = self.tasks.tasks.get(task_id)
+        if found is None or found.collection != collection.name:
+            raise MigrationTaskNotFound(collection.name, task_id)
+        return found.to_json()
+
+    def _run_bridged(self, collection: Collection, req: BridgeRequest, backfill: Backfill, task: MigrationTask) -> None:
+        try:
+            task.migration = self._bridge(collection, req, backfill, task)
+            task.state = "succeeded"
+        except RefusedWithReport as exc:
+            task.state, task.report, task.error = "refused", exc.report, exc.message
+        except ERSError as exc:
+            task.state, task.error = ("refused" if isinstance(exc, MigrationRefused) else "failed"), exc.message
+        except Exception as exc:
+            log.exception("migration task %s failed", task.id)
+            task.state, task.error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            task.finished_at, task.phase = time.time(), "done"
+
+    def _bridge(
+        self, collection: Collection, req: BridgeRequest, backfill: Backfill, task: MigrationTask
+    ) -> dict[str, Any]:
+        active = collection.config.encoder
+        assert active is not None
+        old, new = self.get_encoder(active), self.get_encoder(req.to)
+        if old.spec.modality != new.spec.modality:
+            raise MigrationRefused(f"{req.to} takes {new.spec.modality} input; {active} takes {old.spec.modality}")
+        task.phase = "collecting"
+        eval_set = req.eval_set or eval_sets.stored_eval_set(self.store, collection.name)
+        task_inputs, task_labels = labelled_part(eval_set, new.spec.modality)
+        inputs, labels = calibration_inputs(collection, req, self.roots, new.spec.modality, self.max_pixels)
+        fit_only: list[Any] = inputs
+        if labels is not None:  # a labelled calibration source is part of the task
+            task_inputs = task_inputs + inputs
+            task_labels = task_labels + [json.dumps(y, sort_keys=True) for y in labels]
+            fit_only = []
+        task.phase, task.total = "encoding", len(task_inputs) + len(fit_only)
+
+        def tick(n: int) -> None:
+            task.done += n
+
+        t_old, t_new, kept = encode_both(old, new, task_inputs, tick)
+        cal = Calibration(t_old, t_new, labels=np.asarray(task_labels)[kept]) if len(t_old) else None
+        e_old, e_new, _ = encode_both(old, new, fit_only, tick)
+        task.phase = "fitting"
+        method, model, report = fit_bridge(req.method, cal, (e_old, e_new), req.seed, req.force)
+        report["calibration"] = {
+            "inputs": len(t_old) + len(e_old), "labelled": len(t_old), "seed": req.seed,
+            "source": req.calibration["type"] if req.calibration else "kept sources",
+        }  # fmt: skip
+        task.report = report
+        task.phase = "publishing"
+        spec = write_bridge(self.models_dir, method, old.spec, new.spec, model, {"pretrained": report})
+        bridge = self.get_encoder(spec.key)
+        if method == "transform":
+            task.done, task.total = 0, sum(collection.version_counts().values())
+            build_views(collection, spec.key, lambda done, total: setattr(task, "done", done))
+        task.phase = "switching"
+        bridged = {"method": method, "asked": req.method, "new_encoder": req.to, "pretrained": report}
+        switch = partial(self._switch, collection, spec.key, bridge, req.force, backfill, None, bridged=bridged)
+        if backfill == "background":
+            return migrate_with_backfill(self.jobs, collection, spec.key, switch)
+        return switch(None)
+
+    def status(self, collection: Collection) -> dict[str, Any]:
         """The active encoder, the items per version and the history, each entry with its reports."""
         return {
             "active": collection.config.encoder,
@@ -201,6 +316,8 @@ class Migrations:
             "versions": {str(k): v for k, v in collection.version_counts().items()},
             "segments": collection.stats()["segments"],  # one index per encoder version
             "history": collection.state.history,
+            "views": collection.views.describe(),
+            "tasks": [t.to_json() for t in self.tasks.of(collection.name)],
         }
 
     # -- the collection's evaluation set (indexer.upgrade.eval_set) --------------------------

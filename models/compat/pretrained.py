@@ -39,6 +39,15 @@ from models.losses.contrastive import in_batch_softmax
 BLENDS = tuple(round(0.1 * i, 1) for i in range(11))  # SLERP weight of the mapped new query
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)  # relative to the mean eigenvalue of old^T old
 METHODS = ("fuse", "adapter", "transform")
+GROUP_SPLIT_MIN = 50  # label groups from which held-out parts are whole groups (Calibration.split)
+Pairs = tuple[np.ndarray, np.ndarray]  # (old, new): inputs encoded by both models, one row each
+
+
+def with_extra(pairs: Pairs, extra: Pairs | None) -> Pairs:
+    """Calibration pairs plus fit-only pairs (inputs without a retrieval task: they fit maps, never score)."""
+    if extra is None or not len(extra[0]):
+        return pairs
+    return np.concatenate([pairs[0], extra[0]]), np.concatenate([pairs[1], extra[1]])
 
 
 def unit(x: Any) -> np.ndarray:
@@ -294,6 +303,18 @@ class Calibration:
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return Calibration(self.old[idx], self.new[idx], pick(self.query_old), pick(self.query_new), pick(self.labels))
 
+    def split(self, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(fit, held-out) rows. With many small label groups (an eval set of query/answer pairs) whole
+        groups are held out, so a held-out query still has its answers among the held-out items."""
+        if self.labels is None or self.query_old is not None:
+            return _split(len(self.old), fraction, seed)
+        groups, inverse = np.unique(self.labels, return_inverse=True)
+        if len(groups) < GROUP_SPLIT_MIN:
+            return _split(len(self.old), fraction, seed)
+        _, held_groups = _split(len(groups), fraction, seed)
+        held = np.isin(inverse, held_groups)
+        return np.flatnonzero(~held), np.flatnonzero(held)
+
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """Every input seen by both models (queries too): what the maps are fitted on."""
         if self.query_old is None or self.query_new is None:
@@ -311,20 +332,24 @@ class Calibration:
 
 
 def fit_fuse(
-    cal: Calibration, seed: int = 0, validation: float = 0.25, blends: tuple[float, ...] = BLENDS
+    cal: Calibration,
+    seed: int = 0,
+    validation: float = 0.25,
+    blends: tuple[float, ...] = BLENDS,
+    extra: Pairs | None = None,
 ) -> FuseModel:
     """Procrustes on every calibration pair; the blend that maximises R@10 on a held-out part (Procrustes
     refitted without it for the choice). Without a task the blend is 1 (the mapped new query alone)."""
     scores: dict[float, float] = {}
     if cal.has_task and len(cal.old) >= 8:
-        train, val = _split(len(cal.old), validation, seed)
-        fit_old, fit_new = cal.subset(train).pairs()
+        train, val = cal.split(validation, seed)
+        fit_old, fit_new = with_extra(cal.subset(train).pairs(), extra)
         procrustes, held = fit_procrustes(fit_new, fit_old), cal.subset(val)
         for blend in blends:
             fuse = FuseModel(procrustes, blend)
             scores[blend] = held.r10(fuse.query, unit(held.old))
     best = max(blends, key=lambda b: (scores[b], b)) if scores else 1.0  # ties go to the newer model
-    old, new = cal.pairs()
+    old, new = with_extra(cal.pairs(), extra)
     return FuseModel(fit_procrustes(new, old), best, scores)
 
 
@@ -360,11 +385,13 @@ def evaluate(fitted: dict[str, Any], held: Calibration, k: int = 10) -> tuple[di
     return figures, own
 
 
-def fit_method(method: str, cal: Calibration, seed: int, steps: int = 400) -> FuseModel | AdapterModel | TransformModel:
-    """One method on every pair of ``cal``; ``steps``: training steps of the adapter and the transform MLP."""
-    old, new = cal.pairs()
+def fit_method(method: str, cal: Calibration, seed: int, steps: int = 400,
+               extra: Pairs | None = None) -> FuseModel | AdapterModel | TransformModel:  # fmt: skip
+    """One method on every pair of ``cal`` (and the fit-only ``extra`` pairs); ``steps``: training steps of
+    the adapter and the transform MLP."""
+    old, new = with_extra(cal.pairs(), extra)
     if method == "fuse":
-        return fit_fuse(cal, seed)
+        return fit_fuse(cal, seed, extra=extra)
     if method == "adapter":
         return fit_adapter(new, old, seed=seed, steps=steps)
     if method == "transform":
@@ -373,7 +400,7 @@ def fit_method(method: str, cal: Calibration, seed: int, steps: int = 400) -> Fu
 
 
 def choose(cal: Calibration, seed: int = 0, held_out: float = 0.2, methods: tuple[str, ...] = METHODS,
-           refit: bool = True, steps: int = 400) -> Choice:  # fmt: skip
+           refit: bool = True, steps: int = 400, extra: Pairs | None = None) -> Choice:  # fmt: skip
     """Fit ``methods`` on 80% of the items, measure R@10 on the other 20%, pick the best; refuse when none
     beats old/old there (or when the calibration set has no task to measure old/old on)."""
     if not cal.has_task:
@@ -381,12 +408,12 @@ def choose(cal: Calibration, seed: int = 0, held_out: float = 0.2, methods: tupl
                       "cannot be measured; nothing may replace it unmeasured")  # fmt: skip
     if len(cal.old) < 20:
         return Choice({}, {}, None, True, f"{len(cal.old)} calibration items are too few to hold out 20%")
-    train, val = _split(len(cal.old), held_out, seed)
-    fitted = {m: fit_method(m, cal.subset(train), seed, steps) for m in methods}
+    train, val = cal.split(held_out, seed)
+    fitted = {m: fit_method(m, cal.subset(train), seed, steps, extra) for m in methods}
     figures, own = evaluate(fitted, cal.subset(val))
     best = max(methods, key=lambda m: figures[m])
     if not figures[best] > figures["old/old"]:
         return Choice(figures, own, None, True, f"no method beats old/old ({figures['old/old']:.3f}); "
                       f"the best, {best}, reaches {figures[best]:.3f}")  # fmt: skip
-    model = fit_method(best, cal, seed, steps) if refit else fitted[best]
+    model = fit_method(best, cal, seed, steps, extra) if refit else fitted[best]
     return Choice(figures, own, best, False, f"{best}: {figures[best]:.3f} > old/old {figures['old/old']:.3f}", model)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from service.client.call import Call, nothing, operation, segment
 from service.client.data import _collection
 from service.client.inputs import Upload, compact
-from service.client.types import EvalSetInfo, Job, MigrationHistory, MigrationResult
+from service.client.types import EvalSetInfo, Job, MigrationHistory, MigrationResult, MigrationTask
 
 JOBS = "/v1/jobs"
 # The compatibility gate embeds the evaluation set with the old and the new model before it answers.
@@ -96,6 +96,35 @@ class JobOperations:
             body["eval"] = dict(eval_set)
         path = _collection(collection, "/migrations")
         return Call("POST", path, MigrationResult.model_validate, json=body, timeout=MIGRATION_TIMEOUT)
+
+    @operation
+    def start_migration(
+        self,
+        collection: str,
+        to: str,
+        method: Literal["auto", "fuse", "adapter", "transform"],
+        *,
+        calibration: Mapping[str, Any] | None = None,
+        calibration_size: int | None = None,
+        seed: int = 0,
+        force: bool = False,
+        backfill: Literal["none", "background"] = "none",
+        eval_set: Mapping[str, Sequence[Any]] | None = None,
+    ) -> Call[MigrationTask]:
+        """Upgrade to an encoder nobody trained for compatibility: the server calibrates, fits ``method``
+        and switches in a task (poll ``migration_task``). ``calibration``: a job source
+        ``{"type": "directory" | "manifest", "path": ...}`` on the server (default: kept sources)."""
+        body: dict[str, Any] = {"to": to, "method": method, "force": force, "backfill": backfill, "seed": seed}
+        body.update(compact({"calibration": calibration, "calibration_size": calibration_size}))
+        if eval_set is not None:
+            body["eval"] = dict(eval_set)
+        path = _collection(collection, "/migrations")
+        return Call("POST", path, lambda b: MigrationTask.model_validate(b["task"]), json=body)
+
+    @operation
+    def migration_task(self, collection: str, task_id: str) -> Call[MigrationTask]:
+        path = _collection(collection, f"/migrations/tasks/{segment(task_id)}")
+        return Call("GET", path, MigrationTask.model_validate)
 
     @operation
     def rollback(self, collection: str) -> Call[MigrationResult]:

@@ -178,6 +178,22 @@ class Migration(Answer):
     unsearchable: dict[str, int] | None = Field(default=None, description="rollback: items per version not found")
 
 
+class MigrationTask(Answer):
+    """A migration between independently trained encoders (method fuse, adapter, transform or auto):
+    calibration, fitting and the switch run on the server; poll it until ``state`` is not running."""
+
+    id: str
+    collection: str
+    to: str
+    method: str
+    state: str = Field(description="running | succeeded | refused | failed")
+    phase: str = Field(description="collecting | encoding | fitting | publishing | switching | done")
+    progress: dict[str, int]
+    error: str | None = None
+    report: dict[str, Any] | None = Field(default=None, description="R@10 of every setting on held-out inputs")
+    migration: Migration | None = Field(default=None, description="the history entry, once switched")
+
+
 class MigrationResult(Answer):
     migration: Migration
     active: str | None

@@ -3,6 +3,9 @@
 - ``POST /v1/collections/{name}/migrations`` ``{"to": "name@version", "force": false, "backfill": "none",
   "eval": {"inputs": [...], "labels": [...]}}`` checks compatibility by spec (409 when not), runs the
   compatibility gate (409 when the criterion fails, unless ``force``) and switches the query encoder.
+- ``POST /v1/collections/{name}/migrations`` ``{"to": ..., "method": "auto" | "fuse" | "adapter" | "transform",
+  "calibration": <job source>?}``: an upgrade between independently trained encoders, calibrated and fitted
+  in a task (202; ``GET .../migrations/tasks/{id}``), see ``indexer.upgrade.bridging``.
 - ``POST /v1/collections/{name}/migrations`` ``{"rollback": true}`` — or ``POST .../migrations/rollback``
   — returns to the previous query encoder.
 - ``GET /v1/collections/{name}/migrations``: the active encoder and the history, each with its reports.
@@ -19,9 +22,11 @@ from typing import Any, Literal
 
 import anyio.to_thread
 from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from indexer.errors import InvalidInput
+from indexer.upgrade.bridging import DEFAULT_CALIBRATION, MAX_CALIBRATION, BridgeRequest
 from indexer.upgrade.eval_set import EvalSet
 from service.deps import CollectionDep, MigrationsDep
 
@@ -44,6 +49,22 @@ class MigrationCreate(BaseModel):
     )
     eval: EvalSetIn | None = Field(default=None, description="evaluation set for this gate only")
     rollback: bool = Field(default=False, description="return to the previous query encoder instead")
+    method: Literal["prefix", "auto", "fuse", "adapter", "transform"] = Field(
+        default="prefix",
+        description="prefix: the new model is compatible_with the old one by spec (BT²/OCA-trained); for "
+        "independently trained encoders, fitted on calibration inputs: fuse (both encoders encode the query, "
+        "scores fused), adapter (a head on the frozen new encoder), transform (the stored vectors rewritten "
+        "into the new space), auto (the best of the three on held-out labelled inputs; refused when none "
+        "beats old/old). Those run as a task: 202 with its id, progress at GET .../migrations/tasks/{id}",
+    )
+    calibration: dict[str, Any] | None = Field(
+        default=None,
+        description="raw inputs to fit on, as a job source {type: directory | manifest, path} under the "
+        "allowed roots (a manifest item's payload 'label' makes it part of the measured task); default: a "
+        "sample of the collection's kept sources",
+    )
+    calibration_size: int = Field(default=DEFAULT_CALIBRATION, description=f"inputs sampled (20 to {MAX_CALIBRATION})")
+    seed: int = Field(default=0, description="seed of the calibration sample and the fits")
 
 
 @router.post("/{name}/migrations", status_code=201)
@@ -54,6 +75,13 @@ async def create_migration(body: MigrationCreate, collection: CollectionDep, mig
         entry = await anyio.to_thread.run_sync(migrations.rollback, collection)
     elif body.to is None:
         raise InvalidInput("give 'to' (name@version of the new encoder) or 'rollback': true")
+    elif body.method != "prefix":
+        eval_set = EvalSet(body.eval.inputs, body.eval.labels, "request") if body.eval is not None else None
+        request = BridgeRequest(body.to, body.method, body.calibration, body.calibration_size, body.seed, body.force,
+                                eval_set)  # fmt: skip
+        start = partial(migrations.start_bridged, collection, request, body.backfill)
+        task = await anyio.to_thread.run_sync(start)
+        return JSONResponse({"task": task, "active": collection.config.encoder}, status_code=202)
     else:
         eval_set = EvalSet(body.eval.inputs, body.eval.labels, "request") if body.eval is not None else None
         migrate = partial(
@@ -67,6 +95,11 @@ async def create_migration(body: MigrationCreate, collection: CollectionDep, mig
 async def rollback(collection: CollectionDep, migrations: MigrationsDep) -> Any:
     entry = await anyio.to_thread.run_sync(migrations.rollback, collection)
     return {"migration": entry, "active": collection.config.encoder}
+
+
+@router.get("/{name}/migrations/tasks/{task_id}")
+def get_task(task_id: str, collection: CollectionDep, migrations: MigrationsDep) -> dict[str, Any]:
+    return migrations.task(collection, task_id)
 
 
 @router.get("/{name}/migrations")

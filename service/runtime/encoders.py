@@ -17,11 +17,11 @@ from typing import Any
 import anyio.to_thread
 
 from indexer.ingest import Embedded, merge, preprocess_each, split_output
+from models.compat.bridges import load_any
 from models.core.backends import set_torch_threads
 from models.core.batching import Budget, forward_grouped
 from models.core.encoder import Encoder
 from models.core.errors import ArtifactError, EncoderNotFound
-from models.core.registry import load_encoder
 from models.core.spec import EncoderSpec, split_key
 from models.zoo import installed
 from service.runtime.batching import DynamicBatcher
@@ -48,7 +48,7 @@ class EncoderHub:
         self.cache = cache
         self.encoders: dict[str, Encoder] = {}
         self.batchers: dict[str, DynamicBatcher] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when a bridge loads its parts
         set_torch_threads(max(1, options.threads))
 
     def load_all(self) -> None:
@@ -59,7 +59,8 @@ class EncoderHub:
         with self._lock:
             if key in self.encoders:
                 return self.encoders[key]
-            encoder = load_encoder(self.models_dir / key, threads=max(1, self.options.threads))
+            # a bridge (models.compat.bridges) is built over the encoders it names, loaded through get()
+            encoder = load_any(self.models_dir / key, self.get, threads=max(1, self.options.threads))
             if self.options.warmup:
                 family = getattr(encoder, "family", None)
                 example = family.example_inputs() if family is not None else []
