@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/compat_pretrained.py --data-dir DIR [--pairs text,image] [--sizes 250,1000,4000]
         [--seeds 5] [--steps 400] [--limit N] [--out docs/compat_pretrained]
+    .venv/bin/python bench/compat_pretrained.py --merge DIR1,DIR2 --out docs/compat_pretrained  # runs in parallel
 
 Pairs and retrieval sets (R@10, cosine; calibration and test items disjoint, the test set fixed per dataset):
 
@@ -182,6 +183,32 @@ def plot(results: dict[str, Any], path: Path) -> None:
     image.save(path)
 
 
+def merge(dirs: list[Path], out: Path) -> None:
+    """One results.json, table and plot from runs of disjoint pairs/datasets (each run's command is kept)."""
+    results: dict[str, Any] = {}
+    metas = []
+    for d in dirs:
+        doc = json.loads((d / "results.json").read_text())
+        metas.append(doc["meta"])
+        for pair, sets in doc["results"].items():
+            results.setdefault(pair, {}).update(sets)
+    write_results(out, {"merged_from": [str(d) for d in dirs], "runs": metas}, results)
+
+
+def write_results(out: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    plot(results, out / "r10_vs_calibration.png")
+    for pair, sets in results.items():
+        for ds, by_size in sets.items():
+            print(f"\n{pair} / {ds}: R@10 mean ± 95% CI over seeds (R@1 in brackets)")
+            print("| row | " + " | ".join(f"n={s}" for s in by_size) + " |")
+            for row in ROWS:
+                cells = [f"{b['r10'][row]['mean']:.3f} ± {b['r10'][row]['ci95']:.3f} ({b['r1'][row]['mean']:.3f})"
+                         if row in b["r10"] else "-" for b in by_size.values()]  # fmt: skip
+                print(f"| {row} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path(".ers-data"))
@@ -193,7 +220,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="cap every calibration pool and test set (smoke runs)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("docs/compat_pretrained"))
+    parser.add_argument("--merge", default="", help="comma-separated result dirs of earlier runs (e.g. one per "
+                        "pair, run in parallel) to combine into --out; nothing is computed")  # fmt: skip
     args = parser.parse_args()
+    if args.merge:
+        merge([Path(d) for d in args.merge.split(",")], args.out)
+        return
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     wanted = {d for d in args.datasets.split(",") if d}
@@ -216,18 +248,8 @@ def main() -> None:
             print(f"{pair} {keys[0]} -> {keys[1]}, {ds}: pool {len(pool.old)}, test {len(test.old)} "
                   f"({time.time() - started:.0f} s)", flush=True)  # fmt: skip
             results[pair][ds] = run(pool, test, sizes, args.seeds, args.steps)
-    args.out.mkdir(parents=True, exist_ok=True)
     meta = {"args": {k: str(v) for k, v in vars(args).items()}, "seconds": round(time.time() - started)}
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    plot(results, args.out / "r10_vs_calibration.png")
-    for pair, sets in results.items():
-        for ds, by_size in sets.items():
-            print(f"\n{pair} / {ds}: R@10 mean ± 95% CI over seeds (R@1 in brackets)")
-            print("| row | " + " | ".join(f"n={s}" for s in by_size) + " |")
-            for row in ROWS:
-                cells = [f"{b['r10'][row]['mean']:.3f} ± {b['r10'][row]['ci95']:.3f} ({b['r1'][row]['mean']:.3f})"
-                         if row in b["r10"] else "-" for b in by_size.values()]  # fmt: skip
-                print(f"| {row} | " + " | ".join(cells) + " |")
+    write_results(args.out, meta, results)
     print(f"\nwrote {args.out}/results.json and r10_vs_calibration.png after {time.time() - started:.0f} s")
 
 

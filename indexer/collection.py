@@ -34,7 +34,8 @@ from indexer.errors import (
     LogDamaged,
 )
 from indexer.kept_sources import KeptSource
-from indexer.records import MAX_ITEMS_PER_RECORD, LogRecord, encode
+from indexer.moved_vectors import MovedBatch
+from indexer.records import ITEM_BITS, MAX_ITEMS_PER_RECORD, LogRecord, encode
 from indexer.segments import STATE_NAMESPACE, EncoderState
 from indexer.thumbnails import Thumbnail
 from indexer.types import FloatArray, ItemRecord
@@ -63,6 +64,8 @@ class Collection(ReplayedCollection):
         sources: Sequence[KeptSource | None] | None = None,
         only_moving_to: str | None = None,
         thumbnails: Sequence[Thumbnail | None] | None = None,
+        archive_as: tuple[str, int] | None = None,
+        expected: Sequence[int] | None = None,
     ) -> int:
         """Durably upsert a batch (all or nothing); returns the number of items written.
 
@@ -73,6 +76,9 @@ class Collection(ReplayedCollection):
         delete that came first wins — and refuses once the collection no longer queries with it.
         ``thumbnails[i]`` is row i's picture for the web console (None drops a stale one); they are
         written after the log, under the writer lock so the last write of an id keeps its picture.
+        ``archive_as`` (job id, batch seq), with ``only_moving_to``: the moved items' old vectors are kept
+        first (``indexer.moved_vectors``) so that a rollback can restore them. ``expected[i]``, with
+        ``only_moving_to``: row i is written only while its item still has that FAISS id (a restore).
         """
         check_ids(ids)
         versions = versions or [self.config.encoder] * len(ids)
@@ -97,9 +103,13 @@ class Collection(ReplayedCollection):
             self._check_open()
             self._apply_logged()
             if only_moving_to is not None:
-                rows = self._still_to_move(ids, rows, only_moving_to)
+                rows = self._still_to_move(ids, rows, only_moving_to, restoring=expected is not None)
+                if expected is not None:
+                    rows = [r for r in rows if self.id_to_int.get(ids[r]) == expected[r]]
                 if not rows:
                     return 0
+                if archive_as is not None:
+                    self._archive_moves([ids[r] for r in rows], only_moving_to, archive_as)
             ids = [ids[r] for r in rows]
             record = LogRecord(
                 op="upsert",
@@ -127,6 +137,23 @@ class Collection(ReplayedCollection):
         for segment in list(self.segments.values()):
             segment.policy.after_write(len(ids))
         return len(ids)
+
+    def _archive_moves(self, ids: list[str], to: str, archive_as: tuple[str, int]) -> None:
+        """Keep the current vectors of items about to move (caller holds ``locks.writing()``); the ids
+        the move gives them are the next record's (``LogRecord.int_ids`` at the log's end)."""
+        vectors, versions = [], []
+        for item_id in ids:
+            stored = self.store.get_item(self.name, item_id, with_vector=True)
+            assert stored is not None and stored.vector is not None  # present: checked by _still_to_move
+            vectors.append(stored.vector)
+            versions.append(self.versions[self.id_to_int[item_id]])
+        offset = np.int64(self.wal.end_offset)
+        moved = (offset << np.int64(ITEM_BITS)) | np.arange(len(ids), dtype=np.int64)
+        for dim in sorted({len(v) for v in vectors}):  # one file per width (versions may differ)
+            pick = [i for i, v in enumerate(vectors) if len(v) == dim]
+            batch = MovedBatch([ids[i] for i in pick], moved[pick], [versions[i] for i in pick],
+                               np.vstack([vectors[i] for i in pick]).astype(np.float32))  # fmt: skip
+            self.moved.keep(archive_as[0], to, f"{archive_as[1]:010d}-{dim}", batch)
 
     def _keep_thumbnails(self, ids: list[str], thumbnails: list[Thumbnail | None] | None) -> None:
         """Pictures are derived, cosmetic data: the write is acknowledged whatever happens here (a full
@@ -175,9 +202,11 @@ class Collection(ReplayedCollection):
         except OSError:
             log.exception("collection %s: could not restore the kept sources of a refused write", self.name)
 
-    def _still_to_move(self, ids: list[str], rows: list[int], version: str) -> list[int]:
-        """Rows whose item exists with a version other than ``version``. Caller holds ``locks.writing()``."""
-        if version != self.config.encoder:
+    def _still_to_move(self, ids: list[str], rows: list[int], version: str, restoring: bool = False) -> list[int]:
+        """Rows whose item exists with a version other than ``version``. Caller holds ``locks.writing()``.
+        A rollback's restore moves items back before it switches (``restoring``); a backfill only moves
+        items to the encoder the collection queries with."""
+        if version != self.config.encoder and not restoring:
             raise InvalidInput(f"collection '{self.name}' now queries with {self.config.encoder}, not {version}: "
                                "items are no longer moved to it (rolled back or migrated again)")  # fmt: skip
         out = []

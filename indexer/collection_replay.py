@@ -24,6 +24,7 @@ from indexer.filters import PayloadIndex
 from indexer.index_policy import IndexOptions, IndexPolicy
 from indexer.kept_sources import SOURCES_DIR, KeptSources
 from indexer.locks import CollectionLocks
+from indexer.moved_vectors import MovedVectors
 from indexer.records import LogRecord, decode
 from indexer.rewritten_views import ViewCache
 from indexer.segments import (
@@ -70,6 +71,7 @@ class ReplayedCollection:
         self.payloads: dict[int, dict[str, Any] | None] = {}
         self.versions: dict[int, str | None] = {}
         self.payload_index = PayloadIndex()
+        self.moved = MovedVectors(directory)  # old vectors a backfill replaced, for an exact rollback
         self.views = ViewCache()  # rewritten views of old segments (transform migrations): derived data
         self.closed = False
         self.deleted = False  # set by the manager's delete, under the writer lock: no more files written
@@ -230,6 +232,10 @@ class ReplayedCollection:
                     rows = self.rows_of(record, segment.key) if record.op == "upsert" else np.zeros(0, np.int64)
                     apply_to_segment(segment, segment.index, rows, offset, record, self.config.metric)
                     segment.index_off = end
+                    if self.views.views and len(rows) and record.vectors is not None:
+                        int_ids, vectors = record.int_ids(offset)[rows], record.vectors[rows]
+                        # views exist only where the resolver has ``rewriter``
+                        self.views.extend(segment.key, int_ids, vectors, self.compat.rewriter)
             for segment in applied:
                 segment.policy.observe(offset, record)
 

@@ -8,8 +8,8 @@ switches the query encoder back. A view is derived data like every index: built 
 (eagerly by the migration, lazily after a restart), never logged, and dropped with the collection.
 
 Items that leave the segment later (deleted, rewritten or moved by a backfill) are skipped at search time;
-items written into the old segment after the view was built (vectors labelled with the old version) are not
-in it until the view is rebuilt (``invalidate``).
+items written into the old segment after the build (a rollback's restore, vectors labelled with the old
+version) are added as their log records are applied (``ViewCache.extend``).
 """
 
 from __future__ import annotations
@@ -40,6 +40,14 @@ class RewrittenView:
     @property
     def size(self) -> int:
         return int(self.index.ntotal)
+
+    def extend(self, int_ids: np.ndarray, vectors: np.ndarray, rewrite: Rewrite) -> None:
+        """Items written into the segment after the build (a restore moving items back, or vectors labelled
+        with the old version): the view follows its segment like an index follows the log."""
+        mapped = np.ascontiguousarray(rewrite(vectors), dtype=np.float32)
+        if self.index.d != mapped.shape[1]:  # the placeholder of an empty segment
+            self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(mapped.shape[1]))
+        self.index.add_with_ids(mapped, np.ascontiguousarray(int_ids, dtype=np.int64))
 
     def search(self, queries: FloatArray, k: int, allowed: np.ndarray | None,
                still_in_segment: Callable[[int], bool]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -99,6 +107,14 @@ class ViewCache:
 
     def put(self, view: RewrittenView) -> None:
         self.views[(view.query_version, view.segment_key)] = view
+
+    def extend(self, segment_key: str | None, int_ids: np.ndarray, vectors: np.ndarray,
+               rewriter: Callable[[str | None, str | None], Rewrite | None]) -> None:  # fmt: skip
+        """Add rows just applied to ``segment_key`` to its views (caller holds the index lock)."""
+        for (query_version, key), view in self.views.items():
+            rewrite = rewriter(query_version, key) if key == segment_key and len(int_ids) else None
+            if rewrite is not None:
+                view.extend(int_ids, vectors, rewrite)
 
     def invalidate(self, segment_key: str | None = None) -> None:
         with self.lock:

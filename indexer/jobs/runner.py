@@ -243,7 +243,9 @@ class JobRunner(ABC):
             collection = self.manager.get(job["collection"] if job else "")
             # versions: the encoder this job encodes with, even after a migration switched the active one
             if job is not None and is_backfill(job):
-                collection.upsert(enc.ids, enc.vectors, enc.payloads, enc.versions, only_moving_to=job["source"]["to"])
+                to = job["source"]["to"]
+                moving = (enc.ids, enc.vectors, enc.payloads, enc.versions)
+                collection.upsert(*moving, only_moving_to=to, archive_as=(job_id, enc.seq))
             else:
                 collection.upsert(
                     enc.ids, enc.vectors, enc.payloads, enc.versions, sources=enc.sources, thumbnails=enc.thumbnails

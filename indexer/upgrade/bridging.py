@@ -228,5 +228,9 @@ class TaskBoard:
                     del self.tasks[old]
             return task
 
+    def running(self, collection: str) -> MigrationTask | None:
+        with self.lock:
+            return next((t for t in self.tasks.values() if t.collection == collection and t.state == "running"), None)
+
     def of(self, collection: str) -> list[MigrationTask]:
         return [t for t in self.tasks.values() if t.collection == collection]

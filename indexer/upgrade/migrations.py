@@ -111,6 +111,7 @@ class Migrations:
     ) -> dict[str, Any]:
         """Check, gate and switch to ``to``; the history entry (with its reports). ``eval_set``: data
         for this gate only (else the collection's stored one)."""
+        self._refuse_while_task_runs(collection)
         if backfill == "background":
             check_backfill(collection)  # before loading models or running the gate
         new_encoder = self.get_encoder(to)  # EncoderNotFound (422) names `ers zoo pull` when missing
@@ -190,42 +191,105 @@ class Migrations:
             return entry
 
     def rollback(self, collection: Collection) -> dict[str, Any]:
-        """Back to the encoder the last effective migration came from. A background backfill still
-        running is cancelled first; the items it moved keep their new vectors and are listed in
-        ``unsearchable`` like any other item the old encoder cannot compare with."""
+        """Back to the encoder the last effective migration came from: the history entry at once, or
+        ``{"task": ...}`` when a backfill replaced vectors. A background backfill still running is cancelled
+        first. The vectors its batches replaced were archived (``indexer.moved_vectors``); the task writes
+        them back *while the newer encoder still serves* (its queries find restored items through the
+        prefix, or a transform's rewritten view, so no search comes back empty), then switches, so the
+        collection returns to exactly the vectors and results it had. Items of versions the old encoder
+        cannot compare with are listed in ``unsearchable``."""
         with self._lock(collection.name):
-            stack: list[str] = []
-            for entry in collection.state.history:
-                if entry.get("kind") == "migrate":
-                    stack.append(entry["from"])
-                elif entry.get("kind") == "rollback" and stack:
-                    stack.pop()
-            if not stack:
-                raise InvalidInput(f"collection '{collection.name}' has no migration to roll back")
-            target, active = stack[-1], collection.config.encoder
-            dim = self.compat.dim_of(target) or collection.dim_for(target)
-            # first: items a backfill moves from now on would be missing from the count below (a batch
-            # being written at this moment may still land; none can after the switch)
+            self._refuse_while_task_runs(collection)
+            target, active = self._rollback_target(collection)
             cancelled = self.jobs.cancel_backfills(collection.name)
-            lost = {
-                v: n
-                for v, n in gallery_versions(collection).items()
-                if self.compat.prefix(target, dim, v, collection.dim_for(v)) is None
-            }
-            entry = {
-                "id": len(collection.state.history) + 1,
-                "kind": "rollback",
-                "from": active,
-                "to": target,
-                "at": time.time(),
-                # items of these versions cannot be compared with the old encoder's queries: they stay
-                # stored, but are not found until a migration forward again (or a re-embed with it)
-                "unsearchable": lost,
-                "cancelled_backfills": cancelled,
-            }
-            collection.set_active_encoder(target, dim, entry)
-            collection.views.invalidate()  # derived data of the encoder left: rebuilt if it comes back
-            return entry
+            jobs = collection.moved.jobs_moving_to(active) if active is not None else []
+            if not jobs:
+                return self._switch_back(collection, target, cancelled, {})
+            task = self.tasks.new(collection.name, target, "rollback")
+        run = partial(self._run_restore, collection, target, jobs, task, cancelled)
+        threading.Thread(target=run, name=f"rollback-{task.id}", daemon=True).start()
+        return {"task": task.to_json()}
+
+    def _refuse_while_task_runs(self, collection: Collection) -> None:
+        running = self.tasks.running(collection.name)
+        if running is not None:
+            raise MigrationRefused(f"collection '{collection.name}' has a migration task running ({running.id}, "
+                                   f"{running.method}); see GET .../migrations/tasks/{running.id}")  # fmt: skip
+
+    @staticmethod
+    def _rollback_target(collection: Collection) -> tuple[str, str | None]:
+        stack: list[str] = []
+        for entry in collection.state.history:
+            if entry.get("kind") == "migrate":
+                stack.append(entry["from"])
+            elif entry.get("kind") == "rollback" and stack:
+                stack.pop()
+        if not stack:
+            raise InvalidInput(f"collection '{collection.name}' has no migration to roll back")
+        return stack[-1], collection.config.encoder
+
+    def _switch_back(self, collection: Collection, target: str, cancelled: list[str],
+                     restored: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        """The rollback's switch (caller holds the collection's migration lock)."""
+        active = collection.config.encoder
+        dim = self.compat.dim_of(target) or collection.dim_for(target)
+        lost = {
+            v: n
+            for v, n in gallery_versions(collection).items()
+            if self.compat.prefix(target, dim, v, collection.dim_for(v)) is None
+        }
+        entry = {
+            "id": len(collection.state.history) + 1,
+            "kind": "rollback",
+            "from": active,
+            "to": target,
+            "at": time.time(),
+            # items of these versions cannot be compared with the old encoder's queries: they stay
+            # stored, but are not found until a migration forward again (or a re-embed with it)
+            "unsearchable": lost,
+            "cancelled_backfills": cancelled,
+            **restored,
+        }
+        collection.set_active_encoder(target, dim, entry)
+        collection.views.invalidate()  # derived data of the encoder left: rebuilt if it comes back
+        return entry
+
+    def _run_restore(self, collection: Collection, target: str, jobs: list[str], task: MigrationTask,
+                     cancelled: list[str]) -> None:  # fmt: skip
+        """Write back the archived vectors batch by batch (items a client rewrote or deleted since keep the
+        client's write), once more under the lock for a batch that landed meanwhile, then switch back."""
+        task.phase, task.total = "restoring", sum(collection.moved.count(job) for job in jobs)
+        try:
+            restored = self._restore(collection, target, jobs, task)
+            task.phase = "switching"
+            with self._lock(collection.name):
+                if self._rollback_target(collection) != (target, collection.config.encoder):
+                    raise MigrationRefused("the collection migrated meanwhile; nothing was switched")
+                restored += self._restore(collection, target, jobs, None)
+                for job in jobs:
+                    collection.moved.drop(job)
+                task.migration = self._switch_back(collection, target, cancelled, {"restored": restored})
+            task.state = "succeeded"
+        except ERSError as exc:  # the archive stays for a later rollback
+            task.state, task.error = "failed", exc.message
+        except Exception as exc:
+            log.exception("rollback task %s failed", task.id)
+            task.state, task.error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            task.finished_at, task.phase = time.time(), "done"
+
+    @staticmethod
+    def _restore(collection: Collection, target: str, jobs: list[str], task: MigrationTask | None) -> int:
+        written = 0
+        for job in jobs:
+            for batch in collection.moved.batches(job):
+                with collection.locks.reading():
+                    payloads = [collection.payloads.get(collection.id_to_int.get(i, -1)) for i in batch.ids]
+                written += collection.upsert(batch.ids, batch.vectors, payloads, batch.versions,
+                                             only_moving_to=target, expected=batch.moved_int_ids.tolist())  # fmt: skip
+                if task is not None:
+                    task.done += len(batch.ids)
+        return written
 
     # -- bridged migrations: encoders nobody trained for compatibility (indexer.upgrade.bridging) --
     def start_bridged(self, collection: Collection, req: BridgeRequest, backfill: Backfill = "none") -> dict[str, Any]:

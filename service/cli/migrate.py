@@ -97,6 +97,8 @@ def migrate(
         done: MigrationResult
         if rollback:
             done = ers.rollback(collection)
+            if done.task is not None:  # restoring the vectors a backfill replaced, then switching back
+                done = _follow(ers, collection, done.task)
         else:
             assert to is not None  # exactly one of --to, --rollback, --history (checked above)
             mode = cast(Literal["none", "background"], backfill)
@@ -110,6 +112,7 @@ def migrate(
                 done = _follow(ers, collection, task)
             else:
                 done = ers.migrate(collection, to, force=force, backfill=mode, eval_set=eval_set)
+    assert done.migration is not None  # an immediate answer, or a task followed to its entry
     _print_entry(done.migration)
     console.print(f"{collection} now queries with [bold]{done.active}[/bold]")
 

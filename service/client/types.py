@@ -195,7 +195,8 @@ class MigrationTask(Answer):
 
 
 class MigrationResult(Answer):
-    migration: Migration
+    migration: Migration | None = Field(default=None, description="the history entry (None while a task runs)")
+    task: MigrationTask | None = Field(default=None, description="a rollback restoring a backfill's vectors first")
     active: str | None
 
 

@@ -25,6 +25,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from indexer.collection import Collection
 from indexer.errors import InvalidInput
 from indexer.upgrade.bridging import DEFAULT_CALIBRATION, MAX_CALIBRATION, BridgeRequest
 from indexer.upgrade.eval_set import EvalSet
@@ -72,9 +73,11 @@ async def create_migration(body: MigrationCreate, collection: CollectionDep, mig
     if body.rollback:
         if body.to is not None:
             raise InvalidInput("give either 'to' or 'rollback', not both")
-        entry = await anyio.to_thread.run_sync(migrations.rollback, collection)
+        return _rolled_back(await anyio.to_thread.run_sync(migrations.rollback, collection), collection)
     elif body.to is None:
         raise InvalidInput("give 'to' (name@version of the new encoder) or 'rollback': true")
+    elif body.method == "prefix" and body.model_fields_set & {"calibration", "calibration_size", "seed"}:
+        raise InvalidInput("calibration, calibration_size and seed are for method auto, fuse, adapter or transform")
     elif body.method != "prefix":
         eval_set = EvalSet(body.eval.inputs, body.eval.labels, "request") if body.eval is not None else None
         request = BridgeRequest(body.to, body.method, body.calibration, body.calibration_size, body.seed, body.force,
@@ -93,8 +96,14 @@ async def create_migration(body: MigrationCreate, collection: CollectionDep, mig
 
 @router.post("/{name}/migrations/rollback", status_code=201)
 async def rollback(collection: CollectionDep, migrations: MigrationsDep) -> Any:
-    entry = await anyio.to_thread.run_sync(migrations.rollback, collection)
-    return {"migration": entry, "active": collection.config.encoder}
+    return _rolled_back(await anyio.to_thread.run_sync(migrations.rollback, collection), collection)
+
+
+def _rolled_back(result: dict[str, Any], collection: Collection) -> Any:
+    """201 with the history entry, or 202 with the task that restores a backfill's vectors first."""
+    if "task" in result:
+        return JSONResponse({"task": result["task"], "active": collection.config.encoder}, status_code=202)
+    return {"migration": result, "active": collection.config.encoder}
 
 
 @router.get("/{name}/migrations/tasks/{task_id}")

@@ -168,13 +168,19 @@ def test_rollback_during_backfill(
     assert moved.wait(timeout=30)
     back = client.post("/v1/collections/fm/migrations", json={"rollback": True})
     stop_here.set()
-    assert back.status_code == 201 and back.json()["active"] == V1
-    entry = back.json()["migration"]
-    assert entry["cancelled_backfills"] == [job_id] and entry["unsearchable"] == {V2: 4}
+    # the batch it moved is restored from the archive before the switch back: 202 with the task
+    assert back.status_code == 202 and back.json()["active"] == V2
+    task_id = back.json()["task"]["id"]
+    task = wait_for(lambda: client.get(f"/v1/collections/fm/migrations/tasks/{task_id}").json(),
+                    lambda t: t["state"] != "running")  # fmt: skip
+    assert task["state"] == "succeeded", task
+    entry = task["migration"]
+    assert (entry["to"], entry["cancelled_backfills"], entry["unsearchable"]) == (V1, [job_id], {})
+    assert entry["restored"] >= 4  # the held batch, and any that landed before the cancel took effect
     job = wait_for(lambda: client.get(f"/v1/jobs/{job_id}").json(), finished)
     assert job["state"] == "cancelled"
     runner_of(client).stop()  # the job's threads are done: nothing moves after the rollback
-    assert versions(client) == {V1: n - 4, V2: 4}
+    assert versions(client) == {V1: n}  # every item has its old vector again
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409  # already over
 
 
