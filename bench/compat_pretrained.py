@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from models.compat.pretrained import Calibration, choose, evaluate, fit_method
+from models.compat.choice import choose, evaluate
+from models.compat.pretrained import Calibration, fit_method
 from models.compat.report import embed
 from models.core.encoder import Encoder
 from models.core.registry import load_encoder

@@ -42,7 +42,8 @@ from indexer.jobs.sources import Source, load, resolve
 from indexer.rewritten_views import build_view
 from indexer.upgrade.errors import MigrationRefused
 from indexer.upgrade.eval_set import EvalSet, model_inputs
-from models.compat.pretrained import Calibration, choose, fit_method
+from models.compat.choice import choose
+from models.compat.pretrained import Calibration, fit_method
 from models.core.encoder import Encoder
 
 METHODS = ("prefix", "auto", "fuse", "adapter", "transform")
@@ -171,6 +172,7 @@ def fit_bridge(method: str, task: Calibration | None, extra: tuple[np.ndarray, n
     choice = choose(task, seed, methods=methods, extra=extra)
     report = {"figures": choice.figures, "own_pair": choice.own_pair, "chosen": choice.best,
               "criterion_met": not choice.refused, "reason": choice.reason, "labelled": len(task.old),
+              "confidence": choice.confidence,
               "held_out": "20% of the labelled calibration inputs"}  # fmt: skip
     if choice.refused:
         if method == "auto" or not force:

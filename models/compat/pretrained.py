@@ -12,8 +12,8 @@ Three ways to search an old gallery after switching to the new encoder, and an a
 * ``adapter`` (BT²/OCA-style): a head on the frozen new encoder outputs d_old + extra dims; the prefix is
   aligned to the old space (cosine + cross-model contrastive), the extra dims keep the new model's
   neighbourhoods (relational distillation), so the head can serve old and, after a backfill, new galleries.
-* ``choose``: fits each method on 80% of the calibration examples, measures R@10 on the other 20%, returns
-  every figure and the best, and refuses (a result, not an exception) when none beats old/old.
+* ``choose`` (``models.compat.choice``): fits each method on 80% of the calibration examples, measures R@10
+  on the other 20% and refuses (a result, not an exception) unless the best beats old/old there, surely.
 
 Measuring old/old needs a retrieval task inside the calibration set: either ``query_old``/``query_new``
 (query i's answer is item i, e.g. an impression and its findings) or ``labels`` (same-label retrieval,
@@ -57,7 +57,14 @@ def unit(x: Any) -> np.ndarray:
 
 def recall_at_k(query: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
                 k: int = 10, leave_self_out: bool = False) -> float:  # fmt: skip
-    """Fraction of queries with a same-label gallery item among their k nearest (cosine); with
+    """Fraction of queries with a same-label gallery item among their k nearest (cosine)."""
+    hits = hits_at_k(query, gallery, query_labels, gallery_labels, k, leave_self_out)
+    return float(hits.mean()) if len(hits) else 0.0
+
+
+def hits_at_k(query: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
+              k: int = 10, leave_self_out: bool = False) -> np.ndarray:  # fmt: skip
+    """(n_queries,) bool: a same-label gallery item among the query's k nearest (cosine); with
     ``leave_self_out`` query i is gallery item i and cannot find itself."""
     q, g = unit(query), unit(gallery)
     hits = np.zeros(len(q), dtype=bool)
@@ -68,7 +75,7 @@ def recall_at_k(query: np.ndarray, gallery: np.ndarray, query_labels: np.ndarray
             scores[rows, rows + start] = -np.inf
         top = np.argpartition(-scores, min(k, g.shape[0] - 1), axis=1)[:, :k]  # (chunk, k), unordered
         hits[start : start + 1024] = (gallery_labels[top] == query_labels[start : start + 1024, None]).any(axis=1)
-    return float(hits.mean()) if len(hits) else 0.0
+    return hits
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
@@ -179,14 +186,14 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[cut:]), np.sort(order[:cut])
 
 
-def _own_pair_r10(query: np.ndarray, gallery: np.ndarray) -> float:
+def own_pair_r10(query: np.ndarray, gallery: np.ndarray) -> float:
     ids = np.arange(len(query))
     return recall_at_k(query, gallery, ids, ids)
 
 
 def _transform_score(new: np.ndarray, rewritten: np.ndarray) -> tuple[float, float]:
     """(own-pair R@10, mean cosine): R@10 first, the cosine decides when R@10 saturates."""
-    return _own_pair_r10(new, rewritten), float(np.mean(np.sum(unit(new) * unit(rewritten), axis=1)))
+    return own_pair_r10(new, rewritten), float(np.mean(np.sum(unit(new) * unit(rewritten), axis=1)))
 
 
 def _fit_mlp(old: np.ndarray, new: np.ndarray, linear: np.ndarray, seed: int, steps: int, hidden: int,
@@ -323,12 +330,19 @@ class Calibration:
 
     def r10(self, query: Callable[[np.ndarray, np.ndarray], np.ndarray], gallery: np.ndarray, k: int = 10) -> float:
         """R@k of ``query(old_side, new_side)`` vectors against ``gallery`` (one row per item) on the task."""
+        hits = self.hits(query, gallery, k)
+        return float(hits.mean()) if len(hits) else 0.0
+
+    def hits(
+        self, query: Callable[[np.ndarray, np.ndarray], np.ndarray], gallery: np.ndarray, k: int = 10
+    ) -> np.ndarray:
+        """Per task query: found within the top k (what ``r10`` averages; paired tests compare these)."""
         if self.query_old is not None and self.query_new is not None:
             ids = self.labels if self.labels is not None else np.arange(len(self.old))
-            return recall_at_k(query(self.query_old, self.query_new), gallery, ids, ids, k)
+            return hits_at_k(query(self.query_old, self.query_new), gallery, ids, ids, k)
         if self.labels is None:
             raise ValueError("no retrieval task: give query_old/query_new or labels")
-        return recall_at_k(query(self.old, self.new), gallery, self.labels, self.labels, k, leave_self_out=True)
+        return hits_at_k(query(self.old, self.new), gallery, self.labels, self.labels, k, leave_self_out=True)
 
 
 def fit_fuse(
@@ -353,38 +367,6 @@ def fit_fuse(
     return FuseModel(fit_procrustes(new, old), best, scores)
 
 
-@dataclass(frozen=True)
-class Choice:
-    figures: dict[str, float]  # setting -> R@10 on the held-out 20%: old/old, new/new, raw, fuse, adapter...
-    own_pair: dict[str, float]  # method -> cross-model R@10 of an item's own pair (alignment diagnostic)
-    best: str | None  # the chosen method, None when refused
-    refused: bool
-    reason: str
-    model: FuseModel | AdapterModel | TransformModel | None = None  # the chosen method refitted on every pair
-
-
-def evaluate(fitted: dict[str, Any], held: Calibration, k: int = 10) -> tuple[dict[str, float], dict[str, float]]:
-    """R@k of every setting on ``held`` (task) and own-pair cross-model R@10 of every fitted method."""
-    g_old, g_new = unit(held.old), unit(held.new)
-    figures = {"old/old": held.r10(lambda o, n: o, g_old, k), "new/new": held.r10(lambda o, n: n, g_new, k)}
-    if g_old.shape[1] == g_new.shape[1]:
-        figures["raw new/old"] = held.r10(lambda o, n: n, g_old, k)
-    own: dict[str, float] = {}
-    if "fuse" in fitted:
-        figures["fuse"] = held.r10(fitted["fuse"].query, g_old, k)
-        own["fuse"] = _own_pair_r10(fitted["fuse"].procrustes.apply(held.new), g_old)
-    if "adapter" in fitted:
-        adapter = fitted["adapter"]
-        figures["adapter"] = held.r10(lambda o, n: adapter.prefix(n), g_old, k)
-        figures["adapter (backfilled)"] = held.r10(lambda o, n: adapter.apply(n), adapter.apply(held.new), k)
-        own["adapter"] = _own_pair_r10(adapter.prefix(held.new), g_old)
-    if "transform" in fitted:
-        rewritten = fitted["transform"].apply(held.old)
-        figures["transform"] = held.r10(lambda o, n: n, rewritten, k)
-        own["transform"] = _own_pair_r10(g_new, rewritten)
-    return figures, own
-
-
 def fit_method(method: str, cal: Calibration, seed: int, steps: int = 400,
                extra: Pairs | None = None) -> FuseModel | AdapterModel | TransformModel:  # fmt: skip
     """One method on every pair of ``cal`` (and the fit-only ``extra`` pairs); ``steps``: training steps of
@@ -397,23 +379,3 @@ def fit_method(method: str, cal: Calibration, seed: int, steps: int = 400,
     if method == "transform":
         return fit_transform(old, new, seed=seed, steps=steps)
     raise ValueError(f"unknown method '{method}'; known: {METHODS}")
-
-
-def choose(cal: Calibration, seed: int = 0, held_out: float = 0.2, methods: tuple[str, ...] = METHODS,
-           refit: bool = True, steps: int = 400, extra: Pairs | None = None) -> Choice:  # fmt: skip
-    """Fit ``methods`` on 80% of the items, measure R@10 on the other 20%, pick the best; refuse when none
-    beats old/old there (or when the calibration set has no task to measure old/old on)."""
-    if not cal.has_task:
-        return Choice({}, {}, None, True, "the calibration set has no query->item pairs or labels, so old/old "
-                      "cannot be measured; nothing may replace it unmeasured")  # fmt: skip
-    if len(cal.old) < 20:
-        return Choice({}, {}, None, True, f"{len(cal.old)} calibration items are too few to hold out 20%")
-    train, val = cal.split(held_out, seed)
-    fitted = {m: fit_method(m, cal.subset(train), seed, steps, extra) for m in methods}
-    figures, own = evaluate(fitted, cal.subset(val))
-    best = max(methods, key=lambda m: figures[m])
-    if not figures[best] > figures["old/old"]:
-        return Choice(figures, own, None, True, f"no method beats old/old ({figures['old/old']:.3f}); "
-                      f"the best, {best}, reaches {figures[best]:.3f}")  # fmt: skip
-    model = fit_method(best, cal, seed, steps, extra) if refit else fitted[best]
-    return Choice(figures, own, best, False, f"{best}: {figures[best]:.3f} > old/old {figures['old/old']:.3f}", model)

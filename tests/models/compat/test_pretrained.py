@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from models.compat.choice import choose, paired_confidence
 from models.compat.pretrained import (
     Calibration,
-    choose,
     fit_adapter,
     fit_fuse,
     fit_procrustes,
@@ -159,7 +159,7 @@ def test_choose_refuses_pure_noise_and_a_set_without_a_task() -> None:
                         unit(rng.normal(size=cal.new.shape)))  # fmt: skip
     refused = choose(noise, seed=0)
     assert refused.refused and refused.best is None and refused.model is None
-    assert "no method beats old/old" in refused.reason and refused.figures["old/old"] > 0.3
+    assert "no method surely beats old/old" in refused.reason and refused.figures["old/old"] > 0.3
     assert all(refused.figures[m] <= refused.figures["old/old"] for m in ("fuse", "adapter", "transform"))
     untasked = choose(Calibration(cal.old, cal.new), seed=0)
     assert untasked.refused and "cannot be measured" in untasked.reason
@@ -175,3 +175,17 @@ def test_choose_with_labels_uses_leave_self_out() -> None:
     choice = choose(Calibration(old, new, labels=labels), seed=0)
     assert choice.figures["new/new"] > choice.figures["old/old"]  # the new model clusters better
     assert not choice.refused and choice.figures[str(choice.best)] > choice.figures["old/old"], choice.figures
+
+
+def test_paired_confidence_needs_a_sure_difference() -> None:
+    old = np.zeros(50, bool)
+    old[:25] = True
+    assert paired_confidence(old, old, seed=0) == 0.0  # identical: never better
+    one_more = old.copy()
+    one_more[30] = True  # +2 points of R@10 on 50 queries: the noisy margin the gate must not trust
+    assert 0.5 < paired_confidence(one_more, old, seed=0) < 0.95
+    many_more = old.copy()
+    many_more[25:40] = True  # +30 points
+    assert paired_confidence(many_more, old, seed=0) > 0.99
+    swapped = np.roll(old, 10)  # the same hit rate on other queries: no sure difference either way
+    assert paired_confidence(swapped, old, seed=0) < 0.95
