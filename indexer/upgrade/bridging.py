@@ -9,10 +9,11 @@ A bridged migration runs as a task (``MigrationTask``, progress at
    labelled evaluation set (stored, or sent with the request) and manifest items with a ``label`` in
    their payload form the *task* that old/old and each method are measured on; the other inputs only fit.
 2. **encoding**: every input by the old and the new encoder (the ingest path's ``encode_inputs``).
-3. **fitting** (``models.compat.pretrained``): ``auto`` fits fuse, adapter and transform on 80% of the
-   labelled inputs (plus every unlabelled one), measures R@10 on the other 20% and picks the best; it
-   refuses when none beats old/old there, or when there is no task to measure on. A named method is
-   measured the same way and refused when it does not beat old/old, unless ``force``.
+3. **fitting** (``models.compat.pretrained``, gate in ``models.compat.choice``): ``auto`` fits fuse,
+   adapter and transform on 80% of the labelled inputs (plus every unlabelled one), measures R@10 on the
+   other 20% and picks the best; it refuses unless the best beats old/old there in 95% of paired bootstrap
+   resamples, or when there is no task to measure on. A named method is measured the same way and
+   refused likewise, unless ``force``.
 4. **publishing**: the fitted bridge becomes an artefact in the models dir (``models.compat.bridges``);
    for a transform, the old segments' rewritten views are built before the switch.
 5. **switch**: ``Migrations`` switches the query encoder to the bridge, the same atomic switch as a

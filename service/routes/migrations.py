@@ -55,8 +55,9 @@ class MigrationCreate(BaseModel):
         description="prefix: the new model is compatible_with the old one by spec (BT²/OCA-trained); for "
         "independently trained encoders, fitted on calibration inputs: fuse (both encoders encode the query, "
         "scores fused), adapter (a head on the frozen new encoder), transform (the stored vectors rewritten "
-        "into the new space), auto (the best of the three on held-out labelled inputs; refused when none "
-        "beats old/old). Those run as a task: 202 with its id, progress at GET .../migrations/tasks/{id}",
+        "into the new space), auto (the best of the three on held-out labelled inputs; refused unless it "
+        "beats old/old in 95% of paired bootstrap resamples). Those run as a task: 202 with its id, progress "
+        "at GET .../migrations/tasks/{id}",
     )
     calibration: dict[str, Any] | None = Field(
         default=None,
