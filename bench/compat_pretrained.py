@@ -221,6 +221,15 @@ def write_results(out: Path, meta: dict[str, Any], results: dict[str, Any]) -> N
     print("\n".join(lines))
 
 
+def update_doc(doc: Path, table: str) -> None:
+    begin, end = "<!-- compat_pretrained:begin -->", "<!-- compat_pretrained:end -->"
+    text = doc.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{doc} has no {begin} ... {end} block to replace")
+    head, rest = text.split(begin, 1)
+    doc.write_text(head + begin + "\n" + table + rest[rest.index(end) :])
+
+
 def goal_lines(by_size: dict[str, Any]) -> list[str]:
     """Issue 15's goal per calibration size: auto above old/old with disjoint intervals, and the share of
     the old/old -> new/new gap it closes (negative when new/new is not better, the gap is then none)."""
@@ -250,11 +259,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="cap every calibration pool and test set (smoke runs)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("docs/compat_pretrained"))
+    parser.add_argument("--doc", type=Path, help="also replace the generated block of this markdown file "
+                        "(between <!-- compat_pretrained:begin --> and <!-- compat_pretrained:end -->)")  # fmt: skip
     parser.add_argument("--merge", default="", help="comma-separated result dirs of earlier runs (e.g. one per "
                         "pair, run in parallel) to combine into --out; nothing is computed")  # fmt: skip
     args = parser.parse_args()
     if args.merge:
         merge([Path(d) for d in args.merge.split(",")], args.out)
+        if args.doc is not None:
+            update_doc(args.doc, (args.out / "table.md").read_text())
         return
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
