@@ -95,7 +95,8 @@ def features(cache_dir: Path, key: str, inputs: list[Any], encoder: Encoder) -> 
     path = cache_dir / "compat-pretrained" / f"{key}-{digest.hexdigest()[:24]}.npy"
     if path.is_file():
         return np.load(path)
-    vectors = embed(encoder, inputs)
+    # images in small batches: 256 upscaled images through EfficientNet-Lite2 held ~17 GB of activations
+    vectors = embed(encoder, inputs, batch=32 if inputs and isinstance(inputs[0], np.ndarray) else 256)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
     return vectors
