@@ -148,8 +148,15 @@ def summarise(runs: list[dict[str, Any]], metric: str) -> dict[str, dict[str, fl
     return rows
 
 
-def to_y(value: float, height: int = 340, pad: int = 50) -> float:
-    return height - pad - value * (height - 2 * pad)
+def to_y(value: float, span: tuple[float, float] = (0.0, 1.0), height: int = 340, pad: int = 50) -> float:
+    """Pixel row of ``value`` in a panel whose y axis runs over ``span`` (each panel zooms on its own rows)."""
+    return height - pad - (value - span[0]) / (span[1] - span[0]) * (height - 2 * pad)
+
+
+def y_span(by_size: dict[str, Any]) -> tuple[float, float]:
+    values = [s["mean"] + sign * s["ci95"] for b in by_size.values() for s in b["r10"].values() for sign in (-1, 1)]
+    low, high = max(min(values) - 0.02, 0.0), min(max(values) + 0.02, 1.0)
+    return (low, high) if high > low else (0.0, 1.0)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -166,19 +173,22 @@ def plot(results: dict[str, Any], path: Path) -> None:
         lo, hi = np.log(min(sizes) / 1.5), np.log(max(sizes) * 1.5)
         x_of = {s: x0 + pad + (np.log(s) - lo) / (hi - lo) * (width - 2 * pad) for s in sizes}
         draw.rectangle([x0 + pad, pad, x0 + width - pad, height - pad], outline=(0, 0, 0))
-        draw.text((x0 + pad, 15), f"{pair}: {ds}  (R@10 vs calibration size)", fill=(0, 0, 0))
-        for v in (0.0, 0.25, 0.5, 0.75, 1.0):
-            draw.text((x0 + 8, to_y(v) - 6), f"{v:.2f}", fill=(0, 0, 0))
+        draw.text((x0 + pad, 15), f"{pair}: {ds}  (R@10 vs calibration size; y axis zoomed)", fill=(0, 0, 0))
+        span = y_span(by_size)
+        for v in np.linspace(span[0], span[1], 5):
+            draw.text((x0 + 8, to_y(v, span) - 6), f"{v:.2f}", fill=(0, 0, 0))
         for s in sizes:
             draw.text((x_of[s] - 12, height - pad + 6), str(s), fill=(0, 0, 0))
         for row, colour in colours.items():
             points = [(x_of[int(s)], by_size[s]["r10"][row]) for s in by_size if row in by_size[s]["r10"]]
             for (x, stat), nxt in zip(points, [*points[1:], None], strict=True):
                 low, high = max(stat["mean"] - stat["ci95"], 0.0), min(stat["mean"] + stat["ci95"], 1.0)  # clipped
-                draw.line([x, to_y(low), x, to_y(high)], fill=colour)
+                draw.line([x, to_y(low, span), x, to_y(high, span)], fill=colour)
                 if nxt is not None:
-                    draw.line([x, to_y(stat["mean"]), nxt[0], to_y(nxt[1]["mean"])], fill=colour, width=2)
-                draw.ellipse([x - 3, to_y(stat["mean"]) - 3, x + 3, to_y(stat["mean"]) + 3], fill=colour)
+                    y0, y1 = to_y(stat["mean"], span), to_y(nxt[1]["mean"], span)
+                    draw.line([x, y0, nxt[0], y1], fill=colour, width=2)
+                y = to_y(stat["mean"], span)
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
     for i, (row, colour) in enumerate(colours.items()):
         x, y = 20 + (i % 4) * 220, height + 20 + (i // 4) * 25
         draw.line([x, y + 6, x + 30, y + 6], fill=colour, width=3)
