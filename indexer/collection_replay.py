@@ -234,7 +234,7 @@ class ReplayedCollection:
                     segment.index_off = end
                     if self.views.views and len(rows) and record.vectors is not None:
                         int_ids, vectors = record.int_ids(offset)[rows], record.vectors[rows]
-                        # views exist only where the resolver has ``rewriter``
+                        # keeps each rewritten view complete as its segment grows (a restore, old-version writes)
                         self.views.extend(segment.key, int_ids, vectors, self.compat.rewriter)
             for segment in applied:
                 segment.policy.observe(offset, record)

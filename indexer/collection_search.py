@@ -105,8 +105,7 @@ def _rewritten_view(c: ReplayedCollection, version: str | None, segment: Segment
     view = c.views.get(version, segment.key)
     if view is not None:
         return view
-    rewriter = getattr(c.compat, "rewriter", None)  # optional: resolvers without transforms may omit it
-    rewrite = rewriter(version, segment.key) if rewriter is not None else None
+    rewrite = c.compat.rewriter(version, segment.key)
     if rewrite is None:
         return None
     with c.views.lock:

@@ -34,6 +34,9 @@ class ChainCompat:
     def dim_of(self, version: str | None) -> int | None:
         return DIMS.get(version or "")
 
+    def rewriter(self, query: str | None, segment: str | None) -> None:
+        return None  # no transform migrations in this chain (CompatResolver's third question)
+
 
 OpenCollection = Callable[..., Collection]
 
