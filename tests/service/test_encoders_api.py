@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,15 +115,49 @@ def test_concurrent_requests_share_forward_passes(make_client: MakeClient, tmp_p
 
 
 def test_overload_answers_429_with_retry_after(make_client: MakeClient, tmp_path: Path) -> None:
+    """Forwards are held on a gate, so the queue fills whatever the machine's load; then it drains."""
     build_tiny_text(tmp_path / "data" / "models")
-    client = make_client(batch_wait_ms=400, batch_max=1000, batch_queue=8, embed_cache_size=0)
-    inputs = [[f"t{i}-{j}" for j in range(4)] for i in range(6)]
-    results = _concurrently(6, lambda i: client.post("/v1/embed", json={"encoder": TINY, "inputs": inputs[i]}))
-    codes = sorted(r.status_code for r in results)
-    assert codes.count(200) >= 2 and 429 in codes, codes
-    refused = next(r for r in results if r.status_code == 429)
+    client = make_client(batch_wait_ms=5, batch_max=4, batch_queue=8, batch_concurrency=1, embed_cache_size=0)
+    assert client.post("/v1/embed", json={"encoder": TINY, "inputs": ["warm"]}).status_code == 200
+    batcher = client.app.state.hub.batchers[TINY]  # type: ignore[attr-defined]
+    gate = threading.Event()
+    forward = batcher.encoder.forward
+
+    def held_forward(batch: Any, threads: int = 1) -> Any:
+        assert gate.wait(60), "the test never opened the gate"
+        return forward(batch, threads=threads)
+
+    batcher.encoder.forward = held_forward
+    results: list[Any] = []
+    threads: list[threading.Thread] = []
+    try:
+        for i in range(6):  # 1 held forward of 4 rows + 8 queued rows: the 4th request cannot fit
+            box: list[Any] = []
+            active = batcher._active
+            t = threading.Thread(
+                target=lambda b=box, i=i: b.append(
+                    client.post("/v1/embed", json={"encoder": TINY, "inputs": [f"t{i}-{j}" for j in range(4)]})
+                )
+            )
+            t.start()
+            threads.append(t)
+            results.append(box)
+            deadline = time.monotonic() + 30
+            while batcher._active == active and t.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.01)  # the request is queued (or was refused) before the next one goes
+            if not t.is_alive() and box[0].status_code == 429:
+                break
+    finally:
+        gate.set()
+        for t in threads:
+            t.join(60)
+        batcher.encoder.forward = forward
+    codes = [box[0].status_code for box in results]
+    assert codes == [200, 200, 200, 429], codes  # in flight, queued, queued, refused
+    refused = results[-1][0]
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["code"] == "overloaded"
+    assert client.post("/v1/embed", json={"encoder": TINY, "inputs": ["after"]}).status_code == 200
 
 
 def test_items_record_the_encoder_version_that_made_them(text_client: TestClient) -> None:
