@@ -102,13 +102,49 @@ def _concurrently(n: int, fn: Any) -> list[Any]:
     return results
 
 
+def _hold_forwards(batcher: Any, gate: threading.Event) -> Any:
+    """Make ``batcher``'s forwards wait for ``gate``; returns the original forward to put back."""
+    forward = batcher.encoder.forward
+
+    def held_forward(batch: Any, threads: int = 1) -> Any:
+        assert gate.wait(60), "the test never opened the gate"
+        return forward(batch, threads=threads)
+
+    batcher.encoder.forward = held_forward
+    return forward
+
+
+def _wait_until(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_concurrent_requests_share_forward_passes(make_client: MakeClient, tmp_path: Path) -> None:
     build_tiny_text(tmp_path / "data" / "models")
-    client = make_client(batch_wait_ms=50, embed_cache_size=0)
-    results = _concurrently(8, lambda i: client.post("/v1/embed", json={"encoder": TINY, "inputs": [f"text {i}"]}))
-    assert all(r.status_code == 200 for r in results)
+    client = make_client(batch_wait_ms=50, batch_concurrency=1, embed_cache_size=0)
+    assert client.post("/v1/embed", json={"encoder": TINY, "inputs": ["warm"]}).status_code == 200
     batcher = client.app.state.hub.batchers[TINY]  # type: ignore[attr-defined]
-    assert batcher.rows_run == 8 and batcher.batches_run < 8
+    rows, batches = batcher.rows_run, batcher.batches_run
+    gate = threading.Event()
+    forward = _hold_forwards(batcher, gate)
+    results: list[Any] = [None] * 8
+
+    def post(i: int) -> None:
+        results[i] = client.post("/v1/embed", json={"encoder": TINY, "inputs": [f"text {i}"]})
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        _wait_until(lambda: batcher._active == 8)  # one row held in a forward, seven queued behind it
+    finally:
+        gate.set()
+        for t in threads:
+            t.join(60)
+        batcher.encoder.forward = forward
+    assert all(r.status_code == 200 for r in results)
+    assert batcher.rows_run - rows == 8 and batcher.batches_run - batches <= 2  # the queued rows shared one
     # batched vectors equal unbatched ones
     solo = client.post("/v1/embed", json={"encoder": TINY, "inputs": ["text 3"]}).json()["vectors"][0]
     assert max(abs(a - b) for a, b in zip(solo, results[3].json()["vectors"][0], strict=True)) < 1e-6
@@ -121,13 +157,7 @@ def test_overload_answers_429_with_retry_after(make_client: MakeClient, tmp_path
     assert client.post("/v1/embed", json={"encoder": TINY, "inputs": ["warm"]}).status_code == 200
     batcher = client.app.state.hub.batchers[TINY]  # type: ignore[attr-defined]
     gate = threading.Event()
-    forward = batcher.encoder.forward
-
-    def held_forward(batch: Any, threads: int = 1) -> Any:
-        assert gate.wait(60), "the test never opened the gate"
-        return forward(batch, threads=threads)
-
-    batcher.encoder.forward = held_forward
+    forward = _hold_forwards(batcher, gate)
     results: list[Any] = []
     threads: list[threading.Thread] = []
     try:
@@ -142,9 +172,8 @@ def test_overload_answers_429_with_retry_after(make_client: MakeClient, tmp_path
             t.start()
             threads.append(t)
             results.append(box)
-            deadline = time.monotonic() + 30
-            while batcher._active == active and t.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.01)  # the request is queued (or was refused) before the next one goes
+            # the request is queued (or was refused) before the next one goes
+            _wait_until(lambda a=active, t=t: batcher._active != a or not t.is_alive())
             if not t.is_alive() and box[0].status_code == 429:
                 break
     finally:
