@@ -1,32 +1,47 @@
-"""Build a trained approximate index and pick its search breadth by measurement.
+"""Build an index and tune its search breadth to the target recall by measurement.
 
-``auto`` uses IVF-Flat: it supports deletes and exact reconstruction, trains in seconds on a CPU,
-and its recall/speed trade-off is a single knob (``nprobe``) that we tune on the data itself:
-sample queries from the collection, compute exact top-10 with a flat scan, and take the smallest
-``nprobe`` whose recall@10 reaches the target.
+Which index ``auto`` builds is ``indexer.index_choice``'s rule. Here the index is trained, filled and
+tuned: ``efSearch`` for HNSW, ``nprobe`` for IVF, each set to the smallest value whose recall@10
+reaches ``target_recall`` + ``FRESH_MARGIN`` on held-out queries, so the measured recall lands just above it
+(within about +0.02: the steps are fine and the estimate's noise over 500 queries is ~0.005) rather
+than a doubled safety margin.
+
+Held-out queries: before tuning, a sample of the collection's own vectors is held out of the index;
+they are the queries, their exact top-10 among the other vectors is the truth, and they are added
+once the knob is set. They were never in the index, so they are not trivially found (leave-one-out on
+stored vectors is optimistic, most for HNSW, where the stored query sits in the graph linked to its
+own neighbours). The remaining bias: they follow the stored vectors' distribution; queries from
+another distribution (short text queries against long passages) can score lower, and the collection
+grows by up to ``rebuild_growth``-fold before the next re-tune.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Callable
+from pathlib import Path
 
 import faiss
 import numpy as np
 
+from indexer.exact_vectors import ExactVectors
+from indexer.index_choice import IndexChoice, kind_of
 from indexer.types import FloatArray, Metric
 from indexer.vector_index import VectorIndex, faiss_metric
 
 log = logging.getLogger(__name__)
-NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-
-
-def auto_spec(n: int) -> str:
-    """IVF with about 4*sqrt(n) lists (a power of two), the FAISS wiki's rule of thumb."""
-    by_rule = round(math.log2(4 * math.sqrt(max(n, 1))))
-    by_training = math.floor(math.log2(max(n, 1) / 39))  # FAISS wants >= 39 points per list
-    nlist = 2 ** max(4, min(16, by_rule, by_training))
-    return f"IVF{nlist},Flat"
+# Steps about 1.2x apart: recall moves by well under 0.02 from one to the next near the usual targets.
+NPROBE_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256,
+                320, 384, 512, 768, 1024, 2048, 4096)  # fmt: skip
+EF_STEPS = (10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384, 512,
+            768, 1024)  # fmt: skip
+TUNE_QUERIES = 500
+# Fresh queries score below held-out stored vectors at the same knob: measured 0.004-0.017 lower
+# (bench/index_choice.py at 50k/200k, bench/peers.py on MiniLM text). Tuning aims this much above the
+# target so that fresh queries land on it rather than under it; measured_recall stays the held-out figure.
+FRESH_MARGIN = 0.01
+TUNE_K = 10
+ADD_CHUNK = 65_536
 
 
 def min_train_points(spec: str, dim: int, metric: Metric) -> int:
@@ -42,62 +57,120 @@ def min_train_points(spec: str, dim: int, metric: Metric) -> int:
 def build_index(
     dim: int,
     metric: Metric,
-    spec: str,
+    choice: IndexChoice | str,
     int_ids: np.ndarray,
     prepared: FloatArray,
     target_recall: float,
     seed: int = 0,
+    directory: Path | None = None,
 ) -> VectorIndex:
-    index = VectorIndex(dim, metric, spec)
+    """Train, fill and tune ``choice`` over ``prepared`` (already normalised for cosine). A re-ranked
+    choice writes its exact-vector file into ``directory``."""
+    if isinstance(choice, str):
+        choice = IndexChoice(choice, kind_of(choice))
+    index = VectorIndex(dim, metric, choice.spec)
+    rng = np.random.default_rng(seed)
     if not index.is_trained:
-        rng = np.random.default_rng(seed)
         ivf = index.ivf
-        cap = 256 * int(ivf.nlist) if ivf is not None else 100_000
+        cap = 64 * int(ivf.nlist) if ivf is not None else 100_000  # FAISS wants >= 39 per list
         sample = prepared[rng.choice(len(prepared), min(cap, len(prepared)), replace=False)]
         index.train(np.ascontiguousarray(sample))
-    index.add(int_ids, prepared)
-    if index.ivf is not None and len(prepared) > 0:
-        index.set_nprobe(tune_nprobe(index, int_ids, prepared, metric, target_recall, seed))
+    if choice.rerank:
+        if directory is None:
+            raise ValueError(f"{choice.spec} with re-ranking needs a directory for its exact vectors")
+        if len(int_ids) > 1 and not np.all(int_ids[1:] > int_ids[:-1]):
+            order = np.argsort(int_ids, kind="stable")  # ascending ids: lookups need no order array
+            int_ids, prepared = int_ids[order], prepared[order]
+        exact = ExactVectors.create(directory, dim)
+        exact.append(int_ids, prepared)
+        index.attach_exact(exact, choice.rerank)
+    tunable = index.ivf is not None or index.hnsw is not None
+    held = min(TUNE_QUERIES, len(prepared) // 5)
+    if not tunable or held < 10:
+        index.add(int_ids, prepared, to_exact=False)
+        index.compact()
+        return index
+    held_out = np.zeros(len(prepared), dtype=bool)
+    held_out[rng.choice(len(prepared), held, replace=False)] = True
+    _add_rows(index, int_ids, prepared, np.flatnonzero(~held_out))
+    queries = np.ascontiguousarray(prepared[held_out])
+    truth = _truth_without(queries, prepared, held_out, int_ids, index.metric)
+    tune(index, queries, truth, min(0.999, target_recall + FRESH_MARGIN))
+    _add_rows(index, int_ids, prepared, np.flatnonzero(held_out))
+    index.compact()
     return index
 
 
-def tune_nprobe(
-    index: VectorIndex,
-    int_ids: np.ndarray,
-    prepared: FloatArray,
-    metric: Metric,
-    target_recall: float,
-    seed: int = 0,
-    queries: int = 500,
-    k: int = 10,
-) -> int:
-    ivf = index.ivf
-    assert ivf is not None
-    # Leave-one-out: stored vectors are the queries and each one's own id is ignored, so the
-    # queries follow the data's distribution without being trivially their own nearest neighbour.
-    rng = np.random.default_rng(seed + 1)
-    pick = rng.choice(len(prepared), min(queries, len(prepared)), replace=False)
-    q = np.ascontiguousarray(prepared[pick])
-    kk = min(k, len(prepared) - 1)
-    if kk < 1:
-        return 1
-    _, truth = faiss.knn(q, prepared, kk + 1, metric=faiss_metric(metric))
-    truth_sets = [set(int_ids[row].tolist()) - {int(int_ids[p])} for row, p in zip(truth, pick, strict=True)]
-    chosen = NPROBE_STEPS[-1]
-    for nprobe in NPROBE_STEPS:
-        if nprobe > ivf.nlist:
-            chosen = int(ivf.nlist)
-            break
-        index.set_nprobe(nprobe)
-        _, found = index.search(q, kk + 1)
-        hits = sum(
-            len((set(f) - {int(int_ids[p])}) & t) for f, t, p in zip(found.tolist(), truth_sets, pick, strict=True)
-        )
-        recall = hits / sum(len(t) for t in truth_sets)
-        if recall >= target_recall:
-            # One step of margin: leave-one-out recall on stored vectors runs ~0.01-0.02 above
-            # recall on fresh queries (measured by bench/search.py: 0.97 tuned -> 0.948-0.968).
-            chosen = min(nprobe * 2, int(ivf.nlist))
-            log.info("nprobe=%d reaches recall@%d %.3f (target %.2f)", nprobe, kk, recall, target_recall)
-            break
-    return chosen
+def _add_rows(index: VectorIndex, int_ids: np.ndarray, prepared: FloatArray, rows: np.ndarray) -> None:
+    """Add ``rows`` in chunks: no second copy of a large collection in memory."""
+    for start in range(0, len(rows), ADD_CHUNK):
+        part = rows[start : start + ADD_CHUNK]
+        index.add(int_ids[part], np.ascontiguousarray(prepared[part]), to_exact=False)
+
+
+def _truth_without(
+    queries: FloatArray, prepared: FloatArray, held_out: np.ndarray, int_ids: np.ndarray, metric: Metric
+) -> np.ndarray:
+    """Exact top-``TUNE_K`` ids of each query among the vectors not held out. Searched over all the
+    vectors with room for the held-out ones (each query finds itself first), then filtered."""
+    k = min(TUNE_K, int((~held_out).sum()))
+    extra = min(len(prepared), k + 40)
+    _, pos = faiss.knn(queries, prepared, extra, metric=faiss_metric(metric))
+    rows = []
+    for row in pos:
+        kept = [p for p in row.tolist() if p >= 0 and not held_out[p]][:k]
+        if len(kept) < k:  # more than 40 held-out vectors crowd the top: search the rest exactly
+            rest = np.flatnonzero(~held_out)
+            _, sub = faiss.knn(queries, np.ascontiguousarray(prepared[rest]), k, metric=faiss_metric(metric))
+            return np.asarray(int_ids[rest[sub]])
+        rows.append(kept)
+    return np.asarray(int_ids[np.asarray(rows, dtype=np.int64)])
+
+
+def tune(index: VectorIndex, queries: FloatArray, truth_ids: np.ndarray, target: float) -> None:
+    """Set the smallest efSearch/nprobe whose recall@k of ``queries`` (not in the index) against
+    ``truth_ids`` (their exact top-k ids) reaches ``target``; records the recall measured there in
+    ``index.measured_recall``."""
+    k = truth_ids.shape[1]
+
+    def recall_at(value: int) -> float:
+        setter(value)
+        _, found = index.search(queries, k)
+        pairs = zip(found.tolist(), truth_ids.tolist(), strict=True)
+        return sum(len(set(f) & set(t)) for f, t in pairs) / truth_ids.size
+
+    setter: Callable[[int], None]
+    if index.hnsw is not None:
+        steps, setter, knob = list(EF_STEPS), index.set_ef_search, "efSearch"
+    else:
+        assert index.ivf is not None
+        nlist = int(index.ivf.nlist)
+        steps, setter, knob = [s for s in NPROBE_STEPS if s < nlist] + [nlist], index.set_nprobe, "nprobe"
+    # Recall grows with the knob: bisect for the first step that reaches the target (~5 measurements).
+    lo, hi = 0, len(steps) - 1
+    measured: dict[int, float] = {}
+    while lo < hi:
+        mid = (lo + hi) // 2
+        measured[mid] = recall_at(steps[mid])
+        if measured[mid] >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    value = steps[lo]
+    recall = measured[lo] if lo in measured else recall_at(value)
+    # Then every integer between the step below and this one: a jump of nprobe 8 -> 10 can be 0.03.
+    below = steps[lo - 1] + 1 if lo > 0 else value
+    while below < value and recall >= target:
+        mid = (below + value) // 2
+        at_mid = recall_at(mid)
+        if at_mid >= target:
+            value, recall = mid, at_mid
+        else:
+            below = mid + 1
+    setter(value)
+    index.measured_recall = recall
+    if recall < target:
+        log.warning("%s: recall@%d %.3f at the largest %s=%d is below the target %.2f",
+                    index.spec, k, recall, knob, value, target)  # fmt: skip
+    log.info("%s: %s=%d measures recall@%d %.3f on %d held-out queries (target %.2f)",
+             index.spec, knob, value, k, recall, len(queries), target)  # fmt: skip

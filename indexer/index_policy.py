@@ -1,9 +1,12 @@
 """Which FAISS index a collection runs, when it is rebuilt, and when it is snapshotted.
 
-``auto`` starts exact (flat). Past ``auto_threshold`` items an IVF index is trained in a background
-thread from the store's raw vectors while searches and writes go on against the flat index; the
-records written meanwhile are captured and replayed onto the new index, which is then swapped in
-under the index lock. It is rebuilt again each time the collection grows ``rebuild_growth``-fold.
+``auto`` starts exact (flat). Past ``auto_threshold`` items the index ``indexer.index_choice`` picks
+for the segment's size, dimension and ``memory_budget`` (HNSW, or IVF-SQ8 with exact re-ranking) is
+built and tuned in a background thread from the store's raw vectors while searches and writes go on
+against the current index; the records written meanwhile are captured and replayed onto the new
+index, which is then swapped in under the index lock. It is rebuilt (and re-tuned) each time the
+segment grows ``rebuild_growth``-fold, as soon as the rule picks another kind of index (HNSW no
+longer fits the budget), and when tombstones (HNSW deletes) pass ``tombstone_ratio`` of the index.
 An explicit spec that needs training (``IVF1024,PQ32``) also runs flat until it has enough points.
 
 One policy runs per index segment (``indexer.segments``: one per encoder version); each segment
@@ -22,11 +25,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from indexer.builder import auto_spec, build_index, min_train_points
+from indexer.builder import build_index, min_train_points
+from indexer.index_choice import IndexChoice, choose_index, effective_budget, kind_of
 from indexer.locks import CollectionLocks
 from indexer.records import LogRecord
 from indexer.segments import Segment, apply_to_segment
-from indexer.snapshot import SnapshotMeta, load_snapshot, write_snapshot
+from indexer.snapshot import SnapshotMeta, load_snapshot, published_exact, write_snapshot
 from indexer.store.base import MetadataStore
 from indexer.types import CollectionConfig
 from indexer.vector_index import FLAT, VectorIndex, prepare
@@ -44,6 +48,7 @@ class IndexOptions:
     wal_segment_bytes: int = 64 << 20
     background: bool = True  # False: build and snapshot inline (deterministic tests)
     tombstone_ratio: float = 0.2
+    memory_budget: int = 0  # bytes per segment index for ``auto``; 0: half of physical memory
 
 
 class PolicyCollection(Protocol):
@@ -78,6 +83,7 @@ class IndexPolicy:
         self._flag_lock = threading.Lock()  # guards ``_building`` only (a leaf)
         self._threads: list[threading.Thread] = []
         self._min_train: int | None = None
+        self._budget = effective_budget(options.memory_budget)
         # Set by ``close`` under the snapshot lock: no snapshot is written and no thread started after
         # it, so a deleted collection's directory (or a new one of the same name) is never written to.
         self._closed = False
@@ -96,13 +102,13 @@ class IndexPolicy:
             self.seg.snapshot_off = snap[1].offset
             return snap[0], snap[1].offset
         ids, vectors = self._store_vectors()
-        index = self._build(self._spec_for(len(ids)), ids, vectors)
+        index = self._build(self._choice_for(len(ids)), ids, vectors)
         return index, self.c.store_off
 
     def start_empty(self) -> VectorIndex:
         """The index of a segment born at a log record (its version's first vectors)."""
         empty = np.zeros((0, self.seg.dim), dtype=np.float32)
-        return self._build(self._spec_for(0), np.zeros(0, dtype=np.int64), empty)
+        return self._build(self._choice_for(0), np.zeros(0, dtype=np.int64), empty)
 
     def _store_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         ids: list[int] = []
@@ -121,19 +127,20 @@ class IndexPolicy:
         matrix = np.vstack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
         return np.asarray(ids, dtype=np.int64), matrix.astype(np.float32)
 
-    def _build(self, spec: str, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
+    def _build(self, choice: IndexChoice, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
         metric = self.c.config.metric
-        index = build_index(self.seg.dim, metric, spec, ids, prepare(vectors, metric), self.options.target_recall)
+        index = build_index(self.seg.dim, metric, choice, ids, prepare(vectors, metric),
+                            self.options.target_recall, directory=self.seg.directory)  # fmt: skip
         self.built_n = len(ids)
         return index
 
-    def _spec_for(self, n: int) -> str:
+    def _choice_for(self, n: int) -> IndexChoice:
         target = self.c.config.index
         if target == "auto":
-            return FLAT if n < self.options.auto_threshold else auto_spec(n)
+            return choose_index(n, self.seg.dim, self._budget, self.options.auto_threshold)
         if self._min_train is None:
             self._min_train = min_train_points(target, self.seg.dim, self.c.config.metric)
-        return FLAT if n < self._min_train else target
+        return IndexChoice(FLAT, "flat") if n < self._min_train else IndexChoice(target, kind_of(target))
 
     # -- while running -----------------------------------------------------------------------
     def observe(self, offset: int, record: LogRecord) -> None:
@@ -147,25 +154,27 @@ class IndexPolicy:
         if self._ops >= self.options.snapshot_every:
             self._ops = 0
             self._spawn(self.snapshot)
-        spec = self._wanted_spec()
-        if spec is None:
+        choice = self._wanted()
+        if choice is None:
             return
         with self._flag_lock:  # writers call this concurrently once past the writer lock
             if self._building:
                 return
             self._building = True
-        self._spawn(lambda: self._rebuild(spec))
+        self._spawn(lambda: self._rebuild(choice))
 
-    def _wanted_spec(self) -> str | None:
+    def _wanted(self) -> IndexChoice | None:
+        """The index to rebuild into now, if any."""
         index = self.seg.index
         n = index.size
-        desired = self._spec_for(n)
-        if index.spec == FLAT and desired != FLAT:
+        desired = self._choice_for(n)
+        if index.spec == FLAT and desired.spec != FLAT:
             return desired
-        if self.c.config.index == "auto" and index.spec != FLAT and n >= self.options.rebuild_growth * self.built_n:
-            return auto_spec(n)
+        moved = kind_of(index.spec) != desired.kind or n >= self.options.rebuild_growth * self.built_n
+        if self.c.config.index == "auto" and index.spec != FLAT and moved:
+            return desired  # another kind fits the size/budget now, or grown enough to re-tune
         if index.dead and len(index.dead) > self.options.tombstone_ratio * max(1, index.index.ntotal):
-            return index.spec
+            return IndexChoice(index.spec, kind_of(index.spec), rerank=index.rerank)
         return None
 
     def _spawn(self, fn: Callable[[], None]) -> None:
@@ -178,14 +187,18 @@ class IndexPolicy:
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
 
-    def _rebuild(self, spec: str) -> None:
+    def _rebuild(self, choice: IndexChoice) -> None:
         c = self.c
+        spec = choice.spec
+        new: VectorIndex | None = None
+        swapped = False
         try:
             with c.locks.writing():
                 self._capture = []
             ids, vectors = self._store_vectors()
             log.info("collection %s: building %s over %d vectors", c.name, spec, len(ids))
-            new = self._build(spec, ids, vectors)
+            new = self._build(choice, ids, vectors)
+            old = self.seg.index
             present = set(ids.tolist())
             with c.locks.swapping_index():
                 for offset, record in self._capture or []:
@@ -193,10 +206,16 @@ class IndexPolicy:
                     apply_to_segment(self.seg, new, rows, offset, record, c.config.metric, present)
                 self.seg.index = new
                 self._capture = None
-            log.info("collection %s: swapped in %s (nprobe=%s)", c.name, spec, new.nprobe)
+                swapped = True
+            log.info("collection %s: swapped in %s (nprobe=%s, efSearch=%s, measured recall %s)",
+                     c.name, spec, new.nprobe, new.ef_search, new.measured_recall)  # fmt: skip
             self.snapshot()
+            if old.exact is not None and old.exact.name != published_exact(self.seg.directory):
+                old.exact.delete()  # never published (else the snapshot just written removed it)
         except Exception:
             log.exception("collection %s: index build failed; keeping the current index", c.name)
+            if new is not None and new.exact is not None and not swapped:
+                new.exact.delete()
         finally:
             self._capture = None
             self._building = False
@@ -233,9 +252,16 @@ class IndexPolicy:
                 built_n=self.built_n,
                 nprobe=index.nprobe,
                 dead=sorted(index.dead),
+                ef_search=index.ef_search,
+                measured_recall=index.measured_recall,
+                exact_file=index.exact.name if index.exact is not None else None,
+                exact_rows=index.exact.rows if index.exact is not None else 0,
+                rerank=index.rerank,
             )
             store_off = c.store_off
         try:
+            if index.exact is not None:
+                index.exact.flush()  # durable before the meta names its row count
             write_snapshot(self.seg.directory, data, meta)
             self.seg.snapshot_off = offset
             c.truncate_log(store_off)
@@ -244,7 +270,14 @@ class IndexPolicy:
 
     def describe(self) -> dict[str, Any]:
         index = self.seg.index
-        return {"active_index": index.spec, "nprobe": index.nprobe, "building": self._building}
+        return {
+            "active_index": index.spec,
+            "nprobe": index.nprobe,
+            "ef_search": index.ef_search,
+            "measured_recall": index.measured_recall,
+            "rerank": index.rerank or None,
+            "building": self._building,
+        }
 
     def close(self, snapshot: bool) -> None:
         """Stop: wait for a snapshot being written, start nothing more, let running threads end

@@ -6,7 +6,12 @@
 
 IVF indexes take ids natively (a hash-table direct map makes ``remove_ids``/``reconstruct`` work);
 every other index sits inside ``IndexIDMap2``. Indexes that cannot delete (HNSW) keep tombstones
-that a selector excludes at search time until the next rebuild.
+that a selector excludes at search time (inside the graph walk, so ``k`` live results still come
+back) until the policy rebuilds past ``tombstone_ratio``.
+
+A quantised index built by ``auto`` carries ``exact`` (``indexer.exact_vectors``): the search asks the
+codes for ``rerank * k`` candidates and re-scores them with the exact vectors, and ``reconstruct``
+returns exact vectors too.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import faiss
 import numpy as np
 
 from indexer.errors import InvalidInput
+from indexer.exact_vectors import ExactVectors
 from indexer.gpu import GpuReplica
 from indexer.threads import ensure_faiss_threads, note_dim
 from indexer.types import FloatArray, Metric
 
 log = logging.getLogger(__name__)
 FLAT = "Flat"
+RERANK_ROWS = 256  # queries re-ranked at a time: bounds the gathered (rows, candidates, dim) block
 
 
 def faiss_metric(metric: Metric) -> int:
@@ -59,6 +66,9 @@ class VectorIndex:
         self.metric = metric
         self.spec = spec
         self.dead: set[int] = set()
+        self.exact: ExactVectors | None = None  # set with ``attach_exact`` (re-ranked quantised indexes)
+        self.rerank = 0  # candidates per result re-scored exactly
+        self.measured_recall: float | None = 1.0 if spec == FLAT else None  # set by tuning (builder)
         note_dim(dim)
         if index is None:
             index = faiss.index_factory(dim, spec, faiss_metric(metric))
@@ -69,6 +79,7 @@ class VectorIndex:
                 index = faiss.IndexIDMap2(index)
         self.index = index
         self._ivf_index = self._ivf(index)  # looked up once: extract_index_ivf raises on non-IVF
+        self._hnsw_index = self._hnsw(index)
         self.version = 0  # bumped by every mutation; tells the GPU replica when it is stale
         self.gpu = GpuReplica()
 
@@ -79,9 +90,36 @@ class VectorIndex:
         except RuntimeError:
             return None
 
+    @staticmethod
+    def _hnsw(index: faiss.Index) -> faiss.IndexHNSW | None:
+        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+        return inner if isinstance(inner, faiss.IndexHNSW) else None
+
     @property
     def ivf(self) -> faiss.IndexIVF | None:
         return self._ivf_index
+
+    @property
+    def hnsw(self) -> faiss.IndexHNSW | None:
+        return self._hnsw_index
+
+    @property
+    def ef_search(self) -> int | None:
+        hnsw = self.hnsw
+        return int(hnsw.hnsw.efSearch) if hnsw is not None else None
+
+    def set_ef_search(self, ef: int) -> None:
+        hnsw = self.hnsw
+        if hnsw is not None:
+            hnsw.hnsw.efSearch = int(ef)
+            self.version += 1
+
+    def attach_exact(self, exact: ExactVectors, rerank: int) -> None:
+        """Re-score ``rerank * k`` candidates with ``exact`` (which must hold every vector added)."""
+        if rerank < 1:
+            raise ValueError(f"rerank must be >= 1, got {rerank}")
+        self.exact = exact
+        self.rerank = rerank
 
     @property
     def is_trained(self) -> bool:
@@ -111,10 +149,13 @@ class VectorIndex:
         ensure_faiss_threads()
         self.index.train(prepared)
 
-    def add(self, int_ids: np.ndarray, prepared: FloatArray) -> None:
+    def add(self, int_ids: np.ndarray, prepared: FloatArray, to_exact: bool = True) -> None:
+        """Add vectors; ``to_exact=False`` when the exact file already holds them (a build)."""
         if len(int_ids):
             ensure_faiss_threads()
             self.version += 1
+            if self.exact is not None and to_exact:
+                self.exact.append(int_ids, prepared)
             self.index.add_with_ids(prepared, np.ascontiguousarray(int_ids, dtype=np.int64))
 
     def remove(self, int_ids: np.ndarray) -> None:
@@ -134,6 +175,9 @@ class VectorIndex:
         ivf = self.ivf
         if ivf is not None:
             return faiss.SearchParametersIVF(sel=selector, nprobe=int(ivf.nprobe))  # type: ignore[call-arg]
+        hnsw = self.hnsw
+        if hnsw is not None and selector is not None:
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=int(hnsw.hnsw.efSearch))  # type: ignore[attr-defined]
         return faiss.SearchParameters(sel=selector) if selector is not None else None  # type: ignore[call-arg]
 
     def search(self, queries: FloatArray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -154,11 +198,14 @@ class VectorIndex:
             dead_batch = faiss.IDSelectorBatch(np.fromiter(self.dead, dtype=np.int64))
             selector = faiss.IDSelectorNot(dead_batch)
         kk = min(k, max(1, int(self.index.ntotal)))
+        fetch = min(kk * max(1, self.rerank), max(1, int(self.index.ntotal)))
         gpu = self.gpu.get(self.index, self.version) if selector is None else None
         if gpu is not None:
-            distances, ids = gpu.search(queries, kk)
+            distances, ids = gpu.search(queries, fetch)
         else:
-            distances, ids = self.index.search(queries, kk, params=self._params(selector))
+            distances, ids = self.index.search(queries, fetch, params=self._params(selector))
+        if self.exact is not None:
+            distances, ids = self._rerank(queries, ids, kk)
         if kk < k:
             pad_d, pad_i = _empty(len(queries), k - kk)
             distances, ids = np.hstack([distances, pad_d]), np.hstack([ids, pad_i])
@@ -172,6 +219,29 @@ class VectorIndex:
                 scores[short], ids[short] = self._exact_subset(queries[short], k, allowed)
         return scores, ids
 
+    def _rerank(self, queries: FloatArray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` of the candidates ``ids``, scored with the exact vectors (FAISS's
+        convention: distances, smaller is better for l2, larger for inner product)."""
+        parts = [self._rerank_rows(queries[s : s + RERANK_ROWS], ids[s : s + RERANK_ROWS], k)
+                 for s in range(0, len(queries), RERANK_ROWS)]  # fmt: skip
+        if not parts:
+            return np.zeros((0, k), dtype=np.float32), np.zeros((0, k), dtype=np.int64)
+        return np.vstack([d for d, _ in parts]), np.vstack([i for _, i in parts])
+
+    def _rerank_rows(self, queries: FloatArray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self.exact is not None
+        vectors, found = self.exact.gather(ids)  # (rows, candidates, dim): bounded by RERANK_ROWS
+        if self.metric == "l2":
+            diff = vectors - queries[:, None, :]
+            dist = np.where(found, np.einsum("qcd,qcd->qc", diff, diff), np.inf)
+            order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        else:
+            dist = np.where(found, np.einsum("qcd,qd->qc", vectors, queries), -np.inf)
+            order = np.argsort(-dist, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(dist, order, axis=1).astype(np.float32)
+        top_ids = np.where(np.take_along_axis(found, order, axis=1), np.take_along_axis(ids, order, axis=1), -1)
+        return top, top_ids
+
     def _exact_subset(self, queries: FloatArray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         vectors = self.reconstruct(allowed)
         distances, pos = faiss.knn(queries, vectors, min(k, len(allowed)), metric=faiss_metric(self.metric))
@@ -183,10 +253,28 @@ class VectorIndex:
         return scores.astype(np.float32), ids
 
     def reconstruct(self, int_ids: np.ndarray) -> FloatArray:
-        """Stored vectors for ``int_ids`` (exact for flat and IVF-Flat; decoded for PQ)."""
+        """Stored vectors for ``int_ids`` (exact for flat, HNSW, IVF-Flat and re-ranked indexes; decoded
+        for a PQ/SQ index without exact vectors)."""
         if not len(int_ids):
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.exact is not None:
+            vectors, found = self.exact.gather(np.ascontiguousarray(int_ids, dtype=np.int64))
+            if not found.all():
+                raise KeyError(f"ids not in the exact vectors: {np.asarray(int_ids)[~found][:5].tolist()}")
+            return vectors
         return np.asarray(self.index.reconstruct_batch(np.ascontiguousarray(int_ids, dtype=np.int64)), dtype=np.float32)
+
+    def compact(self) -> None:
+        """Drop the spare capacity FAISS's inverted lists grow by (one entry at a time, doubling):
+        a round trip through the serialised form leaves each list exactly as long as it is."""
+        if self.ivf is None:
+            return
+        nprobe = self.nprobe
+        self.index = faiss.deserialize_index(faiss.serialize_index(self.index))
+        self._ivf_index = self._ivf(self.index)
+        if nprobe is not None:
+            self.set_nprobe(nprobe)
+        self.version += 1
 
     def serialize(self) -> bytes:
         return bytes(faiss.serialize_index(self.index))

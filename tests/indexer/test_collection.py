@@ -163,13 +163,19 @@ def test_corrupt_snapshot_is_rebuilt_from_the_store(open_collection: OpenCollect
     assert again.search(x[3:4], k=1)[0][0].id == "item-3"
 
 
-def test_auto_switches_to_ivf_with_measured_recall(open_collection: OpenCollection) -> None:
-    c = open_collection(dim=16, metric="cosine", options=IndexOptions(background=False, auto_threshold=3000))
+# A budget of 500 kB cannot hold 4000 16-d vectors in HNSW (~1.6 MB) but holds their SQ8 codes.
+@pytest.mark.parametrize(("budget", "kind"), [(0, "HNSW"), (500_000, "IVF")])
+def test_auto_switches_to_an_approximate_index_with_measured_recall(
+    open_collection: OpenCollection, budget: int, kind: str
+) -> None:
+    opts = IndexOptions(background=False, auto_threshold=3000, memory_budget=budget)
+    c = open_collection(dim=16, metric="cosine", options=opts)
     x = clustered(4000, 16, clusters=50)
     c.upsert(ids_of(2000), x[:2000])
     assert c.index.spec == "Flat"
     c.upsert(ids_of(2000, 2000), x[2000:])
-    assert c.index.spec.startswith("IVF") and c.index.nprobe
+    assert c.index.spec.startswith(kind) and (c.index.nprobe or c.index.ef_search)
+    assert (c.index.exact is not None) == (kind == "IVF")  # SQ8 re-ranks with exact vectors
     q = clustered(100, 16, seed=3, clusters=50)
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     qn = q / np.linalg.norm(q, axis=1, keepdims=True)
@@ -184,7 +190,8 @@ def test_auto_switches_to_ivf_with_measured_recall(open_collection: OpenCollecti
 
 
 def test_background_build_keeps_writes_made_during_the_build(open_collection: OpenCollection) -> None:
-    c = open_collection(dim=8, options=IndexOptions(background=True, auto_threshold=2000))
+    # the budget forces IVF-SQ8: the build also writes the exact-vector file the replay appends to
+    c = open_collection(dim=8, options=IndexOptions(background=True, auto_threshold=2000, memory_budget=600_000))
     x = clustered(6000, 8)
     c.upsert(ids_of(2000), x[:2000])  # crosses the threshold: the IVF build starts in a thread
     writer = threading.Thread(target=lambda: [c.upsert(ids_of(100, s), x[s : s + 100]) for s in range(2000, 6000, 100)])
@@ -201,7 +208,7 @@ def test_background_build_keeps_writes_made_during_the_build(open_collection: Op
 
 
 def test_searches_run_while_writes_continue(open_collection: OpenCollection) -> None:
-    c = open_collection(dim=8, options=IndexOptions(background=True, auto_threshold=1500))
+    c = open_collection(dim=8, options=IndexOptions(background=True, auto_threshold=1500, memory_budget=400_000))
     x = clustered(3000, 8)
     c.upsert(ids_of(500), x[:500])
     errors: list[BaseException] = []
