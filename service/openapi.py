@@ -59,13 +59,14 @@ class ReadyStatus(BaseModel):
 
 DESCRIPTIONS = {
     304: "not modified (If-None-Match matched the ETag)",
-    400: "the body could not be read as its content type (not UTF-8 JSON, a broken multipart form)",
+    400: "the body could not be read as its content type (not UTF-8 JSON, broken msgpack, a broken multipart form)",
     401: "missing or invalid API key (Authorization: Bearer <key>)",
     403: "a server path outside ERS_ALLOWED_ROOTS",
     404: "the collection, item or job does not exist",
     408: "the request body was not received within ERS_BODY_TIMEOUT_S",
     409: "conflicts with the current state (already exists, refused migration, finished job)",
     413: "over a limit: ERS_MAX_BODY_BYTES, ERS_MAX_BATCH, ERS_MAX_QUERIES, ERS_MAX_K, ERS_MAX_INPUTS, image pixels",
+    415: "a Content-Type the operation does not read (JSON, msgpack, and where stated multipart/form-data)",
     422: "the request is not valid",
     429: "an encoder queue is full; retry after Retry-After seconds",
     503: "the metadata store is unavailable, or the collection cannot be served; retry after Retry-After",
@@ -73,11 +74,12 @@ DESCRIPTIONS = {
 }
 # What operations answer because of what they do, beyond what their shape implies.
 QUEUED = {429}  # the operation embeds through an encoder's bounded queue
+WIRE = {415}  # the operation reads JSON or msgpack (``service.wire``) and refuses other content types
 DOMAIN_STATUSES: dict[tuple[str, str], set[int]] = {
     ("post", "/v1/collections"): {409},
-    ("put", "/v1/collections/{name}/items"): QUEUED,
-    ("post", "/v1/collections/{name}/search"): QUEUED,
-    ("post", "/v1/collections/{name}/search/batch"): QUEUED,
+    ("put", "/v1/collections/{name}/items"): QUEUED | WIRE,
+    ("post", "/v1/collections/{name}/search"): QUEUED | WIRE,
+    ("post", "/v1/collections/{name}/search/batch"): QUEUED | WIRE,
     ("post", "/v1/embed"): QUEUED,
     ("post", "/v1/collections/{name}/verify"): QUEUED,
     ("post", "/v1/collections/{name}/migrations"): {409},

@@ -6,12 +6,11 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from indexer.collection import Collection
 from indexer.errors import InvalidInput, ItemNotFound, LimitExceeded
 from indexer.validation import check_payload, load_json
+from service import wire
 from service.deps import CollectionDep, HubDep, ManagerDep, SettingsDep
 from service.runtime.embedding import prepare_upsert, request_items
 from service.schemas import (
@@ -19,6 +18,7 @@ from service.schemas import (
     CollectionInfo,
     CollectionList,
     DeleteResponse,
+    ItemIn,
     ItemOut,
     UpsertRequest,
     UpsertResponse,
@@ -92,8 +92,12 @@ def delete_collection(name: str, manager: ManagerDep) -> Response:
     return Response(status_code=204)
 
 
+ITEM_FIELDS = ("vector", "vector_b64", "text", "image", "record")
+
+
 async def _items_from_request(request: Request) -> list[dict[str, Any]]:
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    fmt = wire.body_format(request, multipart=True)
+    if fmt == "multipart":
         form = await request.form()
         files = [f for f in form.getlist("file") if not isinstance(f, str)]
         if not files:
@@ -110,19 +114,26 @@ async def _items_from_request(request: Request) -> list[dict[str, Any]]:
             items.append({"id": ids[n] if ids else upload.filename or f"upload-{n}", "image": await upload.read(),
                           "payload": payload})  # fmt: skip
         return items
-    try:
-        body = UpsertRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from exc
-    return [item.model_dump() for item in body.items]
+    body = wire.parse(UpsertRequest, await request.body(), fmt, "items")
+    return [_item(item) for item in body.items]
+
+
+def _item(item: ItemIn) -> dict[str, Any]:
+    """A request item for ``request_items``: a ``vector_b64`` (or msgpack ``bin``) becomes its float32
+    ``vector``, which ingest checks like a list (dimension of its version, finite)."""
+    given = [f for f in ITEM_FIELDS if getattr(item, f) is not None]
+    if len(given) != 1:
+        raise InvalidInput(f"item '{item.id}': give exactly one of vector, vector_b64, text, image or record")
+    out = item.model_dump(exclude={"vector_b64"})
+    if item.vector_b64 is not None:
+        out["vector"] = wire.floats_of(item.vector_b64, f"item '{item.id}': vector")
+    return out
 
 
 @router.put(
     "/{name}/items", response_model=UpsertResponse, response_model_exclude_none=True, openapi_extra=MULTIPART_DOC
 )
-async def upsert_items(
-    request: Request, collection: CollectionDep, settings: SettingsDep, hub: HubDep
-) -> dict[str, Any]:
+async def upsert_items(request: Request, collection: CollectionDep, settings: SettingsDep, hub: HubDep) -> Response:
     items = await _items_from_request(request)
     if not items:
         raise InvalidInput("items is empty")
@@ -137,7 +148,7 @@ async def upsert_items(
                 rows.ids, rows.vectors, rows.payloads, rows.versions, sources, thumbnails=rows.thumbnails
             )
         )
-    return {"upserted": n, **({"skipped": prepared.skipped} if prepared.skipped else {})}
+    return wire.respond(request, {"upserted": n, **({"skipped": prepared.skipped} if prepared.skipped else {})})
 
 
 @router.get("/{name}/items/{item_id:path}", response_model=ItemOut, response_model_exclude_unset=True)
