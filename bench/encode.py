@@ -168,7 +168,7 @@ class Server:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ERS_")} | env_extra
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ERS_")} | {"ERS_WORKERS": "1"} | env_extra
         self.log = open(data_dir.parent / "bench-encode-server.log", "ab")  # noqa: SIM115 - closed in stop()
         cmd = [str(Path(sys.executable).parent / "ers"), "serve", "--port", str(self.port), "--data-dir", str(data_dir)]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

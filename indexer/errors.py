@@ -93,3 +93,10 @@ class LogDamaged(IndexerError):
     quarantined), never dropped silently: cutting there would lose acknowledged writes."""
 
     code = "log_damaged"
+
+
+class ReadOnlyView(IndexerError):
+    code = "read_only_view"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"collection '{name}' is a read-only view in this process: writes go to the writer")

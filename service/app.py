@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 
+from indexer.errors import CollectionNotFound
 from indexer.jobs.embedded import EmbeddedRunner
 from indexer.jobs.runner import JobRunner
 from indexer.manager import CollectionManager
@@ -20,6 +21,7 @@ from indexer.threads import set_faiss_threads
 from indexer.upgrade.compat import SpecCompat
 from indexer.upgrade.migrations import Migrations
 from models.core.backends import set_device
+from models.core.errors import ERSError
 from service import openapi
 from service.errors import install_error_handlers
 from service.metrics import Metrics
@@ -29,6 +31,7 @@ from service.middleware import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     MetricsMiddleware,
+    PositionMiddleware,
     RouteTable,
 )
 from service.routes import collections, encoders, health, jobs, migrations, search, ui
@@ -61,8 +64,13 @@ def make_runner(settings: Settings, store: MetadataStore, manager: CollectionMan
     return EmbeddedRunner(store, manager, settings.job_options(), hub.get)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, reader_of: str | None = None, worker: str | None = None) -> FastAPI:
+    """The app of one process. ``reader_of`` (the writer's private URL) makes it a reader of ``ers serve
+    --workers N``: it serves searches from read-only views and forwards the rest (``service.forwarding``).
+    ``worker`` names the process in an ``X-ERS-Worker`` header (the writer of several workers)."""
     settings = settings or Settings()
+    if reader_of is not None:
+        return _reader_app(settings, reader_of)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -123,5 +131,70 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ApiKeyMiddleware, settings=settings, routes=routes, open_paths=open_paths, open_prefixes=("/ui/",)
     )
+    app.add_middleware(PositionMiddleware, position=lambda name: log_position(app, name), worker=worker)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def log_position(app: FastAPI, name: str) -> str | None:
+    """The ``X-ERS-Position`` of a write to ``name``: its log's end now (``name:gone`` once deleted)."""
+    manager: CollectionManager | None = getattr(app.state, "manager", None)
+    if manager is None:
+        return None
+    try:
+        return f"{name}:{manager.get(name).wal.end_offset}"
+    except CollectionNotFound:
+        return f"{name}:gone"
+    except ERSError:  # quarantined: no position to wait for
+        return None
+
+
+def _reader_app(settings: Settings, writer_url: str) -> FastAPI:
+    """A reader process: the same routes and middleware, searches served from ``ReaderManager``'s views,
+    everything else forwarded to the writer by the outermost layer."""
+    # Imported here: a single process (``--workers 1``) does not pay for them at start-up.
+    from indexer.reader_manager import ReaderManager
+    from indexer.reader_store import open_readonly_store
+    from service.forwarding import ForwardingMiddleware, writer_client
+
+    client = writer_client(writer_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        set_faiss_threads(settings.threads)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        store = open_readonly_store(settings.redis_url, settings.data_dir, settings.redis_prefix)
+        manager = ReaderManager(settings.data_dir, store, SpecCompat(settings.models_path))
+        try:
+            await anyio.to_thread.run_sync(manager.open_all)
+            manager.start()
+            app.state.manager = manager
+            # No encoder is loaded: a search that needs one is forwarded before it reaches a route.
+            app.state.hub = EncoderHub(settings.models_path, settings.hub_options())
+            app.state.search_batcher = SearchBatcher(
+                concurrency=max(1, settings.search_concurrency // max(1, settings.threads)),
+                max_rows=settings.max_queries,
+            )
+            log.info("ERS reader ready: %d collections in %s", len(manager.list()), settings.data_dir)
+            yield
+        finally:
+            await client.aclose()
+            await anyio.to_thread.run_sync(manager.close)
+            store.close()
+
+    app = FastAPI(title="ERS — embedding retrieval service", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    modules = (collections, search, encoders, migrations, jobs, health, ui)
+    for module in modules:
+        app.include_router(module.router)
+    routes = RouteTable([*app.router.routes, *(route for module in modules for route in module.router.routes)])
+    openapi.install(app, settings)
+    app.add_middleware(
+        BodyLimitMiddleware, limit=lambda: settings.max_body_bytes, timeout=lambda: settings.body_timeout_s
+    )
+    app.add_middleware(ApiKeyMiddleware, settings=settings, routes=routes, open_paths=PROBE_PATHS)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(ForwardingMiddleware, client=client, body_limit=settings.max_body_bytes)
     return app

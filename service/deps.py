@@ -29,6 +29,8 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 async def get_manager(request: Request) -> CollectionManager:
+    """The writer's manager, or in a reader process of ``ers serve --workers N`` its read-only views
+    (``indexer.reader_manager.ReaderManager``: the same ``get``/``list``; writes never reach it)."""
     manager: CollectionManager = request.app.state.manager
     return manager
 

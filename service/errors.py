@@ -26,6 +26,7 @@ from indexer.errors import (
     LimitExceeded,
     LogDamaged,
     NotFoundError,
+    ReadOnlyView,
     StoreMismatch,
     StoreUnavailable,
 )
@@ -35,6 +36,7 @@ from models.core.errors import ArtifactError, EncoderNotFound, ERSError, InputTo
 from models.data.medical import MedicalDataError
 from models.training.recipe import TrainingError
 from service.runtime.batching import QueueFull
+from service.wire import MalformedBody, UnsupportedMediaType
 
 HTTP_STATUS: dict[type[ERSError], int] = {
     # models
@@ -65,8 +67,13 @@ HTTP_STATUS: dict[type[ERSError], int] = {
     JobConflict: 409,
     ItemError: 422,  # an item's content was refused (jobs record these per item)
     MigrationRefused: 409,
+    # A reader process forwards every write to the writer; a write reaching a read-only view is a
+    # routing bug in the server, never the client's doing.
+    ReadOnlyView: 500,
     # service
     QueueFull: 429,
+    MalformedBody: 400,  # not readable as its Content-Type (broken msgpack)
+    UnsupportedMediaType: 415,
 }
 
 

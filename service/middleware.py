@@ -26,6 +26,13 @@ from service.settings import Settings
 AUTHENTICATED = "authenticated"
 UNAUTHORIZED = "missing or invalid API key (Authorization: Bearer <key>)"
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})  # open with keys set: orchestrators probe without one
+# ``ers serve --workers N``: a write's log position (``<collection>:<offset>``, or ``<collection>:gone``
+# once deleted); a read that sends it back is answered by a process that has reached it.
+POSITION_HEADER = b"x-ers-position"
+WORKER_HEADER = b"x-ers-worker"  # which process answered (``writer <pid>``, ``reader <pid>``)
+FORWARDED_HEADER = b"x-ers-forwarded-by"  # the reader that relayed the writer's answer
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+COLLECTION_PATH = "/v1/collections/"
 
 
 class MetricsMiddleware:
@@ -54,6 +61,42 @@ class MetricsMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             self.metrics.observe(scope["method"], path, status, time.perf_counter() - started)
+
+
+class PositionMiddleware:
+    """Adds ``X-ERS-Position`` to the successful answer of every request that may write a collection
+    named in its path (any method but GET, HEAD and OPTIONS; searches aside), read when the answer starts, that is,
+    after the write: the log's end then, at or past the write. ``position(name)`` is that token, or
+    None. ``worker``, when set, is sent as ``X-ERS-Worker`` on every answer."""
+
+    def __init__(self, app: ASGIApp, position: Callable[[str], str | None], worker: str | None = None) -> None:
+        self.app = app
+        self.position = position
+        self.worker = None if worker is None else (WORKER_HEADER, worker.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        name = None
+        if scope["method"] not in READ_METHODS and path.startswith(COLLECTION_PATH) and "/search" not in path:
+            name = path[len(COLLECTION_PATH) :].split("/", 1)[0] or None  # a search (POST) writes nothing
+        if name is None and self.worker is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_position(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = [self.worker] if self.worker is not None else []
+                token = self.position(name) if name is not None and message["status"] < 400 else None
+                if token is not None:
+                    extra.append((POSITION_HEADER, token.encode()))
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_position)
 
 
 def presented_key_is_valid(scope: Scope, keys: Sequence[str]) -> bool:

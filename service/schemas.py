@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetPydanticSchema,
+    StrictFloat,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import core_schema
 
 # JSON numbers only: lax ``float`` would take true/false as 1/0 and "1" as 1.0.
 Vector = list[StrictFloat]
+VECTOR_B64_DOC = (
+    "the vector as base64 of its little-endian float32 bytes (4 bytes a number): the same vector as "
+    "`vector`, smaller and cheaper to parse"
+)
+
+
+def _vector_bytes_schema(_source: Any, _handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    """JSON: base64 text only. Python input (a msgpack body, ``service.wire``) may also hold the raw
+    float32 bytes of a msgpack ``bin`` vector, moved here so that they are never copied into a list."""
+    text = core_schema.str_schema(strict=True)
+    raw = core_schema.bytes_schema(strict=True)
+    return core_schema.json_or_python_schema(json_schema=text, python_schema=core_schema.union_schema([text, raw]))
+
+
+# base64 text (JSON and msgpack), or raw bytes that ``service.wire`` lifted from a msgpack ``bin`` vector.
+VectorBytes = Annotated[
+    str | bytes,
+    GetPydanticSchema(_vector_bytes_schema),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64", "description": VECTOR_B64_DOC}),
+]
 
 
 def exactly_one_of(*fields: str) -> dict[str, Any]:
@@ -61,6 +91,14 @@ class CollectionInfo(BaseModel):
     indexed: int = Field(description="vectors in the FAISS index")
     active_index: str = Field(description="FAISS index currently serving (Flat until auto switches)")
     nprobe: int | None
+    ef_search: int | None = Field(default=None, description="HNSW search breadth, tuned to the target recall")
+    measured_recall: float | None = Field(
+        default=None,
+        description="recall@10 the active index measured on held-out vectors when it was tuned (1.0 for Flat)",
+    )
+    rerank: int | None = Field(
+        default=None, description="candidates per result re-scored with exact vectors (quantised indexes)"
+    )
     building: bool
     created_at: float
     keep_sources: bool = False
@@ -71,10 +109,11 @@ class CollectionList(BaseModel):
 
 
 class ItemIn(BaseModel):
-    model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "text", "image", "record"))
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "vector_b64", "text", "image", "record"))
 
     id: str
     vector: Vector | None = None
+    vector_b64: VectorBytes | None = None
     text: str | None = Field(default=None, description="raw text, embedded by the collection's encoder")
     image: str | None = Field(default=None, description="base64 image, embedded by the collection's encoder")
     record: dict[str, Any] | None = Field(
@@ -111,10 +150,14 @@ class DeleteResponse(BaseModel):
     deleted: int
 
 
+QUERY_FIELDS = ("vector", "vector_b64", "id", "text", "image", "record")
+
+
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "id", "text", "image", "record"))
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "vector_b64", "id", "text", "image", "record"))
 
     vector: Vector | None = None
+    vector_b64: VectorBytes | None = None
     id: str | None = Field(default=None, description="search with a stored item's vector (it is left out)")
     text: str | None = Field(default=None, description="embedded by the collection's encoder")
     image: str | None = Field(default=None, description="base64 image, embedded by the collection's encoder")
@@ -125,20 +168,28 @@ class SearchRequest(BaseModel):
     filter: dict[str, Any] | None = Field(
         default=None, description='{"field": value} | {"field": {"in": [...]}} | {"field": {"gte": 1, "lt": 5}}'
     )
+    with_payload: bool = Field(default=True, description="false: the hits leave out `payload`")
+    with_vector: bool = Field(
+        default=False,
+        description="true: each hit carries its stored `vector` (a msgpack answer: float32 bytes, as `bin`)",
+    )
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
-        given = [f for f in ("vector", "id", "text", "image", "record") if getattr(self, f) is not None]
+        given = [f for f in QUERY_FIELDS if getattr(self, f) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'vector', 'id', 'text', 'image' or 'record'")
+            raise ValueError("give exactly one of 'vector', 'vector_b64', 'id', 'text', 'image' or 'record'")
         return self
 
 
 class Hit(BaseModel):
     id: str
     score: float = Field(description="higher is better; cosine/ip similarity, l2: -squared distance")
-    payload: dict[str, Any] | None
+    payload: dict[str, Any] | None = Field(default=None, description="left out when the query's with_payload is false")
     encoder_version: str | None
+    vector: list[float] | None = Field(
+        default=None, description="only when the query's with_vector is true (null: the item was deleted since)"
+    )
 
 
 class SearchResponse(BaseModel):

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     public_docs: bool = False  # with keys set, serve /docs, /redoc and /openapi.json without one
     log_level: str = "info"
     access_log: bool = False  # a line per request costs ~0.1 ms of CPU; /metrics counts requests
+    # processes serving the port: one writer, the rest serve searches (service.workers); 1: one process
+    workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     # metadata store: SQLite in the data directory unless a Redis URL is given
     redis_url: str | None = None
     redis_prefix: str = "ers"
@@ -64,6 +66,9 @@ class Settings(BaseSettings):
     search_concurrency: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
     # indexing
     auto_index_threshold: int = 20_000
+    # bytes one segment's index may hold in RAM (0: half the physical memory); past it `auto` picks
+    # IVF-SQ8/PQ with exact re-ranking instead of HNSW (indexer/index_choice.py)
+    memory_budget: int = Field(default=0, ge=0)
     snapshot_every: int = 10_000
     wal_segment_bytes: int = 64 << 20
     target_recall: float = 0.97
@@ -150,6 +155,7 @@ class Settings(BaseSettings):
     def index_options(self) -> IndexOptions:
         return IndexOptions(
             auto_threshold=self.auto_index_threshold,
+            memory_budget=self.memory_budget,
             snapshot_every=self.snapshot_every,
             target_recall=self.target_recall,
             wal_segment_bytes=self.wal_segment_bytes,

@@ -36,6 +36,7 @@ class Server:
         self.port = free_port()
         self.log_path = data_dir.parent / "server.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ERS_")}
+        env["ERS_WORKERS"] = "1"  # one process unless a bench asks for more: cpu() measures its pid only
         env.update(env_extra)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.env_extra = env_extra

@@ -39,19 +39,35 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address (ERS_HOST); default 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option(help="port (ERS_PORT); default 8080")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="data directory (ERS_DATA_DIR)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="processes on the port (ERS_WORKERS): one writer, the rest serve searches; default: one per core",
+        ),
+    ] = None,
 ) -> None:
-    """Run the API server (one process owns a data directory)."""
-    overrides = {k: v for k, v in {"host": host, "port": port, "data_dir": data_dir}.items() if v is not None}
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    """Run the API server (one process owns a data directory; with --workers N, N-1 more serve searches)."""
+    chosen = {"host": host, "port": port, "data_dir": data_dir, "workers": workers}
+    overrides = {k: v for k, v in chosen.items() if v is not None}
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:  # pydantic's ValidationError, e.g. ERS_WORKERS=0
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     refusal = settings.bind_refusal()
     if refusal is not None:
         err.print(f"[red]refusing to bind {settings.host}[/red]: {refusal}")
         raise typer.Exit(2)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1:
+        from service.workers import serve_workers
+
+        raise typer.Exit(serve_workers(settings))
     import uvicorn
 
     from service.app import create_app
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -97,6 +97,8 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if self.inherit_ers_env or not k.startswith("ERS_")}
         env.update(self.env_extra)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # One process unless a test asks for more: ``kill9`` and signals then reach the server itself.
+        env.setdefault("ERS_WORKERS", "1")
         return env
 
     def start(self, timeout: float = 30.0) -> ServerProcess:

@@ -23,6 +23,7 @@ def test_collection_lifecycle(client: TestClient) -> None:
     assert r.json() | {"created_at": 0} == {
         "name": "docs", "dim": 8, "metric": "cosine", "encoder": None, "index": "auto", "created_at": 0,
         "count": 0, "indexed": 0, "active_index": "Flat", "nprobe": None, "building": False, "keep_sources": False,
+        "ef_search": None, "measured_recall": 1.0, "rerank": None,
     }  # fmt: skip
     client.post("/v1/collections", json={"name": "imgs", "dim": 4, "metric": "l2", "index": "HNSW16"})
     names = [c["name"] for c in client.get("/v1/collections").json()["collections"]]

@@ -1,0 +1,192 @@
+"""``ers serve --workers 2``: a writer and a reader on one port (``service.workers``), real processes.
+
+Each request below opens a fresh connection, so the kernel hands it to either process; an answer says
+which one served it (``X-ERS-Worker``) and which reader relayed it to the writer (``X-ERS-Forwarded-By``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.service.server_proc import ServerProcess
+
+DIM = 8
+POSITION = "x-ers-position"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(tmp_path / "data", {"ERS_WORKERS": "2"}) as proc:
+        yield proc
+
+
+def vector(i: int) -> list[float]:
+    return np.random.default_rng(i).standard_normal(DIM).astype(np.float32).tolist()
+
+
+def fresh(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request on a new connection (closed after it): any of the processes may accept it."""
+    with httpx.Client(timeout=10.0) as client:
+        return client.request(method, url, headers={"connection": "close", **kwargs.pop("headers", {})}, **kwargs)
+
+
+def upsert(server: ServerProcess, first: int, n: int = 1) -> httpx.Response:
+    items = [{"id": f"i{i}", "vector": vector(i), "payload": {"n": i}} for i in range(first, first + n)]
+    return fresh("PUT", f"{server.url}/v1/collections/c/items", json={"items": items})
+
+
+def top_id(server: ServerProcess, i: int, position: str | None = None) -> tuple[str | None, httpx.Response]:
+    headers = {POSITION: position} if position else {}
+    response = fresh(
+        "POST", f"{server.url}/v1/collections/c/search", json={"vector": vector(i), "k": 1}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    return (results[0]["id"] if results else None), response
+
+
+def served_by(response: httpx.Response) -> str:
+    return response.headers.get("x-ers-worker", "").split(" ")[0]
+
+
+def wait_for_reader(server: ServerProcess, timeout: float = 60.0) -> int:
+    """Until a reader answers a search itself (it started and holds the collection); its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, response = top_id(server, 0)
+        if served_by(response) == "reader":
+            return int(response.headers["x-ers-worker"].split(" ")[1])
+        time.sleep(0.05)
+    raise AssertionError(f"no reader answered within {timeout}s; log:\n{server.log_tail()}")
+
+
+def create(server: ServerProcess) -> None:
+    response = fresh("POST", f"{server.url}/v1/collections", json={"name": "c", "dim": DIM, "metric": "cosine"})
+    assert response.status_code == 201, response.text
+    assert upsert(server, 0, 20).status_code == 200
+
+
+def test_reads_see_their_writes_on_any_process(server: ServerProcess) -> None:
+    create(server)
+    wait_for_reader(server)
+    seen = set()
+    for i in range(100, 160):
+        written = upsert(server, i)
+        assert written.status_code == 200, written.text
+        position = written.headers[POSITION]
+        assert position.startswith("c:")
+        found, response = top_id(server, i, position)
+        assert found == f"i{i}", (position, response.headers)
+        seen.add(served_by(response))
+    assert seen == {"writer", "reader"}  # both processes answered, and neither answered stale
+
+
+def test_writes_sent_to_a_reader_are_forwarded(server: ServerProcess) -> None:
+    create(server)
+    wait_for_reader(server)
+    forwarded = 0
+    for i in range(200, 260):
+        response = upsert(server, i)
+        assert response.status_code == 200 and response.json() == {"upserted": 1}
+        assert response.headers[POSITION].startswith("c:")
+        assert served_by(response) == "writer"  # only the writer writes
+        forwarded += "x-ers-forwarded-by" in response.headers
+        found, _ = top_id(server, i, response.headers[POSITION])
+        assert found == f"i{i}"
+    assert forwarded > 0
+    listing = fresh("GET", f"{server.url}/v1/collections/c")
+    assert listing.status_code == 200 and listing.json()["count"] == 80
+
+
+def test_a_killed_reader_is_restarted_and_nothing_is_lost(server: ServerProcess) -> None:
+    create(server)
+    reader = wait_for_reader(server)
+    stop = threading.Event()
+    failures: list[str] = []
+    resets: list[str] = []
+    searches = [0]
+
+    def search_continuously() -> None:
+        while not stop.is_set():
+            try:
+                found, _ = top_id(server, 5)
+            except httpx.TransportError as exc:  # a connection the killed reader had accepted
+                resets.append(repr(exc))
+                continue
+            except AssertionError as exc:
+                failures.append(str(exc))
+                continue
+            searches[0] += 1
+            if found != "i5":
+                failures.append(f"search answered {found}")
+
+    thread = threading.Thread(target=search_continuously)
+    thread.start()
+    acknowledged: list[tuple[int, str]] = []
+    try:
+        for i in range(300, 320):
+            response = upsert(server, i)
+            assert response.status_code == 200
+            acknowledged.append((i, response.headers[POSITION]))
+        os.kill(reader, signal.SIGKILL)
+        for i in range(320, 340):  # writes go on while the reader is down
+            response = upsert(server, i)
+            assert response.status_code == 200
+            acknowledged.append((i, response.headers[POSITION]))
+        restarted = wait_for_reader(server)
+        assert restarted != reader
+        during = searches[0]
+        time.sleep(0.5)
+        assert searches[0] > during  # the client kept being answered
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert failures == []
+    assert len(resets) <= 10, resets
+    for i, position in acknowledged:
+        found, _ = top_id(server, i, position)
+        assert found == f"i{i}"
+    assert "exited with -9" in server.log_text()
+
+
+def test_sigterm_stops_every_process(server: ServerProcess) -> None:
+    create(server)
+    reader = wait_for_reader(server)
+    assert server.stop() in (0, -signal.SIGTERM)  # as a single process: uvicorn raises the signal again
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{reader}").exists():
+        time.sleep(0.05)
+    assert not Path(f"/proc/{reader}").exists()
+
+
+def test_a_killed_writer_is_restarted_and_recovers_its_log(server: ServerProcess) -> None:
+    create(server)
+    wait_for_reader(server)
+    written = upsert(server, 400)
+    writer = int(written.headers["x-ers-worker"].split(" ")[1])
+    os.kill(writer, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:  # a write on a connection the dead writer held fails; the restarted writer takes the next
+        try:
+            response = upsert(server, 401)
+            if response.status_code == 200:
+                break
+            assert response.status_code == 503, response.text  # relayed by a reader: the writer was down
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.1)
+    assert int(response.headers["x-ers-worker"].split(" ")[1]) != writer
+    for i, position in ((400, written.headers[POSITION]), (401, response.headers[POSITION])):
+        found, _ = top_id(server, i, position)
+        assert found == f"i{i}"
