@@ -14,7 +14,9 @@ pressure: resident memory does not grow by 4*dim per vector. Ids are immutable (
 id, ``indexer.records``), so a row never changes; a deleted id's row stays until the next rebuild
 writes a new file. A snapshot records the row count it covers (after an fsync); on start-up the files
 are cut back to it and the log replay appends the rest again. Append-only files suit readers in other
-processes too: rows below the published count never change.
+processes too: rows below the published count never change. A reader process opens them
+``read_only``: it maps the published rows once (the mapping outlives a later unlink by the writer)
+and keeps the rows its log tail adds in RAM, so it never writes the writer's files.
 """
 
 from __future__ import annotations
@@ -31,17 +33,22 @@ PREFIX = "exact-"
 
 
 class ExactVectors:
-    def __init__(self, directory: Path, name: str, dim: int) -> None:
+    def __init__(self, directory: Path, name: str, dim: int, read_only: bool = False) -> None:
         self.directory = directory
         self.name = name
         self.dim = dim
+        self.read_only = read_only
         self._ids = np.zeros(0, dtype=np.int64)
         self._rows = 0
         self._sorted = True  # ids ascending in row order: a lookup needs no extra order array
         self._order: np.ndarray | None = None
         self._map: np.memmap | None = None
-        self._vec_out = open(self.vector_path, "ab")  # noqa: SIM115 - held open for appends
-        self._ids_out = open(self.ids_path, "ab")  # noqa: SIM115
+        # read_only: rows past ``_file_rows`` were added by this process's log replay and live here
+        self._file_rows = 0
+        self._overlay = np.zeros((0, dim), dtype=np.float32)
+        if not read_only:
+            self._vec_out = open(self.vector_path, "ab")  # noqa: SIM115 - held open for appends
+            self._ids_out = open(self.ids_path, "ab")  # noqa: SIM115
 
     @classmethod
     def create(cls, directory: Path, dim: int) -> ExactVectors:
@@ -54,7 +61,8 @@ class ExactVectors:
     @classmethod
     def open(cls, directory: Path, name: str, dim: int, rows: int, trim: bool = True) -> ExactVectors:
         """The files a snapshot names, cut back to the ``rows`` it covers (later rows are replayed);
-        ``trim=False`` only looks (``ers doctor``): the files are left as they are."""
+        ``trim=False`` only looks (``ers doctor``, reader processes): the files are left as they are and
+        the object is ``read_only``."""
         if "/" in name or not name.startswith(PREFIX):
             raise ValueError(f"not an exact-vector file name: {name!r}")
         vec_path, ids_path = directory / f"{name}.f32", directory / f"{name}.ids"
@@ -63,10 +71,12 @@ class ExactVectors:
         if trim:
             os.truncate(vec_path, rows * dim * 4)
             os.truncate(ids_path, rows * 8)
-        out = cls(directory, name, dim)
+        out = cls(directory, name, dim, read_only=not trim)
         out._ids = np.fromfile(ids_path, dtype=np.int64, count=rows)
-        out._rows = rows
+        out._rows = out._file_rows = rows
         out._sorted = bool(np.all(out._ids[1:] > out._ids[:-1])) if rows > 1 else True
+        if out.read_only and rows:
+            out._map = np.memmap(vec_path, dtype=np.float32, mode="r", shape=(rows, dim))
         return out
 
     @property
@@ -92,19 +102,25 @@ class ExactVectors:
         if not len(ids):
             return
         vectors = np.ascontiguousarray(prepared, dtype=np.float32)
-        self._vec_out.write(vectors.tobytes())
-        self._ids_out.write(ids.tobytes())
-        self._vec_out.flush()  # to the page cache, where the next mapping sees it
-        self._ids_out.flush()
+        if self.read_only:
+            self._overlay = np.concatenate([self._overlay, vectors.reshape(-1, self.dim)])
+        else:
+            self._vec_out.write(vectors.tobytes())
+            self._ids_out.write(ids.tobytes())
+            self._vec_out.flush()  # to the page cache, where the next mapping sees it
+            self._ids_out.flush()
         ascending = len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1]))
         if not ascending or (self._rows and ids[0] <= self._ids[-1]):
             self._sorted = False
         self._ids = np.concatenate([self._ids, ids])
         self._rows += len(ids)
         self._order = None
-        self._map = None
+        if not self.read_only:
+            self._map = None  # remapped at the new length on the next gather
 
     def _vectors(self) -> np.memmap | None:
+        if self.read_only:
+            return self._map
         if self._map is None and self._rows:
             self._map = np.memmap(self.vector_path, dtype=np.float32, mode="r", shape=(self._rows, self.dim))
         return self._map
@@ -130,18 +146,27 @@ class ExactVectors:
         found = rows >= 0
         out = np.zeros((*np.shape(int_ids), self.dim), dtype=np.float32)
         mapped = self._vectors()
-        if mapped is not None and found.any():
-            out[found] = mapped[rows[found]]
+        in_file = found & (rows < (self._file_rows if self.read_only else self._rows))
+        if mapped is not None and in_file.any():
+            out[in_file] = mapped[rows[in_file]]
+        in_overlay = found & ~in_file
+        if in_overlay.any():
+            out[in_overlay] = self._overlay[rows[in_overlay] - self._file_rows]
         return out, found
 
     def flush(self) -> None:
         """Make the rows written so far durable (before a snapshot names their count)."""
+        if self.read_only:
+            raise RuntimeError(f"{self.name} is open read-only: this process never writes it")
         for handle in (self._vec_out, self._ids_out):
             handle.flush()
             os.fsync(handle.fileno())
 
     def delete(self) -> None:
         self._map = None
+        if self.read_only:  # the files are the writer's: only this process's view is dropped
+            self._overlay = np.zeros((0, self.dim), dtype=np.float32)
+            return
         self._vec_out.close()
         self._ids_out.close()
         self.vector_path.unlink(missing_ok=True)

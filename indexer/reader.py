@@ -175,9 +175,6 @@ class ReaderCollection(Collection):
             if stamp is None or stamp == self._snapshot_seen.get(segment.key):
                 continue
             kind, dead = _kind(segment.directory)
-            if kind is not None and kind.get("exact_file"):  # not one the view can use (``_readable``)
-                self._snapshot_seen[segment.key] = stamp
-                continue
             if kind is not None and kind == self._kinds.get(segment.key) and dead >= len(segment.index.dead):
                 self._snapshot_seen[segment.key] = stamp  # a periodic snapshot of the index the view has
                 continue
@@ -224,10 +221,9 @@ class ReaderCollection(Collection):
 
 
 def _readable(found: tuple[VectorIndex, SnapshotMeta] | None) -> tuple[VectorIndex, SnapshotMeta] | None:
-    """A snapshot the view can extend without writing: one whose index appends every added vector to
-    the writer's exact-vector files (a re-ranked quantised index) is not; the view then stays exact
-    over the store's vectors."""
-    if found is not None and getattr(found[0], "exact", None) is not None:
+    """A snapshot the view can extend without writing. ``load_snapshot(tidy=False)`` opens a re-ranked
+    index's exact-vector files read-only (the tail's rows stay in this process), so every one is."""
+    if found is not None and found[0].exact is not None and not found[0].exact.read_only:
         return None
     return found
 

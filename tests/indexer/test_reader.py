@@ -150,3 +150,35 @@ def test_reader_writes_nothing(writer: CollectionManager, reader: ReaderManager)
         reader.delete("c")
     assert tree_digest(writer.data_dir) == before
     assert isinstance(reader.get("c"), ReaderCollection)
+
+
+def test_view_of_a_reranked_sq8_index_keeps_its_tail_in_memory(tmp_path: Path) -> None:
+    """A quantised index re-ranks from the writer's exact-vector files: the view maps them read-only
+    and keeps the rows its log tail adds in RAM, with exact scores, and writes nothing."""
+    data = tmp_path / "data"
+    data.mkdir()
+    store = SqliteStore(data / "meta.sqlite3")
+    options = IndexOptions(background=False, auto_threshold=500, memory_budget=200_000, snapshot_every=10**9)
+    writer = CollectionManager(data, store, options)
+    writer.create("c", DIM, "l2")
+    upsert(writer, "c", 0, 1000, seed=1)
+    assert writer.get("c").index.exact is not None  # the budget forced IVF-SQ8 with re-ranking
+    writer.get("c").snapshot()
+    reader = ReaderManager(data, ReadOnlySqliteStore(data / "meta.sqlite3"))
+    try:
+        reader.open_all()
+        view = reader.get("c")
+        assert view.index.exact is not None and view.index.exact.read_only
+        tail = upsert(writer, "c", 1000, 50, seed=2)
+        before = tree_digest(data)
+        reader.refresh()
+        queries = np.vstack([tail[:4] + 0.01, vectors(4, seed=9)])
+        assert top_ids(reader, "c", queries) == top_ids(writer, "c", queries)
+        hit = reader.get("c").search(tail[7:8] + 0.5, 1)[0][0]
+        stored = writer.get("c").vector_of(hit.id)
+        assert hit.score == pytest.approx(-float(np.sum((tail[7] + 0.5 - stored) ** 2)), rel=1e-5)
+        assert tree_digest(data) == before
+    finally:
+        reader.close()
+        writer.close()
+        store.close()
