@@ -34,7 +34,8 @@ class CrashFailure(AssertionError):
 class Setting:
     """The ``ERS_*`` settings of one run of the server. ``{live-10}`` in a value is replaced by the
     live items of the smallest collection minus 10 (at least 40): an index build at the first write.
-    ``kill_after_ivf`` waits (up to 20 s) for an IVF index before the kill window starts."""
+    ``kill_after_ivf`` waits (up to 20 s) for a built approximate index (HNSW or IVF) before the kill
+    window starts."""
 
     env: dict[str, str]
     kill_after_ivf: bool = False
@@ -270,7 +271,8 @@ def watch(
             for name in names:
                 info = collection_info(client, name)
                 seen.add(info["active_index"] + (" (building)" if info["building"] else ""))
-                ivf = ivf or str(info["active_index"]).startswith("IVF")
+                # a built approximate index: `auto` picks HNSW at these sizes, IVF past a memory budget
+                ivf = ivf or str(info["active_index"]).startswith(("IVF", "HNSW"))
                 if info["count"] != info["indexed"]:
                     errors.append(f"{name} while writing: count {info['count']} != indexed {info['indexed']}")
             now = time.monotonic()

@@ -42,7 +42,13 @@ CI_DEADLINE_S = 165.0  # no new cycle after this: a loaded machine ends with few
 SETTINGS = (
     Setting({"ERS_SNAPSHOT_EVERY": "40", "ERS_WAL_SEGMENT_BYTES": "4096"}),
     Setting(
-        {"ERS_SNAPSHOT_EVERY": "25", "ERS_WAL_SEGMENT_BYTES": "2048", "ERS_AUTO_INDEX_THRESHOLD": "{live-10}"},
+        # a budget HNSW outgrows at ~80 live items: `auto` trains IVF-SQ8 re-ranked from exact-vector files
+        {
+            "ERS_SNAPSHOT_EVERY": "25",
+            "ERS_WAL_SEGMENT_BYTES": "2048",
+            "ERS_AUTO_INDEX_THRESHOLD": "{live-10}",
+            "ERS_MEMORY_BUDGET": "30000",
+        },
         kill_after_ivf=True,
     ),
     Setting({"ERS_SNAPSHOT_EVERY": "60", "ERS_WAL_SEGMENT_BYTES": "8192"}),
