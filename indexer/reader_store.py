@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,15 +31,9 @@ class ReadOnlySqliteStore(SqliteStore):
 
     def __init__(self, path: Path | str, busy_timeout_ms: int = 5000, max_idle: int = 8) -> None:
         # Not SqliteStore.__init__: it sets the journal mode and creates the schema (both writes).
-        self.path = Path(path)
+        self._init_pool(path, busy_timeout_ms, max_idle)
         if not self.path.exists():
             raise FileNotFoundError(f"no metadata store at {self.path}: the writer process creates it")
-        self._busy_timeout_ms = busy_timeout_ms
-        self._max_idle = max_idle
-        self._idle: list[sqlite3.Connection] = []
-        self._pool_lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._closed = False
         self.ping()  # fails now, with the reason, when the file cannot be read
 
     def _connect(self) -> sqlite3.Connection:

@@ -5,8 +5,8 @@ routes receive them through the ``Annotated`` dependencies of ``service.deps``."
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -110,16 +110,7 @@ def create_app(settings: Settings | None = None, reader_of: str | None = None, w
             await anyio.to_thread.run_sync(manager.close)
             store.close()
 
-    app = FastAPI(title="ERS — embedding retrieval service", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.metrics = Metrics()
-    install_error_handlers(app)
-    modules = (collections, search, encoders, migrations, jobs, health, ui)
-    for module in modules:
-        app.include_router(module.router)
-    # Auth and Allow match a request's path against the routes as declared (the app's list wraps routers).
-    routes = RouteTable([*app.router.routes, *(route for module in modules for route in module.router.routes)])
-    openapi.install(app, settings)
+    app, routes = _assemble(settings, lifespan)
     # Added innermost first. With keys set, every path needs one but the probes, the console's static
     # files (they hold no data; its thumbnails are under /v1) and, with ERS_PUBLIC_DOCS, the docs.
     docs = [app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url]
@@ -134,6 +125,23 @@ def create_app(settings: Settings | None = None, reader_of: str | None = None, w
     app.add_middleware(PositionMiddleware, position=lambda name: log_position(app, name), worker=worker)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
+
+
+def _assemble(
+    settings: Settings, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]]
+) -> tuple[FastAPI, RouteTable]:
+    """The app both kinds of process serve: state, error handlers, routers and OpenAPI; returns it with
+    the route table that auth and Allow match paths against (the app's list wraps routers)."""
+    app = FastAPI(title="ERS — embedding retrieval service", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    install_error_handlers(app)
+    modules = (collections, search, encoders, migrations, jobs, health, ui)
+    for module in modules:
+        app.include_router(module.router)
+    routes = RouteTable([*app.router.routes, *(route for module in modules for route in module.router.routes)])
+    openapi.install(app, settings)
+    return app, routes
 
 
 def log_position(app: FastAPI, name: str) -> str | None:
@@ -182,15 +190,7 @@ def _reader_app(settings: Settings, writer_url: str) -> FastAPI:
             await anyio.to_thread.run_sync(manager.close)
             store.close()
 
-    app = FastAPI(title="ERS — embedding retrieval service", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.metrics = Metrics()
-    install_error_handlers(app)
-    modules = (collections, search, encoders, migrations, jobs, health, ui)
-    for module in modules:
-        app.include_router(module.router)
-    routes = RouteTable([*app.router.routes, *(route for module in modules for route in module.router.routes)])
-    openapi.install(app, settings)
+    app, routes = _assemble(settings, lifespan)
     app.add_middleware(
         BodyLimitMiddleware, limit=lambda: settings.max_body_bytes, timeout=lambda: settings.body_timeout_s
     )

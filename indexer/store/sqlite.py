@@ -65,6 +65,15 @@ class SqliteStore(SqliteJobsMixin):
     """``MetadataStore`` over one SQLite file; safe to share between threads."""
 
     def __init__(self, path: Path | str, busy_timeout_ms: int = 5000, max_idle: int = 8) -> None:
+        self._init_pool(path, busy_timeout_ms, max_idle)
+        with self._conn() as conn:
+            # journal_mode is persistent in the file; setting it once per open is enough.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA + JOBS_SCHEMA)
+
+    # -- connection handling -----------------------------------------------------------------
+    def _init_pool(self, path: Path | str, busy_timeout_ms: int, max_idle: int) -> None:
+        """The connection pool's state, opening nothing (a read-only subclass opens differently)."""
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
         self._max_idle = max_idle
@@ -72,12 +81,7 @@ class SqliteStore(SqliteJobsMixin):
         self._pool_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._closed = False
-        with self._conn() as conn:
-            # journal_mode is persistent in the file; setting it once per open is enough.
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA + JOBS_SCHEMA)
 
-    # -- connection handling -----------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves so apply() is exactly one txn.
         conn = sqlite3.connect(
