@@ -22,6 +22,13 @@ PINS=(
 # The stamp records the pins: changing them above rebuilds on the next run.
 WANT="${PINS[*]}"
 
+# The REST load generator (bench/searchlib/wrk.py): C, so the client takes few of the 2 cores.
+if ! command -v wrk >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "installing wrk (apt)"
+  $SUDO apt-get install -y -qq wrk >/dev/null 2>&1 || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null; }
+fi
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -x "$VENV/bin/chroma" ]; then
   echo "chroma venv ready: $VENV"
   exit 0

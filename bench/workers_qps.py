@@ -26,6 +26,7 @@ import orjson
 from searchlib.data import machine_info, make_data, proc_cpu_seconds
 from searchlib.load import Row, WorkerFactory, closed_loop
 from searchlib.server import Server, load
+from searchlib.wrk import wrk_bin, wrk_loop
 
 NAME = "bench"
 
@@ -108,7 +109,15 @@ def measure(data_dir: Path, workers: int, bodies: list[bytes], args: argparse.Na
             wait_reader(server, bodies[0])
         served: collections.Counter[str] = collections.Counter()
         row = Row(f"workers={workers}", "http", 1, args.concurrency)
-        closed_loop(row, search_worker(server.port, bodies, args.k, served), args.seconds, args.warmup, server)
+        factory = search_worker(server.port, bodies, args.k, served)
+        if args.load == "wrk":  # answers checked from Python first; wrk itself sees only the status
+            check = factory(0)
+            if not all(check(i) for i in range(50)):
+                raise RuntimeError("wrong answers before the wrk run")
+            wrk_loop(row, server.port, f"/v1/collections/{NAME}/search", bodies, "application/json", args.seconds,
+                     args.warmup, server)  # fmt: skip
+        else:
+            closed_loop(row, factory, args.seconds, args.warmup, server)
         return {
             "server_cores": round(row.server_cpu_s / row.seconds, 2),
             "client_cores": round(row.client_cpu_s / row.seconds, 2),
@@ -120,6 +129,7 @@ def measure(data_dir: Path, workers: int, bodies: list[bytes], args: argparse.Na
             "p99_ms": round(row.pct(99), 2),
             "errors": row.errors,
             "connections_by_process": dict(served),
+            "load": row.tool,
             "machine_busy": round(row.machine_busy, 3),
         }
     finally:
@@ -136,8 +146,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--load", choices=("wrk", "python"), default="wrk",
+                        help="load generator: wrk (C; apt-get install wrk) or Python threads")  # fmt: skip
     parser.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
     args = parser.parse_args()
+    if args.load == "wrk":
+        wrk_bin()  # a clear error before loading anything when it is missing
     work = args.work or Path(tempfile.mkdtemp(prefix="ers-workers-"))
     work.mkdir(parents=True, exist_ok=True)
     data_dir = work / "data"

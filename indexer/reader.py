@@ -6,7 +6,8 @@ same ``collection_search.search`` — built without writing anything in the data
 - the maps (id <-> FAISS id, payloads, versions, payload index) from the store, then the log records
   from the store's applied offset read *before* the items (the items may be newer than that offset;
   replaying a record an item already reflects leaves the same item, so the result is exact);
-- each index segment from its published snapshot (``load_snapshot``, without tidying), or — when there
+- each index segment from its published snapshot (``load_snapshot``, without tidying; a flat or HNSW
+  one mapped from its file and shared with the other processes, ``indexer.mapped_index``), or — when there
   is none — an exact flat index over the store's vectors, made idempotent against the replay by the
   set of ids it already holds (as the writer's rebuild does);
 - then, polled every few ms, the log tail: records up to the store's applied offset (the writer logs,
@@ -14,7 +15,8 @@ same ``collection_search.search`` — built without writing anything in the data
 
 ``position`` is the log offset the view has applied up to; a write's ``X-ERS-Position`` names the
 offset a view must reach to show it. A newer snapshot of another kind (an IVF index built, tombstones
-dropped, other search parameters) replaces the view's index once caught up to the same offset; a view
+dropped, other search parameters), or a periodic one once a mapped view's overlay of newer rows has grown
+past ``OVERLAY_SWITCH_ROWS``, replaces the view's index once caught up to the same offset; a view
 that fell behind the log's truncation, or whose collection was deleted or recreated, is rebuilt.
 """
 
@@ -34,6 +36,7 @@ from indexer.errors import ReadOnlyView
 from indexer.filters import PayloadIndex
 from indexer.index_policy import IndexOptions
 from indexer.locks import CollectionLocks
+from indexer.mapped_index import OVERLAY_SWITCH_ROWS, MappedIndex
 from indexer.reader_store import LogTail, LogTruncated
 from indexer.records import LogRecord, decode
 from indexer.rewritten_views import ViewCache
@@ -94,7 +97,7 @@ class ReaderCollection(Collection):
             directory = segment_directory(self.directory, key, base_key)
             segment = Segment(key, dim, directory)
             self._snapshot_seen[key] = _stamp(directory)
-            found = _readable(load_snapshot(directory, dim, self.config.metric, tidy=False))
+            found = _readable(load_snapshot(directory, dim, self.config.metric, tidy=False, mapped=True))
             if found is not None:
                 segment.index, segment.index_off = found[0], found[1].offset
                 segment.snapshot_off = found[1].offset
@@ -175,10 +178,16 @@ class ReaderCollection(Collection):
             if stamp is None or stamp == self._snapshot_seen.get(segment.key):
                 continue
             kind, dead = _kind(segment.directory)
-            if kind is not None and kind == self._kinds.get(segment.key) and dead >= len(segment.index.dead):
-                self._snapshot_seen[segment.key] = stamp  # a periodic snapshot of the index the view has
-                continue
-            found = _readable(load_snapshot(segment.directory, segment.dim, self.config.metric, tidy=False))
+            mapped = segment.index if isinstance(segment.index, MappedIndex) else None
+            known = mapped.snapshot_dead if mapped is not None else len(segment.index.dead)
+            routine = kind is not None and kind == self._kinds.get(segment.key) and dead >= known
+            overlay = mapped.overlay_rows if mapped is not None else None
+            if routine and (overlay is None or overlay <= OVERLAY_SWITCH_ROWS):
+                if overlay is None:  # a copied index took the tail's rows itself: nothing to gain
+                    self._snapshot_seen[segment.key] = stamp  # a periodic snapshot of the index the view has
+                continue  # a mapped one looks again once its overlay has grown
+            metric = self.config.metric
+            found = _readable(load_snapshot(segment.directory, segment.dim, metric, tidy=False, mapped=True))
             if found is None:
                 continue  # replaced meanwhile (its file is gone): the next poll reads the newer one
             index, meta = found

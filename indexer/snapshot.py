@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from indexer.exact_vectors import ExactVectors, remove_exact_files
+from indexer.mapped_index import MappedIndex, maybe_mappable
 from indexer.types import Metric
 from indexer.vector_index import VectorIndex
 from models.core.durable import TEMP_GLOB, atomic_write_bytes
@@ -96,10 +97,12 @@ def remove_snapshot(directory: Path) -> bool:
 
 
 def load_snapshot(
-    directory: Path, dim: int, metric: Metric, tidy: bool = True
+    directory: Path, dim: int, metric: Metric, tidy: bool = True, mapped: bool = False
 ) -> tuple[VectorIndex, SnapshotMeta] | None:
     """The last published snapshot, or None (missing or unreadable: the caller rebuilds). ``tidy``
-    removes temp files of interrupted writes first (``ers doctor`` only looks)."""
+    removes temp files of interrupted writes first (``ers doctor`` only looks). ``mapped`` (readers)
+    maps a flat or HNSW-Flat snapshot's vectors from its file instead of copying them
+    (``indexer.mapped_index``); other kinds are read as usual."""
     if tidy:
         remove_temp_files(directory)
         # no build runs yet: exact files the published meta does not name are leftovers
@@ -111,8 +114,12 @@ def load_snapshot(
         meta = SnapshotMeta(**json.loads(path.read_text()))
         if not isinstance(meta.offset, int) or not isinstance(meta.file, str) or "/" in meta.file:
             raise ValueError(f"meta names offset {meta.offset!r} and file {meta.file!r}")
-        data = (directory / meta.file).read_bytes()
-        index = VectorIndex.deserialize(dim, metric, meta.spec, data, meta.dead)
+        index: VectorIndex | None = None
+        if mapped and meta.exact_file is None and maybe_mappable(meta.spec):
+            index = MappedIndex.open(directory / meta.file, dim, metric, meta.spec, meta.dead)
+        if index is None:
+            data = (directory / meta.file).read_bytes()
+            index = VectorIndex.deserialize(dim, metric, meta.spec, data, meta.dead)
         if meta.exact_file is not None:
             exact = ExactVectors.open(directory, meta.exact_file, dim, meta.exact_rows, trim=tidy)
             index.attach_exact(exact, meta.rerank)

@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from peerslib.data import Dataset, recall_at_k
-from peerslib.rest import PeerProcess, http_worker, measure_rest, new_port, row_figures
+from peerslib.rest import PeerProcess, RestLoad, measure_rest, new_port, row_figures
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMA_VENV = ROOT / ".bench-venvs" / "chroma"
@@ -105,7 +105,7 @@ def _topk(server: PeerProcess, coll: str, queries: np.ndarray, k: int, batch: in
 
 def run_chroma(
     ds: Dataset, k: int, target: float, seconds: float, warmup: float, concurrencies: list[int], batch: int,
-    batch_concurrency: int, work: Path,
+    batch_concurrency: int, work: Path, load: str,
 ) -> dict[str, Any]:  # fmt: skip
     work.mkdir(parents=True, exist_ok=True)
     server = start_chroma(work)
@@ -157,12 +157,12 @@ def run_chroma(
         singles = [_query_body(ds.queries[i : i + 1], k) for i in range(len(ds.queries))]
         blocks = [ds.queries[i : i + batch] for i in range(0, len(ds.queries) - batch + 1, batch)] or [ds.queries]
         path, ctype = f"{coll}/query", "application/json"
-        single_f = http_worker(server.port, path, singles, ctype, _ids_check(1, k))
+        single_l = RestLoad(server.port, path, singles, ctype, _ids_check(1, k))
         bodies = [_query_body(b, k) for b in blocks]
-        batch_f = http_worker(server.port, path, bodies, ctype, _ids_check(len(blocks[0]), k))
-        best_single, rows = measure_rest("Chroma single", server, single_f, 1, concurrencies, seconds, warmup)
+        batch_l = RestLoad(server.port, path, bodies, ctype, _ids_check(len(blocks[0]), k))
+        best_single, rows = measure_rest("Chroma single", server, single_l, 1, concurrencies, seconds, warmup, load)
         best_batch, _ = measure_rest(
-            "Chroma batch", server, batch_f, len(blocks[0]), [batch_concurrency], seconds, warmup
+            "Chroma batch", server, batch_l, len(blocks[0]), [batch_concurrency], seconds, warmup, load
         )
         return {
             "system": "Chroma",

@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from peerslib.data import Dataset, recall_at_k
-from peerslib.rest import PeerProcess, http_worker, measure_rest, new_port, row_figures
+from peerslib.rest import PeerProcess, RestLoad, measure_rest, new_port, row_figures
 
 ERS_BIN = Path(sys.executable).parent / "ers"
 WIRES = ("json", "b64", "msgpack")
@@ -48,6 +48,7 @@ class ErsOptions:
     batch_concurrency: int
     upsert_batch: int
     wire: str
+    load: str  # load generator of the REST rows: "wrk" or "python"
     server_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -178,15 +179,16 @@ def run_ers(ds: Dataset, index: str, workers: int | None, options: ErsOptions, w
         blocks = [ds.queries[i : i + nb] for i in range(0, len(ds.queries) - nb + 1, nb)] or [ds.queries]
         batches = [encode(wire, batch_doc(wire, b, options.k))[0] for b in blocks]
         base = f"/v1/collections/{COLLECTION}"
-        single_f = http_worker(server.port, f"{base}/search", singles, ctype, _results_check(options.k))
-        batch_f = http_worker(server.port, f"{base}/search/batch", batches, ctype, _results_check(len(blocks[0])))
+        single_l = RestLoad(server.port, f"{base}/search", singles, ctype, _results_check(options.k))
+        batch_l = RestLoad(server.port, f"{base}/search/batch", batches, ctype, _results_check(len(blocks[0])))
         label = f"ERS {index} w{workers or 1}"
         best_single, single_rows = measure_rest(
-            f"{label} single", server, single_f, 1, options.concurrencies, options.seconds, options.warmup
-        )
+            f"{label} single", server, single_l, 1, options.concurrencies, options.seconds, options.warmup,
+            options.load,
+        )  # fmt: skip
         best_batch, _ = measure_rest(
-            f"{label} batch", server, batch_f, len(blocks[0]), [options.batch_concurrency], options.seconds,
-            options.warmup,
+            f"{label} batch", server, batch_l, len(blocks[0]), [options.batch_concurrency], options.seconds,
+            options.warmup, options.load,
         )  # fmt: skip
         return {
             "system": "ERS",

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import httpx
 from searchlib.data import proc_cpu_seconds
 from searchlib.load import Row, WorkerFactory, closed_loop
 from searchlib.server import Server, free_port
+from searchlib.wrk import wrk_loop
 
 Check = Callable[[int, bytes], bool]  # (HTTP status, response body) -> the answer is right
 
@@ -160,12 +162,36 @@ def http_worker(port: int, path: str, bodies: list[bytes], ctype: str, check: Ch
     return factory
 
 
+@dataclass
+class RestLoad:
+    """What one load row sends: POST ``bodies`` (round robin) to ``path``; ``check`` judges an answer."""
+
+    port: int
+    path: str
+    bodies: list[bytes]
+    ctype: str
+    check: Check
+
+
 def measure_rest(
-    name: str, server: Server, factory: WorkerFactory, queries_per_call: int, concurrencies: list[int],
-    seconds: float, warmup: float,
+    name: str, server: Server, load: RestLoad, queries_per_call: int, concurrencies: list[int], seconds: float,
+    warmup: float, tool: str,
 ) -> tuple[Row, list[Row]]:  # fmt: skip
-    """One closed-loop row per concurrency; (the row with the most queries/s, all rows)."""
-    rows = [closed_loop(Row(name, "api", queries_per_call, c), factory, seconds, warmup, server) for c in concurrencies]
+    """One closed-loop row per concurrency, driven by ``tool`` ("wrk" or "python");
+    (the row with the most queries/s, all rows). Under wrk, 50 answers are checked from Python first."""
+    factory = http_worker(load.port, load.path, load.bodies, load.ctype, load.check)
+    rows = []
+    for c in concurrencies:
+        row = Row(name, "api", queries_per_call, c)
+        if tool == "wrk":
+            call = factory(0)
+            bad = sum(not call(i) for i in range(min(50, len(load.bodies))))
+            if bad:
+                raise RuntimeError(f"{name}: {bad} of the first 50 answers are wrong")
+            wrk_loop(row, load.port, load.path, load.bodies, load.ctype, seconds, warmup, server)
+        else:
+            closed_loop(row, factory, seconds, warmup, server)
+        rows.append(row)
     return max(rows, key=lambda r: r.qps), rows
 
 
@@ -179,4 +205,6 @@ def row_figures(row: Row) -> dict[str, Any]:
         "calls": row.calls,
         "server_cpu_ms_per_call": row.per_call_ms(row.server_cpu_s),
         "other_cores": row.other_cores,
+        "client_cpu_ms_per_call": row.per_call_ms(row.client_cpu_s),
+        "load": row.tool,
     }

@@ -36,6 +36,8 @@ class Row:
     busy_jiffies: int = 0  # whole machine, any process
     total_jiffies: int = 0
     round_qps: list[float] = field(default_factory=list)
+    fixed_pct: dict[float, float] = field(default_factory=dict)  # percentiles a tool reported (wrk), no samples
+    tool: str = "python"  # what generated the load: "python" threads or "wrk"
 
     @property
     def calls_per_s(self) -> float:
@@ -57,6 +59,8 @@ class Row:
         return max(0.0, self.busy_jiffies / CLK_TCK - self.client_cpu_s - self.server_cpu_s) / self.seconds
 
     def pct(self, p: float) -> float:
+        if p in self.fixed_pct:
+            return self.fixed_pct[p]
         return float(np.percentile(self.latencies_ms, p)) if self.latencies_ms else float("nan")
 
     def per_call_ms(self, cpu_s: float) -> float:

@@ -182,3 +182,36 @@ def test_view_of_a_reranked_sq8_index_keeps_its_tail_in_memory(tmp_path: Path) -
         reader.close()
         writer.close()
         store.close()
+
+
+def test_view_maps_a_flat_snapshot_and_switches_once_its_overlay_grows(
+    writer: CollectionManager, reader: ReaderManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import indexer.reader as reader_module
+    from indexer.mapped_index import MappedIndex
+
+    monkeypatch.setattr(reader_module, "OVERLAY_SWITCH_ROWS", 30)
+    writer.create("c", DIM, "cosine", index="Flat")
+    upsert(writer, "c", 0, 100, seed=1)
+    writer.get("c").snapshot()
+    reader.open_all()
+    view = reader.get("c")
+    first = view.index
+    assert isinstance(first, MappedIndex) and first.overlay_rows == 0
+    upsert(writer, "c", 90, 20, seed=2)  # 20 new FAISS ids; the 10 replaced snapshot rows become tombstones
+    writer.get("c").delete(["i0", "i100"])  # one snapshot row, one overlay row
+    reader.refresh()
+    assert first.overlay_rows == 19 and len(first.dead) == 11
+    assert view.count == writer.get("c").count == 108
+    queries = vectors(8, seed=9)
+    assert top_ids(reader, "c", queries) == top_ids(writer, "c", queries)
+    writer.get("c").snapshot()  # a periodic snapshot: not worth switching for a small overlay
+    reader._next_slow = 0.0
+    reader.refresh()
+    assert view.index is first
+    upsert(writer, "c", 200, 40, seed=3)
+    writer.get("c").snapshot()
+    reader._next_slow = 0.0
+    reader.refresh()  # past the overlay limit: the newer snapshot, mapped, with an empty overlay
+    assert view.index is not first and isinstance(view.index, MappedIndex) and view.index.overlay_rows == 0
+    assert top_ids(reader, "c", queries) == top_ids(writer, "c", queries)
