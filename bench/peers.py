@@ -22,6 +22,10 @@ per vector (server PSS over its process tree after load minus before, / n; in-pr
 fresh process), ingest rate through each system's normal ingest path, and time to ready (start of
 ingest to the first query answered by the index that is then measured, builds included).
 
+After the sets, ``--sq8-n`` x ``--sq8-dim`` synthetic vectors: IVF-SQ8 + exact re-rank against Flat, the
+memory each holds per vector, built as ``auto`` builds them, through ``bench/index_choice.py`` in a fresh
+process (``peerslib.sq8``).
+
 Writes ``--out``/table.md and results.json; ``--doc FILE`` also replaces its
 ``<!-- peers:begin -->`` ... ``<!-- peers:end -->`` block. Exit 0 whatever the goals say; 1 if it
 could not run.
@@ -51,7 +55,9 @@ from peerslib.chroma import CHROMA_VENV, SETUP_HINT, chroma_bin
 from peerslib.data import DEFAULT_DATA_DIR, HELD_OUT, Dataset, load_dataset
 from peerslib.ers import WIRES, ErsOptions, run_ers, serve_has_workers
 from peerslib.inproc import run_inproc, save_arrays
+from peerslib.sq8 import run_sq8_memory
 from searchlib.data import load_average, machine_info
+from searchlib.wrk import wrk_bin
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ("ers", "chroma", "hnswlib", "faiss")
@@ -72,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--indexes", default="HNSW32,Flat;IVF1024,Flat", help="hand-picked ERS specs, ';'-separated")
     p.add_argument("--workers", default="1,2", help="ers serve --workers values for `auto` (1 only: no flag needed)")
     p.add_argument("--wire", choices=WIRES, default="json", help="how vectors travel to ERS")
+    p.add_argument(
+        "--load",
+        choices=("wrk", "python"),
+        default="wrk",
+        help="REST load generator: wrk (C, ~0.02 ms CPU per request; apt-get install wrk) or Python threads",
+    )
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per load row")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--concurrency", default="2,8", help="REST single-query client concurrencies (best is kept)")
@@ -85,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--doc", type=Path, help="also replace the peers block of this markdown file")
     p.add_argument("--prepare-only", action="store_true", help="prepare and cache the data sets, then exit")
     p.add_argument("--keep", action="store_true", help="keep the throwaway server directories and logs")
+    p.add_argument("--sq8-n", type=int, default=1_000_000, help="SQ8 vs Flat memory section's vectors; 0 skips it")
+    p.add_argument("--sq8-dim", type=int, default=384, help="SQ8 vs Flat memory section's dimension")
     args = p.parse_args(argv)
     args.set_list = [s for s in args.sets.split(",") if s]
     args.system_list = [s for s in args.systems.split(",") if s]
@@ -98,11 +112,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--workers and --concurrency need positive integers")
     if not 0 < args.queries <= HELD_OUT or args.batch < 1:
         p.error(f"--queries must be 1..{HELD_OUT}, --batch >= 1")
+    if args.sq8_n != 0 and (args.sq8_n < 1000 or args.sq8_dim < 8):
+        p.error("--sq8-n must be 0 (skip) or >= 1000, --sq8-dim >= 8")
     return args
 
 
 def check_peers(args: argparse.Namespace) -> None:
     """Fail before any measurement when a requested peer or flag is missing."""
+    if args.load == "wrk" and {"ers", "chroma"} & set(args.system_list):
+        wrk_bin()
     if {"chroma", "hnswlib"} & set(args.system_list):
         chroma_bin()
         if not (CHROMA_VENV / "bin" / "python").exists():
@@ -118,7 +136,7 @@ def run_set(ds: Dataset, args: argparse.Namespace, work: Path, workers_flag: boo
         options = ErsOptions(
             k=k, target=target, seconds=args.seconds, warmup=args.warmup, concurrencies=args.conc_list,
             batch=args.batch, batch_concurrency=args.batch_concurrency, upsert_batch=args.upsert_batch,
-            wire=args.wire, server_env=dict(kv.partition("=")[::2] for kv in args.server_env),
+            wire=args.wire, load=args.load, server_env=dict(kv.partition("=")[::2] for kv in args.server_env),
         )  # fmt: skip
         runs = [("auto", w) for w in args.worker_list] + [(s, min(args.worker_list)) for s in args.index_list]
         for index, workers in runs:
@@ -136,7 +154,7 @@ def run_set(ds: Dataset, args: argparse.Namespace, work: Path, workers_flag: boo
 
         log(f"{ds.name}: Chroma")
         r = run_chroma(ds, k, target, args.seconds, args.warmup, args.conc_list, args.batch,
-                       args.batch_concurrency, work / f"chroma-{ds.name}")  # fmt: skip
+                       args.batch_concurrency, work / f"chroma-{ds.name}", args.load)  # fmt: skip
         rows.append(r)
         log(f"  recall {r['recall']:.3f} at ef_search {r['ef']}, single {r['single']['qps']:.0f} QPS")
     arrays = work / f"arrays-{ds.name}"
@@ -176,15 +194,18 @@ def run(args: argparse.Namespace) -> int:
     load = " ".join(f"{x:.2f}" for x in load_average())
     work = Path(tempfile.mkdtemp(prefix="ers-peers-", dir="/tmp"))
     results: dict[str, list[dict[str, Any]]] = {}
+    sq8_memory = None
     try:
         for name, ds in datasets.items():
             results[name] = run_set(ds, args, work, workers_flag, log)
+        if args.sq8_n:
+            sq8_memory = run_sq8_memory(args.sq8_n, args.sq8_dim, args.target_recall, work, log)
     finally:
         if args.keep:
             log(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    goal_lines = report.goals(results, args.target_recall)
+    goal_lines = report.goals(results, args.target_recall, sq8_memory)
     when = dt.datetime.now().astimezone().isoformat(timespec="minutes")
     header = [
         f"Command: `{command}` (peers venv: `bash bench/setup_chroma.sh`)",
@@ -193,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
         f"({info['cpu']}), {info['mem_gib']} GiB; load average at start {load}; faiss {faiss.__version__}.",
         f"Target recall@{args.k} {args.target_recall}; {args.seconds:g} s per load row after {args.warmup:g} s "
         f"warm-up; REST single queries at client concurrency {args.concurrency} (best kept), batches of "
-        f"{args.batch} at concurrency {args.batch_concurrency}; ERS wire `{args.wire}`.",
+        f"{args.batch} at concurrency {args.batch_concurrency}; ERS wire `{args.wire}`; REST load from "
+        f"{'wrk (one thread)' if args.load == 'wrk' else 'Python threads'}.",
         "",
         *[f"- `{name}`: {ds.description}" for name, ds in datasets.items()],
     ]
@@ -209,12 +231,12 @@ def run(args: argparse.Namespace) -> int:
         "+ first query; the ef sweep is not counted).",
         "in-process single queries run on 1 thread; batches on every core.",
     ]
-    text = report.document(header, results, goal_lines, notes, args.target_recall, args.k)
+    text = report.document(header, results, goal_lines, notes, args.target_recall, args.k, sq8_memory)
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(text)
     payload = {"command": command, "machine": info, "args": {k: str(v) for k, v in vars(args).items()},
-               "results": results, "goals": goal_lines}  # fmt: skip
+               "results": results, "sq8_memory": sq8_memory, "goals": goal_lines}  # fmt: skip
     (args.out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
     log(f"wrote {args.out / 'table.md'} and {args.out / 'results.json'}")
     if args.doc:

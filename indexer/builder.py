@@ -37,9 +37,10 @@ EF_STEPS = (10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 16
             768, 1024)  # fmt: skip
 TUNE_QUERIES = 500
 # Fresh queries score below held-out stored vectors at the same knob: measured 0.004-0.017 lower
-# (bench/index_choice.py at 50k/200k, bench/peers.py on MiniLM text). Tuning aims this much above the
-# target so that fresh queries land on it rather than under it; measured_recall stays the held-out figure.
-FRESH_MARGIN = 0.01
+# (bench/index_choice.py at 50k/200k; 0.013 on held-out MiniLM texts in bench/peers.py, which a 0.01
+# margin left at 0.948 for a 0.95 target). Tuning aims this much above the target so that fresh queries
+# land on it rather than under it; measured_recall stays the held-out figure. The band: +0.02.
+FRESH_MARGIN = 0.02
 TUNE_K = 10
 ADD_CHUNK = 65_536
 

@@ -7,6 +7,8 @@ from typing import Any
 
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 Goal = tuple[str, str, str, bool | None]  # (goal, measured, wanted, passed; None: could not be measured)
+SQ8_N, SQ8_DIM, SQ8_MAX_RATIO = 1_000_000, 384, 0.30
+SQ8_GOAL = "SQ8 + re-rank at 1M x 384: memory ÷ Flat"
 
 
 def _f(x: float | None, digits: int = 0) -> str:
@@ -59,7 +61,8 @@ def _pick(rows: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
     return [r for r in rows if all(r.get(key) == value for key, value in match.items())]
 
 
-def goals(results: dict[str, list[dict[str, Any]]], target: float) -> list[Goal]:
+def goals(results: dict[str, list[dict[str, Any]]], target: float, sq8: dict[str, Any] | None = None) -> list[Goal]:
+    """The per-set goal lines, then the SQ8 memory goal (``sq8``: the SQ8 section's result, None if skipped)."""
     out: list[Goal] = []
     for name, rows in results.items():
         autos = sorted(_pick(rows, system="ERS", index="auto"), key=lambda r: r["workers"])
@@ -101,7 +104,62 @@ def goals(results: dict[str, list[dict[str, Any]]], target: float) -> list[Goal]
                         ">= 1.5", ratio >= 1.5))  # fmt: skip
         else:
             out.append((f"{name}: --workers 2 ÷ --workers 1", "not measured (run with --workers 1,2)", ">= 1.5", None))
+    out.append(sq8_goal(sq8, target))
     return out
+
+
+def _size(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n:,}"
+
+
+def sq8_goal(sq8: dict[str, Any] | None, target: float) -> Goal:
+    """Anonymous RSS per vector of IVF-SQ8 + re-rank ÷ Flat's, at the goal's 1M x 384 (else not judged)."""
+    wanted = f"<= {SQ8_MAX_RATIO:.2f} at recall@10 >= {target}"
+    if sq8 is None:
+        return (SQ8_GOAL, f"not measured (run with --sq8-n {SQ8_N})", wanted, None)
+    if "error" in sq8:
+        return (SQ8_GOAL, f"not measured (`{sq8['command']}` failed: {sq8['error']})", wanted, None)
+    rows = {r["name"]: r for r in sq8["rows"]}
+    flat, ivf = rows["Flat"], rows["IVF-SQ8"]
+    ratio = sq8["sq8_over_flat"]["rss"]
+    measured = (f"{ratio:.3f} (RSS {_f(ivf['rss_bytes_per_vector'])} / {_f(flat['rss_bytes_per_vector'])} B/vec; "
+                f"recall@10 {ivf['recall_fresh']:.3f} on {ivf['recall_queries']} fresh queries)")  # fmt: skip
+    if (sq8["n"], sq8["dim"]) != (SQ8_N, SQ8_DIM):
+        return (f"SQ8 + re-rank at {_size(sq8['n'])} x {sq8['dim']}: memory ÷ Flat",
+                f"{measured}; not judged: the goal is at {_size(SQ8_N)} x {SQ8_DIM}", wanted, None)  # fmt: skip
+    return (SQ8_GOAL, measured, wanted, ratio <= SQ8_MAX_RATIO and ivf["recall_fresh"] >= target)
+
+
+def sq8_table(sq8: dict[str, Any]) -> str:
+    """The SQ8 section: one row per index built by ``bench/index_choice.py``."""
+    flat_rss = next((r["rss_bytes_per_vector"] for r in sq8["rows"] if r["name"] == "Flat"), None)
+    head = (
+        f"SQ8 memory: {sq8['n']:,} x {sq8['dim']} synthetic clustered unit vectors ({sq8['clusters']} clusters, "
+        f"cosine), each index built by `indexer.builder.build_index` as `auto` builds it, tuned to recall@10 "
+        f"{sq8['target']}; `{sq8['command']}`.\n\n"
+        "| index | spec | knob | RSS B/vec | RSS ÷ Flat | exact file B/vec (disk) | serialised B/vec "
+        "| recall@10 (fresh) | tuned recall | QPS 1 thread | build s |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in sq8["rows"]:
+        share = f"{r['rss_bytes_per_vector'] / flat_rss:.3f}" if flat_rss else "–"
+        tuned = f"{r['tuned_recall']:.3f}" if r["tuned_recall"] is not None else "–"
+        lines.append(
+            f"| {r['name']} | `{r['spec']}` | {r['knob']} | {_f(r['rss_bytes_per_vector'])} | {share} "
+            f"| {_f(r['exact_file_bytes_per_vector'])} | {_f(r['serialised_bytes_per_vector'])} "
+            f"| {r['recall_fresh']:.3f} ({r['recall_queries']} q) | {tuned} "
+            f"| {_f(r['qps_1_thread'])} ({r['qps_queries']} q) | {_f(r['build_s'], 1)} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+SQ8_NOTES = [
+    "SQ8 memory: RSS B/vec is the anonymous resident memory (RssAnon) the index gives back when freed, / n, "
+    "measured in a fresh process (`bench/index_choice.py`); the re-ranked index's exact float32 vectors are a "
+    "memory-mapped file (reclaimable page cache), reported apart as disk bytes and not counted in the ratio.",
+    "SQ8 memory: Flat is exact, so its recall@10 and single-thread QPS use only its first few queries (shown); "
+    "at 1M x 384 each single Flat query scans 1.5 GB.",
+]
 
 
 def goals_markdown(lines: list[Goal]) -> str:
@@ -111,10 +169,14 @@ def goals_markdown(lines: list[Goal]) -> str:
 
 
 def document(header: list[str], results: dict[str, list[dict[str, Any]]], goal_lines: list[Goal],
-             notes: list[str], target: float, k: int) -> str:  # fmt: skip
+             notes: list[str], target: float, k: int, sq8: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """The header, the peers table, the SQ8 memory table (when ``sq8`` has rows), the goals and the notes."""
+    measured_sq8 = sq8 is not None and "rows" in sq8
+    section = sq8_table(sq8) + "\n" if sq8 is not None and measured_sq8 else ""
+    notes = notes + SQ8_NOTES if measured_sq8 else notes
     return (
-        "\n".join(header) + "\n\n" + table(results, target, k) + "\n" + goals_markdown(goal_lines) + "\n"
-        + "\n".join(f"- {n}" for n in notes) + "\n"
+        "\n".join(header) + "\n\n" + table(results, target, k) + "\n" + section + goals_markdown(goal_lines)
+        + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     )  # fmt: skip
 
 
