@@ -23,7 +23,7 @@ from indexer.validation import as_matrix
 from indexer.vector_index import prepare
 
 
-@dataclass
+@dataclass(slots=True)
 class Hit:
     id: str
     score: float
@@ -55,14 +55,16 @@ def search(
             allowed = np.fromiter(c.payload_index.match(flt), dtype=np.int64)
         scores, found = _search_segments(c, matrix, version, k + extra, allowed)
         results: list[list[Hit]] = []
-        for row in range(len(matrix)):
+        # One pass over plain lists with the lookups bound once: this loop runs for every hit served
+        # and holds the GIL, which the request handling of every other search waits for.
+        id_of, payloads, versions = c.int_to_id.get, c.payloads, c.versions
+        for row, (row_scores, row_ids) in enumerate(zip(scores.tolist(), found.tolist(), strict=True)):
             skip = exclude[row] if exclude else None
-            hits = []
-            for score, int_id in zip(scores[row].tolist(), found[row].tolist(), strict=True):
-                item_id = c.int_to_id.get(int_id)
-                if item_id is None or item_id == skip:
-                    continue
-                hits.append(Hit(item_id, score, c.payloads[int_id], c.versions[int_id]))
+            hits = [
+                Hit(item_id, score, payloads[int_id], versions[int_id])
+                for score, int_id in zip(row_scores, row_ids, strict=True)
+                if (item_id := id_of(int_id)) is not None and item_id != skip
+            ]
             results.append(hits[:k])
     return results
 

@@ -94,16 +94,18 @@ def _check_scalar(field: str, what: str, value: Any) -> None:
 class PayloadIndex:
     def __init__(self) -> None:
         self._postings: dict[str, dict[Key, set[int]]] = defaultdict(lambda: defaultdict(set))
-        self._keys: dict[int, list[tuple[str, Key]]] = {}
+        # Tuples, not lists: a tuple of atoms is untracked by the cyclic GC, so 1M items add nothing
+        # to each full collection (lists did: 60k empty lists were a fifth of a 72 ms gen-2 pause).
+        self._keys: dict[int, tuple[tuple[str, Key], ...]] = {}
 
     def add(self, int_id: int, payload: dict[str, Any] | None) -> None:
-        leaves = list(_leaves(payload)) if payload else []
+        leaves = tuple(_leaves(payload)) if payload else ()
         self._keys[int_id] = leaves
         for field, key in leaves:
             self._postings[field][key].add(int_id)
 
     def remove(self, int_id: int) -> None:
-        for field, key in self._keys.pop(int_id, []):
+        for field, key in self._keys.pop(int_id, ()):
             ids = self._postings[field][key]
             ids.discard(int_id)
             if not ids:

@@ -4,6 +4,7 @@ routes receive them through the ``Annotated`` dependencies of ``service.deps``."
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None, reader_of: str | None = None, w
             )
             app.state.search_batcher = searcher
             await anyio.to_thread.run_sync(runner.start)  # resumes the jobs a previous run left
+            freeze_startup_heap()
             log.info(
                 "ERS ready: %d collections in %s, encoders %s",
                 len(manager.list()), settings.data_dir, sorted(hub.encoders) or "none",
@@ -144,6 +146,16 @@ def _assemble(
     return app, routes
 
 
+def freeze_startup_heap() -> None:
+    """Moves everything alive after start-up (modules, encoders, opened collections) out of the cyclic
+    GC's reach. Why: a full collection walks every tracked object while holding the GIL; with ~300k
+    of them from the imports alone, each was a 70-80 ms stall of every request, every ~5 s under
+    search load (measured: search p99 40-70 ms against a p50 of 4-6 ms). Frozen objects are still
+    freed by reference counting; only a cycle among them would outlive its use."""
+    gc.collect()
+    gc.freeze()
+
+
 def log_position(app: FastAPI, name: str) -> str | None:
     """The ``X-ERS-Position`` of a write to ``name``: its log's end now (``name:gone`` once deleted)."""
     manager: CollectionManager | None = getattr(app.state, "manager", None)
@@ -183,6 +195,7 @@ def _reader_app(settings: Settings, writer_url: str) -> FastAPI:
                 concurrency=max(1, settings.search_concurrency // max(1, settings.threads)),
                 max_rows=settings.max_queries,
             )
+            freeze_startup_heap()
             log.info("ERS reader ready: %d collections in %s", len(manager.list()), settings.data_dir)
             yield
         finally:

@@ -193,11 +193,13 @@ def run_child(role: str, public_fd: int, second: str) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.fair_accept import FairAcceptServer
 
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per forwarded request otherwise
-    sockets = [socket.socket(fileno=public_fd)]
+    public = socket.socket(fileno=public_fd)  # shared with the siblings: accepted fairly
+    sockets = []  # served as uvicorn serves any socket
     if role == "writer":
         sockets.append(socket.socket(fileno=int(second)))
         app = create_app(settings, worker=f"writer {os.getpid()}")
@@ -209,7 +211,7 @@ def run_child(role: str, public_fd: int, second: str) -> None:
         timeout_graceful_shutdown=30,
         access_log=settings.access_log,
     )
-    uvicorn.Server(config).run(sockets=sockets)
+    FairAcceptServer(config, public).run(sockets=sockets)
 
 
 if __name__ == "__main__":

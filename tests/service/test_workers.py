@@ -7,7 +7,9 @@ which one served it (``X-ERS-Worker``) and which reader relayed it to the writer
 from __future__ import annotations
 
 import os
+from collections import Counter
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -190,3 +192,44 @@ def test_a_killed_writer_is_restarted_and_recovers_its_log(server: ServerProcess
     for i, position in ((400, written.headers[POSITION]), (401, response.headers[POSITION])):
         found, _ = top_id(server, i, position)
         assert found == f"i{i}"
+
+
+def _holder_of(sock: socket.socket) -> str:
+    """Which process holds an open keep-alive connection: a GET /healthz on it is answered by the writer
+    (``X-ERS-Worker``), relayed by the reader that holds the connection (``X-ERS-Forwarded-By``)."""
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: ers\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed before an answer"
+        head += chunk
+    lines = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+    assert " 200 " in lines[0] + " ", lines[0]
+    headers = dict(line.lower().split(":", 1) for line in lines[1:])
+    holder = headers.get("x-ers-forwarded-by") or headers.get("x-ers-worker", "")
+    assert holder, f"no X-ERS-Worker in {lines}"
+    return holder.strip()
+
+
+def test_connections_opened_together_spread_over_the_workers(server: ServerProcess) -> None:
+    """A client opening its keep-alive pool at once gets both processes about evenly
+    (``service.fair_accept``). Measured, 8 connections queued together: 5/3, 4/4, 5/3 with it; without
+    it the first process woken took 6, 6 and 5 of them."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    deadline = time.monotonic() + 30
+    while "x-ers-forwarded-by" not in fresh("GET", f"{server.url}/healthz").headers:  # the reader is up
+        assert time.monotonic() < deadline, "no reader answered in 30 s"
+        time.sleep(0.05)
+    smaller_shares = []
+    for _ in range(6):
+        # All 8 connections sit in the shared socket's queue before either process accepts one.
+        pool = [socket.create_connection((host, int(port)), timeout=10.0) for _ in range(8)]
+        try:
+            holders = [_holder_of(sock) for sock in pool]
+        finally:
+            for sock in pool:
+                sock.close()
+        counts = Counter(holders)
+        smaller_shares.append(min(counts.values()) if len(counts) == 2 else 0)
+        time.sleep(0.2)
+    assert sum(smaller_shares) >= 17, f"the smaller process's share of 8 connections: {smaller_shares}"
