@@ -7,11 +7,11 @@ which one served it (``X-ERS-Worker``) and which reader relayed it to the writer
 from __future__ import annotations
 
 import os
-from collections import Counter
 import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
