@@ -41,7 +41,7 @@ from indexer.segments import (
 )
 from indexer.store.base import MetadataStore
 from indexer.thumbnails import Thumbnails
-from indexer.types import CollectionConfig, ItemRecord
+from indexer.types import CollectionConfig, HitFields, ItemRecord
 from indexer.vector_index import VectorIndex
 from indexer.wal import HEADER, WriteAheadLog
 
@@ -70,6 +70,7 @@ class ReplayedCollection:
         self.int_to_id: dict[int, str] = {}
         self.payloads: dict[int, dict[str, Any] | None] = {}
         self.versions: dict[int, str | None] = {}
+        self.hit_fields: dict[int, HitFields] = {}  # the three above in one lookup, for the search loop
         self.payload_index = PayloadIndex()
         self.moved = MovedVectors(directory)  # old vectors a backfill replaced, for an exact rollback
         self.views = ViewCache()  # rewritten views of old segments (transform migrations): derived data
@@ -198,6 +199,7 @@ class ReplayedCollection:
         self.int_to_id[int_id] = item_id
         self.payloads[int_id] = payload
         self.versions[int_id] = version
+        self.hit_fields[int_id] = (item_id, payload, version)
         self.payload_index.add(int_id, payload)
 
     def _map_remove(self, item_id: str) -> None:
@@ -206,6 +208,7 @@ class ReplayedCollection:
             self.int_to_id.pop(int_id, None)
             self.payloads.pop(int_id, None)
             self.versions.pop(int_id, None)
+            self.hit_fields.pop(int_id, None)
             self.payload_index.remove(int_id)
 
     # -- applying log records ----------------------------------------------------------------

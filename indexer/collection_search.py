@@ -55,15 +55,15 @@ def search(
             allowed = np.fromiter(c.payload_index.match(flt), dtype=np.int64)
         scores, found = _search_segments(c, matrix, version, k + extra, allowed)
         results: list[list[Hit]] = []
-        # One pass over plain lists with the lookups bound once: this loop runs for every hit served
-        # and holds the GIL, which the request handling of every other search waits for.
-        id_of, payloads, versions = c.int_to_id.get, c.payloads, c.versions
+        # One pass over plain lists, one dict lookup per hit (``hit_fields``): this loop runs for every
+        # hit served and holds the GIL, which the request handling of every other search waits for.
+        fields_of = c.hit_fields.get
         for row, (row_scores, row_ids) in enumerate(zip(scores.tolist(), found.tolist(), strict=True)):
             skip = exclude[row] if exclude else None
             hits = [
-                Hit(item_id, score, payloads[int_id], versions[int_id])
+                Hit(fields[0], score, fields[1], fields[2])
                 for score, int_id in zip(row_scores, row_ids, strict=True)
-                if (item_id := id_of(int_id)) is not None and item_id != skip
+                if (fields := fields_of(int_id)) is not None and fields[0] != skip
             ]
             results.append(hits[:k])
     return results

@@ -43,7 +43,7 @@ from indexer.rewritten_views import ViewCache
 from indexer.segments import CompatResolver, SameDimCompat, Segment, apply_to_segment, segment_directory
 from indexer.snapshot import META, SnapshotMeta, load_snapshot
 from indexer.store.base import MetadataStore
-from indexer.types import CollectionConfig
+from indexer.types import CollectionConfig, HitFields
 from indexer.vector_index import FLAT, VectorIndex, prepare
 from indexer.wal import HEADER
 
@@ -73,6 +73,7 @@ class ReaderCollection(Collection):
         self.int_to_id: dict[int, str] = {}
         self.payloads: dict[int, dict[str, Any] | None] = {}
         self.versions: dict[int, str | None] = {}
+        self.hit_fields: dict[int, HitFields] = {}
         self.payload_index = PayloadIndex()
         self.views = ViewCache()
         self.closed = self.deleted = False

@@ -12,6 +12,9 @@ import numpy.typing as npt
 Metric = Literal["cosine", "ip", "l2"]
 METRICS: tuple[str, ...] = ("cosine", "ip", "l2")
 FloatArray = npt.NDArray[np.float32]
+# What a search hit needs of an item, kept together so that the hit loop makes one dict lookup per hit,
+# not three (with caches cold after a FAISS scan: 0.43 ms against 0.65 ms for 320 hits).
+HitFields = tuple[str, dict[str, Any] | None, str | None]  # (item id, payload, encoder version)
 
 # Names become directory names and Redis key parts: keep them boring. \Z, not $: "$" also matches
 # before a trailing newline, which let "abc\n" through ``match``.

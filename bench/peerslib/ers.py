@@ -80,7 +80,8 @@ def decode(body: bytes) -> Any:
 
 
 def search_doc(wire: str, q: np.ndarray, k: int) -> dict[str, Any]:
-    return {**_vector_field(wire, q), "k": k}
+    # Ids and scores only, as the Chroma rows ask for (``include: ["distances"]``).
+    return {**_vector_field(wire, q), "k": k, "with_payload": False}
 
 
 def batch_doc(wire: str, qs: np.ndarray, k: int) -> dict[str, Any]:

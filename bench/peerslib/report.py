@@ -28,7 +28,8 @@ def describe(r: dict[str, Any]) -> tuple[str, str]:
                                            (f", {tuned}" if tuned else ""))  # fmt: skip
     if r["system"] == "Chroma":
         return f"Chroma {r['version']} REST", r["params"]
-    return f"{r['library']} {r['version']} in-process", r["params"]
+    matched = f"; ef for recall >= {r['matched_to_ers']:.3f}, ERS `auto`'s" if "matched_to_ers" in r else ""
+    return f"{r['library']} {r['version']} in-process", r["params"] + matched
 
 
 def table(results: dict[str, list[dict[str, Any]]], target: float, k: int) -> str:
@@ -67,7 +68,9 @@ def goals(results: dict[str, list[dict[str, Any]]], target: float, sq8: dict[str
     for name, rows in results.items():
         autos = sorted(_pick(rows, system="ERS", index="auto"), key=lambda r: r["workers"])
         chroma = _pick(rows, system="Chroma")
-        hnsw = _pick(rows, system="in-process", library="hnswlib")
+        hnsw_all = _pick(rows, system="in-process", library="hnswlib")
+        # The batch goal is "at the same recall": the row run at ERS's recall when there is one.
+        hnsw = sorted(hnsw_all, key=lambda r: "matched_to_ers" not in r)
         main = autos[-1] if autos else None  # the most workers measured
         if main and chroma:
             ratio = main["single"]["qps"] / chroma[0]["single"]["qps"]
@@ -78,9 +81,14 @@ def goals(results: dict[str, list[dict[str, Any]]], target: float, sq8: dict[str
             out.append((f"{name}: ERS single QPS ÷ Chroma", "not measured (needs ERS auto and Chroma)", ">= 2", None))
         if main and hnsw:
             ratio = main["batch"]["qps"] / hnsw[0]["batch"]["qps"]
-            out.append((f"{name}: ERS `auto` batch QPS ÷ hnswlib in-process batch (all cores)",
+            others = "".join(
+                f"; {main['batch']['qps'] / r['batch']['qps']:.2f} against hnswlib at recall {r['recall']:.3f}"
+                for r in hnsw[1:]
+            )
+            out.append((f"{name}: ERS `auto` batch QPS ÷ hnswlib in-process batch (all cores), same recall",
                         f"{ratio:.2f} ({_f(main['batch']['qps'])} / {_f(hnsw[0]['batch']['qps'])}; recall "
-                        f"{main['recall']:.3f} vs {hnsw[0]['recall']:.3f})", ">= 0.5", ratio >= 0.5))  # fmt: skip
+                        f"{main['recall']:.3f} vs {hnsw[0]['recall']:.3f}{others})",
+                        ">= 0.5", ratio >= 0.5))  # fmt: skip
         else:
             out.append((f"{name}: ERS batch ÷ hnswlib", "not measured (needs ERS auto and hnswlib)", ">= 0.5", None))
         w1 = autos[0] if autos else None

@@ -65,10 +65,12 @@ SEARCH_DOC = {
 def _hits(hits: list[Hit], query: SearchRequest, vectors: list[np.ndarray | None] | None) -> list[dict[str, Any]]:
     """The answer's hits, built right here from typed ``Hit`` objects (the declared ``response_model``
     documents them but is not run: measured ~0.1-0.3 ms a request)."""
-    if query.with_payload and vectors is None:  # the common case, in one comprehension
-        return [
-            {"id": h.id, "score": h.score, "payload": h.payload, "encoder_version": h.encoder_version} for h in hits
-        ]
+    if vectors is None:  # the common cases, each in one comprehension
+        if query.with_payload:
+            return [
+                {"id": h.id, "score": h.score, "payload": h.payload, "encoder_version": h.encoder_version} for h in hits
+            ]
+        return [{"id": h.id, "score": h.score, "encoder_version": h.encoder_version} for h in hits]
     out = []
     for n, h in enumerate(hits):
         hit: dict[str, Any] = {"id": h.id, "score": h.score}
