@@ -55,6 +55,24 @@ def test_upsert_replaces_and_delete_removes(open_collection: OpenCollection) -> 
     assert [h.id for h in c.search([[5, 5, 5, 5]], k=5)[0]] == ["b"]
 
 
+def test_search_hits_carry_the_latest_payload_and_version_after_upserts_deletes_and_restart(
+    open_collection: OpenCollection,
+) -> None:
+    """The search loop reads ``hit_fields`` (id, payload, version in one lookup): it must say what the
+    three maps say after every kind of write, and after a replay."""
+    c = open_collection(dim=4, metric="l2", options=IndexOptions(background=False, snapshot_every=10**9))
+    c.upsert(["a", "b", "c"], [[0, 0, 0, 1], [0, 0, 1, 0], [0, 1, 0, 0]], [{"v": 1}, None, {"v": 3}])
+    c.upsert(["a"], [[0, 0, 0, 1]], [{"v": 9}])
+    c.delete(["c"])
+    for coll in (c, open_collection(dim=4, metric="l2")):  # the second: replayed from the log
+        assert coll.hit_fields == {
+            n: (coll.int_to_id[n], coll.payloads[n], coll.versions[n]) for n in coll.int_to_id
+        }
+        hits = {h.id: h for h in coll.search([[0, 0, 0, 1]], k=5)[0]}
+        assert set(hits) == {"a", "b"}
+        assert hits["a"].payload == {"v": 9} and hits["b"].payload is None
+
+
 def test_thumbnails_follow_the_last_write_and_go_with_the_item(open_collection: OpenCollection) -> None:
     c = open_collection(dim=4, metric="l2")
     picture = Thumbnail(b"\xff\xd8jpeg", 64, 48)
