@@ -65,9 +65,7 @@ def test_search_hits_carry_the_latest_payload_and_version_after_upserts_deletes_
     c.upsert(["a"], [[0, 0, 0, 1]], [{"v": 9}])
     c.delete(["c"])
     for coll in (c, open_collection(dim=4, metric="l2")):  # the second: replayed from the log
-        assert coll.hit_fields == {
-            n: (coll.int_to_id[n], coll.payloads[n], coll.versions[n]) for n in coll.int_to_id
-        }
+        assert coll.hit_fields == {n: (coll.int_to_id[n], coll.payloads[n], coll.versions[n]) for n in coll.int_to_id}
         hits = {h.id: h for h in coll.search([[0, 0, 0, 1]], k=5)[0]}
         assert set(hits) == {"a", "b"}
         assert hits["a"].payload == {"v": 9} and hits["b"].payload is None
