@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import numpy as np
 import pytest
 
@@ -108,6 +109,27 @@ def test_writes_sent_to_a_reader_are_forwarded(server: ServerProcess) -> None:
     assert forwarded > 0
     listing = fresh("GET", f"{server.url}/v1/collections/c")
     assert listing.status_code == 200 and listing.json()["count"] == 80
+
+
+def test_a_reader_serves_msgpack_searches_whose_vector_bytes_spell_json_keys(server: ServerProcess) -> None:
+    """Raw float32 bytes may contain ``\\u`` or ``"text"``; a reader once took that for a query to
+    embed and forwarded the search to the writer (29% of MiniLM batches of 32). Only a query's own
+    keys say whether it needs an encoder."""
+    create(server)
+    wait_for_reader(server)
+    raw = b'\\u"text"' + bytes(4 * DIM - 8)
+    assert np.isfinite(np.frombuffer(raw, dtype="<f4")).all()
+    body = msgpack.packb({"queries": [{"vector": raw, "k": 3}] * 4})
+    holders = set()
+    for _ in range(40):
+        response = fresh(
+            "POST", f"{server.url}/v1/collections/c/search/batch", content=body,
+            headers={"content-type": "application/msgpack"},
+        )  # fmt: skip
+        assert response.status_code == 200, response.text
+        assert "x-ers-forwarded-by" not in response.headers, "a reader forwarded a vector search"
+        holders.add(served_by(response))
+    assert "reader" in holders
 
 
 def test_a_killed_reader_is_restarted_and_nothing_is_lost(server: ServerProcess) -> None:
