@@ -118,6 +118,7 @@ class ForwardingMiddleware:
         while not reached(manager, positions):
             if time.monotonic() >= deadline:
                 return False
+            manager.wake()
             await asyncio.sleep(0.001)
         return True
 

@@ -5,6 +5,7 @@ recreates, and writes nothing in the data directory."""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,3 +216,26 @@ def test_view_maps_a_flat_snapshot_and_switches_once_its_overlay_grows(
     reader.refresh()  # past the overlay limit: the newer snapshot, mapped, with an empty overlay
     assert view.index is not first and isinstance(view.index, MappedIndex) and view.index.overlay_rows == 0
     assert top_ids(reader, "c", queries) == top_ids(writer, "c", queries)
+
+
+def test_wake_polls_at_once_between_slow_ticks(writer: CollectionManager) -> None:
+    """A request waiting for a position wakes the poll thread, rather than waiting out ``poll_s``."""
+    writer.create("c", DIM, "cosine")
+    upsert(writer, "c", 0, 10, seed=1)
+    store = ReadOnlySqliteStore(writer.data_dir / "meta.sqlite3")
+    reader = ReaderManager(writer.data_dir, store, poll_s=60.0)
+    try:
+        reader.open_all()
+        reader.start()
+        upsert(writer, "c", 10, 10, seed=2)
+        end = writer.get("c").wal.end_offset
+        time.sleep(0.3)
+        assert reader.position("c") != end  # the next tick is a minute away
+        reader.wake()
+        deadline = time.monotonic() + 5.0
+        while reader.position("c") != end and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert reader.position("c") == end
+    finally:
+        reader.close()
+        store.close()
