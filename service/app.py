@@ -85,9 +85,8 @@ def create_app(settings: Settings | None = None, reader_of: str | None = None, w
         hub = EncoderHub(settings.models_path, settings.hub_options(), make_cache(settings, store))
         runner = make_runner(settings, store, manager, hub)
         # Built on the event loop, which alone touches the batcher's queues (no lock needed).
-        searcher = SearchBatcher(
-            concurrency=max(1, settings.search_concurrency // max(1, settings.threads)), max_rows=settings.max_queries
-        )
+        processes = settings.workers if worker is not None else 1  # `worker`: one of `ers serve --workers N`
+        searcher = SearchBatcher(concurrency=settings.search_slots(processes), max_rows=settings.max_queries)
         try:
             await anyio.to_thread.run_sync(manager.open_all)
             await anyio.to_thread.run_sync(hub.load_all)
@@ -192,7 +191,7 @@ def _reader_app(settings: Settings, writer_url: str) -> FastAPI:
             # No encoder is loaded: a search that needs one is forwarded before it reaches a route.
             app.state.hub = EncoderHub(settings.models_path, settings.hub_options())
             app.state.search_batcher = SearchBatcher(
-                concurrency=max(1, settings.search_concurrency // max(1, settings.threads)),
+                concurrency=settings.search_slots(settings.workers),
                 max_rows=settings.max_queries,
             )
             freeze_startup_heap()
