@@ -140,12 +140,16 @@ def run_set(ds: Dataset, args: argparse.Namespace, work: Path, workers_flag: boo
             batch=args.batch, batch_concurrency=args.batch_concurrency, upsert_batch=args.upsert_batch,
             wire=args.wire, load=args.load, server_env=dict(kv.partition("=")[::2] for kv in args.server_env),
         )  # fmt: skip
-        runs = [("auto", w) for w in args.worker_list] + [(s, min(args.worker_list)) for s in args.index_list]
+        fewest = min(args.worker_list)
+        runs = [("auto", w) for w in args.worker_list] + [(s, fewest) for s in args.index_list]
         for index, workers in runs:
             log(f"{ds.name}: ERS {index}, --workers {workers}, wire {args.wire}")
             slug = "".join(c if c.isalnum() else "_" for c in index)
+            # `auto` at more workers serves the data directory the fewest workers built and tuned: the
+            # same index and efSearch/nprobe (two fresh builds tune on their own timing, e.g. 42 vs 37).
+            reuse = work / f"ers-{ds.name}-auto-w{fewest}" if index == "auto" and workers != fewest else None
             r = run_ers(
-                ds, index, workers if workers_flag else None, options, work / f"ers-{ds.name}-{slug}-w{workers}"
+                ds, index, workers if workers_flag else None, options, work / f"ers-{ds.name}-{slug}-w{workers}", reuse
             )
             r["workers_flag"] = workers_flag
             rows.append(r)
@@ -246,6 +250,9 @@ def run(args: argparse.Namespace) -> int:
         "a fresh process around the build (in-process).",
         "ready: start of ingest to the first query answered by the index then measured (in-process: build "
         "+ first query; the ef sweep is not counted).",
+        "ERS `auto` at more workers serves a copy of the data directory the fewest workers built (marked "
+        '"served from"): the same index and efSearch/nprobe, so the workers ratio compares equal work. Its '
+        "ingest is not measured (–) and its ready time is the restart's: process start to the first answer.",
         "in-process single queries run on 1 thread; batches on every core.",
     ]
     text = report.document(header, results, goal_lines, notes, args.target_recall, args.k, sq8_memory)

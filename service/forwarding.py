@@ -16,15 +16,16 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import msgpack
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer.reader_manager import ReaderManager
+from service import wire
 from service.errors import error_response
 from service.middleware import FORWARDED_HEADER, POSITION_HEADER, WORKER_HEADER
-from service.wire import MSGPACK_TYPES
 
 log = logging.getLogger("ers")
 SEARCH_PATH = re.compile(r"^/v1/collections/(?P<name>[^/]+)/search(?:/batch)?$")
@@ -38,21 +39,21 @@ REPLAYABLE_BYTES = 1 << 20  # bodies up to this size are buffered, so a forward 
 WRITER_DOWN_S = 30.0  # how long a forward waits for a restarting writer before answering 503
 
 
-def needs_encoder(body: bytes, content_type: bytes) -> bool:
-    """Whether a search body asks for an embedding (text, image or record). A JSON body is searched
-    as bytes; a msgpack body is read, because its vectors are raw float32 bytes, which spell ``\\u``
-    or ``"text"`` often enough (measured: 9 of 31 MiniLM batches of 32, 11 of 1,000 single queries),
-    and each such search went to the writer instead of being served here."""
-    media_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
-    if media_type not in MSGPACK_TYPES:
-        return any(key in body for key in NEEDS_ENCODER)
+def needs_encoder(body: bytes, content_type: bytes) -> tuple[bool, Any]:
+    """Whether a search body asks for an embedding (text, image or record), and the msgpack value
+    read to tell (None for JSON), which the route then takes as it is (``wire.UNPACKED``). A JSON
+    body is searched as bytes; a msgpack body is read, because its vectors are raw float32 bytes,
+    which spell ``\\u`` or ``"text"`` often enough (measured: 9 of 31 MiniLM batches of 32, 11 of
+    1,000 single queries), and each such search went to the writer instead of being served here."""
+    if wire.media_format(content_type.decode("latin-1")) != "msgpack":
+        return any(key in body for key in NEEDS_ENCODER), None
     try:
         doc = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException):
-        return False  # malformed: this process's route answers 400, as the writer's would
+        return False, None  # malformed: this process's route answers 400, as the writer's would
     queries = doc.get("queries") if isinstance(doc, dict) else None
     entries = queries if isinstance(queries, list) else [doc]
-    return any(isinstance(e, dict) and any(field in e for field in ENCODER_FIELDS) for e in entries)
+    return any(isinstance(e, dict) and any(field in e for field in ENCODER_FIELDS) for e in entries), doc
 
 
 def parse_positions(value: str) -> list[tuple[str, int | None]] | None:
@@ -102,7 +103,11 @@ class ForwardingMiddleware:
         body = b"".join(chunks)
         headers = dict(scope["headers"])
         content_type = headers.get(b"content-type", b"")
-        if more or content_type.startswith(b"multipart/") or needs_encoder(body, content_type):
+        if more or content_type.startswith(b"multipart/"):
+            await self.forward(scope, receive, send, chunks, more)
+            return
+        encoder, unpacked = needs_encoder(body, content_type)
+        if encoder:
             await self.forward(scope, receive, send, chunks, more)
             return
         wanted = headers.get(POSITION_HEADER)
@@ -111,6 +116,8 @@ class ForwardingMiddleware:
             if positions is None or not await self._wait(manager, positions):
                 await self.forward(scope, receive, send, chunks, more)
                 return
+        if unpacked is not None:
+            scope[wire.UNPACKED] = unpacked  # the body replayed below, already read
         await self.app(scope, _replay(body, receive), self._tagged(send))
 
     async def _wait(self, manager: ReaderManager, positions: list[tuple[str, int | None]]) -> bool:

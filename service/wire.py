@@ -47,26 +47,49 @@ class MalformedBody(ServiceError):
     code = "malformed_body"
 
 
-def body_format(request: Request, multipart: bool = False) -> Format:
-    """The format of the request's body from its ``Content-Type``; no header at all reads as JSON."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+# An ASGI scope key: a msgpack body an outer layer already unpacked (a reader's forwarding check reads
+# its keys), so that ``read`` does not unpack it a second time.
+UNPACKED = "ers.unpacked_body"
+
+
+def media_format(content_type: str, multipart: bool = False) -> Format | None:
+    """The body format a ``Content-Type`` value names (none at all reads as JSON); None: none read here."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type in ("", JSON) or (media_type.startswith("application/") and media_type.endswith("+json")):
         return "json"
     if media_type in MSGPACK_TYPES:
         return "msgpack"
     if multipart and media_type == "multipart/form-data":
         return "multipart"
-    accepted = f"{JSON}, {MSGPACK} or multipart/form-data" if multipart else f"{JSON} or {MSGPACK}"
-    raise UnsupportedMediaType(f"Content-Type {media_type!a} is not read here; send {accepted}")
+    return None
 
 
-def parse(model: type[Body], raw: bytes, fmt: Format, lists: str) -> Body:
+def body_format(request: Request, multipart: bool = False) -> Format:
+    """The format of the request's body from its ``Content-Type``; 415 for one not read here."""
+    content_type = request.headers.get("content-type", "")
+    fmt = media_format(content_type, multipart)
+    if fmt is None:
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        accepted = f"{JSON}, {MSGPACK} or multipart/form-data" if multipart else f"{JSON} or {MSGPACK}"
+        raise UnsupportedMediaType(f"Content-Type {media_type!a} is not read here; send {accepted}")
+    return fmt
+
+
+async def read(request: Request, model: type[Body], fmt: Format, lists: str) -> Body:
+    """The request's body as ``model`` (``parse``), reusing a msgpack value an outer layer unpacked."""
+    raw = await request.body()
+    return parse(model, raw, fmt, lists, request.scope.get(UNPACKED) if fmt == "msgpack" else None)
+
+
+def parse(model: type[Body], raw: bytes, fmt: Format, lists: str, unpacked: Any = None) -> Body:
     """The body as ``model``. ``lists`` names the field holding the entries whose ``vector`` may be
-    msgpack ``bin`` ("items", "queries"; "" for a body that is itself one query)."""
+    msgpack ``bin`` ("items", "queries"; "" for a body that is itself one query). ``unpacked``: the
+    msgpack body already unpacked (None: unpack ``raw``)."""
     try:
         if fmt == "json":
             return model.model_validate_json(raw)
-        return model.model_validate(_lift_binary_vectors(unpack(raw), lists), strict=True)
+        doc = unpack(raw) if unpacked is None else unpacked
+        return model.model_validate(_lift_binary_vectors(doc, lists), strict=True)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from exc
 

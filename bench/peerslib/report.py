@@ -22,8 +22,9 @@ def describe(r: dict[str, Any]) -> tuple[str, str]:
         active = r["active_index"] + (f", {tuned}" if tuned else "")
         workers = f", --workers {r['workers']}" if r.get("workers_flag") else ""
         name = f"ERS REST (`{r['wire']}`{workers})"
+        served = f"; served from `{r['served_from']}`'s data" if r.get("served_from") else ""
         if r["index"] == "auto":
-            return name, f"`auto` → `{active}`"
+            return name, f"`auto` → `{active}`{served}"
         return name, f"`{r['index']}`" + (f" (serving `{active}`)" if r["active_index"] != r["index"] else
                                            (f", {tuned}" if tuned else ""))  # fmt: skip
     if r["system"] == "Chroma":

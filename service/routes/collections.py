@@ -114,7 +114,7 @@ async def _items_from_request(request: Request) -> list[dict[str, Any]]:
             items.append({"id": ids[n] if ids else upload.filename or f"upload-{n}", "image": await upload.read(),
                           "payload": payload})  # fmt: skip
         return items
-    body = wire.parse(UpsertRequest, await request.body(), fmt, "items")
+    body = await wire.read(request, UpsertRequest, fmt, "items")
     return [_item(item) for item in body.items]
 
 

@@ -188,7 +188,7 @@ async def _search_body(request: Request) -> tuple[SearchRequest, bytes | None]:
         body = SearchRequest.model_construct(vector=None, id=None, text=None, image=None, **fields)
         _check_filters([body])
         return body, await upload.read()
-    body = wire.parse(SearchRequest, await request.body(), fmt, "")
+    body = await wire.read(request, SearchRequest, fmt, "")
     _check_filters([body])
     return body, None
 
@@ -241,7 +241,7 @@ async def search(request: Request, name: str) -> Response:
 @router.post("/{name}/search/batch", response_model=BatchSearchResponse, openapi_extra=BATCH_DOC)
 async def search_batch(request: Request, name: str) -> Response:
     collection, settings, hub, searcher = await _context(request, name)
-    body = wire.parse(BatchSearchRequest, await request.body(), wire.body_format(request), "queries")
+    body = await wire.read(request, BatchSearchRequest, wire.body_format(request), "queries")
     _check_filters(body.queries)
     if not body.queries:
         raise InvalidInput("queries is empty")
