@@ -178,6 +178,7 @@ def run_ers(
             ingest_s = time.monotonic() - started
         else:  # the same server setup on the finished data directory (the empty one gave the baseline)
             server.stop()
+            shutil.rmtree(work / "data")
             shutil.copytree(reuse / "data", work / "data")
             started = time.monotonic()
             server = start_ers(work, workers, options)
