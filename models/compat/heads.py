@@ -55,20 +55,32 @@ def with_basis(backbone: nn.Module, dim: int) -> CompatModel:
     return CompatModel(backbone, nn.Linear(dim, dim, bias=False))
 
 
+def orthogonal_basis(linear: nn.Linear) -> nn.Linear:
+    """Parametrise a square, bias-free ``linear`` as orthogonal, starting at the identity (so training
+    starts from the backbone's own coordinates); in place, returned for chaining."""
+    if linear.in_features != linear.out_features or linear.bias is not None:
+        raise ValueError("an orthogonal basis is a square Linear without bias")
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(linear.in_features))
+    return orthogonal(linear)
+
+
+def bake_basis(linear: nn.Module | None) -> None:
+    """Freeze a parametrised basis into the plain matrix it computes (in place): an ordinary ``Linear``
+    for export, whose state dict key is ``weight``."""
+    if linear is not None and parametrize.is_parametrized(linear):
+        parametrize.remove_parametrizations(linear, "weight", leave_parametrized=True)
+
+
 def wrap_for_compat(backbone: nn.Module, method: str | None, dim: int) -> CompatModel:
-    """The trainable model for ``method``: BT²/OCA add an orthogonal basis on the ``dim``-wide output
-    (initialised to the identity, so training starts from the backbone's own coordinates)."""
+    """The trainable model for ``method``: BT²/OCA add an orthogonal basis on the ``dim``-wide output."""
     if method is None or method == "bct":
         return CompatModel(backbone, None)
     embedding_dim(method, 1)  # validates the name
-    linear = nn.Linear(dim, dim, bias=False)
-    with torch.no_grad():
-        linear.weight.copy_(torch.eye(dim))
-    return CompatModel(backbone, orthogonal(linear))
+    return CompatModel(backbone, orthogonal_basis(nn.Linear(dim, dim, bias=False)))
 
 
 def bake(model: CompatModel) -> CompatModel:
     """Freeze the parametrised basis into its plain matrix (in place) for export; returns ``model``."""
-    if model.basis is not None and parametrize.is_parametrized(model.basis):
-        parametrize.remove_parametrizations(model.basis, "weight", leave_parametrized=True)
+    bake_basis(model.basis)
     return model

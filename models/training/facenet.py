@@ -9,10 +9,14 @@ Data (``data``): ``emoji`` (each emoji concept an identity, Google + Twitter dra
 (the registries' sample face photos; for the fine-tuning demo) or a ``root/<identity>/<images>``
 folder. Evaluation on held-out identities: verification accuracy with the 10-fold threshold of the
 LFW protocol (the threshold is stored in the spec and used by ``/verify``) and recall@1 on a gallery.
+
+With ``--compatible-with OLD --method bct|bt2|oca`` the model is trained to search OLD's vectors
+(``facenet_compat``): the compatibility terms, grouped by identity, join the triplet loss.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -21,9 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.core.encoder import Encoder
 from models.core.spec import EncoderSpec
 from models.data.identities import AugmentConfig, augment, pk_batches
 from models.losses.metric import triplet_loss
+from models.training import facenet_compat as fc
 from models.training import facenet_steps as fd
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
 from models.training.facenet_config import FaceNetTrainConfig
@@ -43,8 +49,9 @@ def _lr_at(cfg: FaceNetTrainConfig, step: int, total: int) -> float:
 
 
 def _train_loop(cfg: FaceNetTrainConfig, module: Any, train: Any, net: fd.Network, request: TrainRequest,
-                device: str) -> dict[str, Any]:  # fmt: skip
-    """Train ``module`` in place with epoch checkpoints; returns the loss history."""
+                device: str, compat: fc.FaceCompat | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train ``module`` in place with epoch checkpoints; returns the loss history. ``compat``: the
+    backward-compatibility terms added to the triplet loss (``facenet_compat``)."""
     ckpt = Checkpointer(request.out / ".checkpoints" / cfg.name)
     optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     aug = AugmentConfig(**cfg.augment)
@@ -80,11 +87,14 @@ def _train_loop(cfg: FaceNetTrainConfig, module: Any, train: Any, net: fd.Networ
                 views = augment(crops[rows].float(), aug, gen)  # (P*K, 3, S, S) in [0, 255]
                 emb = F.normalize(module(net.normalise(views.to(device))), dim=1)  # (P*K, dim)
                 stats = triplet_loss(emb, labels[rows].to(device), cfg.margin, cfg.mining, cfg.squared)  # type: ignore[arg-type]
+                terms = compat.terms(emb, rows) if compat is not None else {}
+                loss = stats.loss + sum(terms.values()) if terms else stats.loss
                 optimizer.zero_grad(set_to_none=True)
-                stats.loss.backward()
+                loss.backward()
                 optimizer.step()
-                losses.append(float(stats.loss.detach()))
-                bar.step(loss=losses[-1], active=stats.active / max(1, stats.triplets))
+                losses.append(float(loss.detach()))
+                parts = {k: float(v.detach()) for k, v in terms.items()}
+                bar.step(loss=losses[-1], active=stats.active / max(1, stats.triplets), **parts)
             history.append(float(np.mean(losses)))
             ckpt.save(epoch, {"model": module.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
                               "history": history, "config": config_dict(cfg)})  # fmt: skip
@@ -122,19 +132,29 @@ class FaceNetRecipe:
 
     def train(self, request: TrainRequest) -> TrainResult:
         cfg = parse_config(FaceNetTrainConfig, request.config)
+        old_spec, method = None, request.method if request.compatible_with is not None else None
+        teacher = None
         if request.compatible_with is not None:
-            raise TrainingError("the facenet recipe has no backward-compatible training (--compatible-with)")
+            if method is None:
+                raise TrainingError("--compatible-with needs --method bct|bt2|oca")
+            old_spec, cfg = fc.compat_config(cfg, request.compatible_with, method)
+            if method == "bt2":  # BT² distils from an independently trained new model: trained first
+                teacher = self._train_teacher(request)
         seed_everything(cfg.seed)
         device = pick_device(request.device)
         data_dir = request.data_dir or Path(".ers-data")
         began = time.monotonic()
-        net = fd.network(cfg, data_dir)
+        net = fd.network(cfg, data_dir, old_spec, fc.uses_basis(method))
         train, test = fd.load_data(cfg, net, data_dir)
         module = net.module.to(device)
+        compat = None
+        if old_spec is not None and request.compatible_with is not None and method is not None:
+            compat = fc.prepare(cfg, old_spec, request.compatible_with, method, train, teacher, module, device)
         if cfg.pretrained is None:  # a fair untrained baseline: its BatchNorm statistics set on the data
             recalibrate_batchnorm(module, net, train.crops, device, cfg.p * cfg.k)
         before = fd.score(cfg, net, test, device)  # the untrained (or pretrained) starting point
-        history = _train_loop(cfg, module, train, net, request, device)
+        history = _train_loop(cfg, module, train, net, request, device, compat)
+        fc.finish(module)
         recalibrate_batchnorm(module, net, train.crops, device, cfg.p * cfg.k)
         after = fd.score(cfg, net, test, device)
         threshold = after.pop("threshold", net.pretrained_threshold)
@@ -148,9 +168,18 @@ class FaceNetRecipe:
             "last_epoch_loss": history["loss_history"][-1], "epochs": cfg.epochs,
             "steps_per_epoch": history["steps_per_epoch"], "train_identities": len(train.names),
             "test_identities": len(test.names), "device": device, "train_seconds": time.monotonic() - began,
+            "method": method or "independent",
         }  # fmt: skip
         write_card(artifact, spec, metrics, config_dict(cfg), fd.CARD_NOTES)
         return TrainResult(artifact, metrics)
+
+    def _train_teacher(self, request: TrainRequest) -> Encoder:
+        """BT²'s teacher: the same config trained on its own (no compatibility), as ``<name>-independent``."""
+        from models.core.registry import load_encoder
+
+        config = {**request.config, "name": f"{request.config.get('name', 'facenet')}-independent"}
+        alone = dataclasses.replace(request, config=config, compatible_with=None, method=None)
+        return load_encoder(self.train(alone).artifact)
 
     def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
         """Score an artifact through the served encoder (ONNX, the service's preprocessing)."""

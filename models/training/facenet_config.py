@@ -44,6 +44,13 @@ class FaceNetTrainConfig:
     weight_decay: float = 1e-4
     augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig overrides
     eval_batch: int = 256
+    # backward-compatible training (``--compatible-with OLD --method bct|bt2|oca``): models/compat's
+    # terms added to the triplet loss, with the identities as the classes (``facenet_compat``)
+    d_extra: int = 32  # BT² / OCA: dims beyond the old model's (BCT: none)
+    influence: float = 1.0  # the weights of the terms (models.compat.objective.CompatWeights)
+    align: float = 1.0
+    distill: float = 1.0
+    feature: float = 0.0
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:

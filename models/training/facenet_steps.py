@@ -87,7 +87,9 @@ def _detects(cfg: FaceNetTrainConfig) -> bool:
     return cfg.data == "face-photos" or (cfg.data != "emoji" and cfg.detect)
 
 
-def network(cfg: FaceNetTrainConfig, data_dir: Path) -> Network:
+def network(cfg: FaceNetTrainConfig, data_dir: Path, old: EncoderSpec | None = None, basis: bool = False) -> Network:
+    """The network to train; ``old``: the model it is trained backward-compatible with (its spec says
+    so), ``basis``: with a (dim, dim) basis after ``last_bn`` (BT², OCA)."""
     from models.core.registry import family_class, load_torch_module
     from models.families.face.common import find_detector_source
     from models.families.face.resnet import MEAN_RGB
@@ -111,6 +113,8 @@ def network(cfg: FaceNetTrainConfig, data_dir: Path) -> Network:
     if family_name == "facenet":
         network_keys = {"image_size": cfg.image_size, "repeats": list(cfg.repeats), "width": cfg.width,
                         "stem_pool": cfg.stem_pool, "thumbnail": cfg.thumbnail}  # fmt: skip
+        if basis:
+            network_keys["basis"] = True
         config = {**shared, "template": "facenet", "normalisation": "(x - 127.5) / 128", "network": network_keys}
         mean, scale, metric = (127.5, 127.5, 127.5), 128.0, "l2"
     else:
@@ -121,6 +125,7 @@ def network(cfg: FaceNetTrainConfig, data_dir: Path) -> Network:
         config=config, description=f"FaceNet-style triplet-loss encoder ({cfg.backbone}) trained on {cfg.data}",
         source=f"ers train facenet; data: {cfg.data}" + (f"; fine-tuned from {cfg.pretrained}" if source else ""),
         license="weights: as the training data's licence" + (f" and {source.name}'s" if source else ""),
+        compatible_with=old.key if old else None, compat_dims=old.dim if old else None,
     )  # fmt: skip
     family: FaceFamily = family_class(family_name)(spec, detector_dir)  # type: ignore[assignment]
     if source is None:

@@ -317,6 +317,8 @@ class TwoBranchRecipe:
     name = RECIPE
 
     def train(self, request: TrainRequest) -> TrainResult:
+        if request.compatible_with is not None:  # refused, never ignored (issue 14: not built yet)
+            raise TrainingError("two-branch does not train backward-compatible models yet (--compatible-with)")
         trainer, metrics = fit(request)
         return publish(trainer, request, metrics)
 

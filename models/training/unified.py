@@ -138,6 +138,8 @@ class UnifiedRecipe:
 
         cfg = parse_config(UnifiedTrainConfig, request.config)
         cfg.check()
+        if request.compatible_with is not None:  # refused, never ignored (issue 14: not built yet)
+            raise TrainingError("unified does not train backward-compatible models yet (--compatible-with)")
         device = pick_device(request.device)
         started = time.monotonic()
         data = load_data(cfg.data, cfg.columns, cfg.limit, (request.data_dir or Path(".ers-data")) / "cache")

@@ -46,6 +46,9 @@ class FaceNetConfig:
     # away where things are; for drawings (emoji) that layout and its colours are half the identity.
     # 0 keeps facenet-pytorch's exact parameter set.
     thumbnail: int = 0
+    # a (dim, dim) basis after ``last_bn``: the baked orthogonal basis of a BT²/OCA-compatible model
+    # (``models.compat.heads``); absent from facenet-pytorch's parameter set
+    basis: bool = False
 
     def channels(self, full: int) -> int:
         return max(1, round(full * self.width))
@@ -177,6 +180,8 @@ class InceptionResnetV1(nn.Module):
             if cfg.image_size % cfg.thumbnail:
                 raise ValueError(f"thumbnail {cfg.thumbnail} must divide image_size {cfg.image_size}")
             self.thumbnail_linear = nn.Linear(3 * cfg.thumbnail**2, cfg.dim, bias=False)
+        if cfg.basis:
+            self.basis = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         # pixels: (B, 3, 160, 160), (RGB - 127.5) / 128; shapes below are for the full 160 px model
@@ -192,10 +197,12 @@ class InceptionResnetV1(nn.Module):
             thumb = F.avg_pool2d(pixels, self.config.image_size // t).flatten(1)  # (B, 3 * t * t)
             x = x + self.thumbnail_linear(thumb)  # (B, 512)
         x = self.last_bn(x)  # (B, 512)
+        if self.config.basis:
+            x = self.basis(x)  # (B, 512): old-compatible directions first, the new model's own after
         return F.normalize(x, p=2, dim=1)  # unit length
 
 
-NETWORK_KEYS = ("image_size", "repeats", "scales", "width", "stem_pool", "thumbnail")
+NETWORK_KEYS = ("image_size", "repeats", "scales", "width", "stem_pool", "thumbnail", "basis")
 
 
 def facenet_config(spec: EncoderSpec) -> FaceNetConfig:

@@ -25,6 +25,7 @@ from models.core.artifact import verify_artifact
 from models.core.registry import load_encoder
 from models.data.identities import load_emoji_identities, load_identity_folders, pk_batches
 from models.losses.metric import triplet_loss
+from models.training import facenet_compat as fc
 from models.training import facenet_steps as fd
 from models.training.checkpoint import Checkpointer
 from models.training.facenet import FaceNetRecipe, FaceNetTrainConfig, recalibrate_batchnorm
@@ -255,3 +256,24 @@ def test_thumbnail_branch_sees_colour_layout_and_keeps_the_plain_parameter_set()
     assert not torch.allclose(with_branch[1] - with_branch[0], without[1] - without[0], atol=1e-4)
     with pytest.raises(ValueError, match="divide"):
         InceptionResnetV1(FaceNetConfig(image_size=64, thumbnail=12))
+
+
+def test_compatible_training_refuses_what_cannot_search_the_old_vectors(
+    emoji_run: TrainResult, data_dir: Path, tmp_path: Path
+) -> None:
+    """``--compatible-with``: refused before any training for a fixed-width backbone or the old key
+    reused; the width follows the method (BCT: the old one; BT², OCA: plus ``d_extra``)."""
+
+    def request(method: str, **overrides: Any) -> TrainRequest:
+        config = {**load_config("facenet-tiny"), **overrides}
+        return TrainRequest(config, tmp_path, data_dir=data_dir, compatible_with=emoji_run.artifact,
+                            method=method, progress=False)  # type: ignore[arg-type]  # fmt: skip
+
+    with pytest.raises(TrainingError, match="reuse the old key"):
+        FaceNetRecipe().train(request("oca"))
+    with pytest.raises(TrainingError, match="inception-resnet-v1 backbone"):
+        FaceNetRecipe().train(request("bct", version="2", backbone="face-resnet", image_size=150, thumbnail=0))
+    cfg = parse_config(FaceNetTrainConfig, {**load_config("facenet-tiny"), "version": "2", "d_extra": 24})
+    assert fc.compat_config(cfg, emoji_run.artifact, "bct")[1].dim == 128
+    old, oca = fc.compat_config(cfg, emoji_run.artifact, "oca")
+    assert (old.key, oca.dim) == ("facenet-tiny@1", 152)
