@@ -9,6 +9,7 @@ an untrained model and a frozen-features nearest-neighbour baseline (``two_branc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,12 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.core.encoder import Encoder
 from models.core.errors import ArtifactError
 from models.core.export import write_artifact
 from models.core.spec import EncoderSpec
 from models.data.pairs import PairItem, load_pair_data
 from models.families.two_branch import TwoBranchConfig, TwoBranchImageFamily, TwoBranchTextFamily, build_vocab
 from models.losses.ranking import RankingLossConfig, ranking_loss
+from models.training import two_branch_compat as tbc
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
 from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
 from models.training.run import (
@@ -89,6 +92,7 @@ class TwoBranchRecipeConfig:
     loss: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     baselines: list[str] = field(default_factory=lambda: ["untrained"])
+    compat: dict[str, Any] = field(default_factory=dict)  # with --compatible-with: two_branch_compat.CompatSettings
 
 
 def parse(config: dict[str, Any]) -> tuple[TwoBranchRecipeConfig, DataConfig, TwoBranchConfig, RankingLossConfig,
@@ -123,6 +127,20 @@ class Trainer:
         self.top, self.data_cfg, self.model_cfg, self.loss_cfg, self.optim = parse(request.config)
         self.device = pick_device(request.device)
         self.data_dir = request.data_dir or Path(".ers-data")
+        self.old: EncoderSpec | None = None  # the old image tower a compatible model searches
+        self.compat: tbc.TwoBranchCompat | None = None
+        teacher, settings, method = None, None, request.method
+        if request.compatible_with is not None:
+            if method is None:
+                raise TrainingError("--compatible-with needs --method bct|bt2|oca")
+            new_key = f"{self.top.name}-image@{self.top.version}"
+            self.old, self.model_cfg, settings = tbc.model_config(
+                self.model_cfg, self.top.compat, request.compatible_with, method, new_key
+            )
+            if method == "bt2":  # BT² distils from an independently trained new model: trained first
+                teacher = train_teacher(request)
+        elif self.top.compat:
+            raise TrainingError("the config's compat section needs --compatible-with and --method")
         seed_everything(self.top.seed)
         d = self.data_cfg
         self.data = load_pair_data(d.source, self.data_dir / "cache", d.limit, d.eval_source, d.eval_fraction,
@@ -144,10 +162,16 @@ class Trainer:
             self._whiten_head()
         self.image_tower.to(self.device)
         self.text_tower.to(self.device)
+        if self.old is not None and settings is not None and method is not None and request.compatible_with:
+            images = [it.image for it in self.data.train]
+            self.compat = tbc.prepare(self.old, request.compatible_with, method, images, self.model_cfg.dim,
+                                      settings, teacher, self.device)  # fmt: skip
         o = self.optim
         groups = [{"params": [p for p in self.image_tower.parameters() if p.requires_grad],
                    "lr": o.lr if o.image_lr is None else o.image_lr},
                   {"params": list(self.text_tower.parameters()), "lr": o.lr}]  # fmt: skip
+        if self.compat is not None and self.compat.parameters():
+            groups.append({"params": self.compat.parameters(), "lr": o.lr})
         self.optimizer = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
         self.rng = np.random.default_rng(self.top.seed)
         self.generator = torch.Generator().manual_seed(self.top.seed)
@@ -166,16 +190,22 @@ class Trainer:
         data = {**asdict(self.data_cfg), "source": self._absolute(self.data_cfg.source),
                 "eval_source": self._absolute(self.data_cfg.eval_source)}  # fmt: skip
         common = {"recipe": RECIPE, "towers": towers, "model": m.to_dict(), "data": data, "seed": top.seed}
+        old = self.old
+        if old is not None:  # both towers search the old image tower's vectors on their first old.dim dims
+            common.update({"compatible_tower": "image", "method": self.request.method})
+        old_key, old_dim = (old.key, old.dim) if old else (None, None)
         image_extra: dict[str, Any] = {}
         if m.image_tower == "effnet-mlp":
             image_extra = {k: v for k, v in self._effnet_spec().config.items()}
         described = f"two-branch image–text model ({m.image_tower} image tower, {m.text_tower} text tower)"
         image = EncoderSpec(f"{top.name}-image", top.version, "two-branch-image", "image", m.dim, "cosine",
                             config={**image_extra, **common}, description=f"image tower of the {described}",
-                            source=f"ers train two-branch on {self.data.description}")  # fmt: skip
+                            source=f"ers train two-branch on {self.data.description}", compatible_with=old_key,
+                            compat_dims=old_dim)  # fmt: skip
         text = EncoderSpec(f"{top.name}-text", top.version, "two-branch-text", "text", m.dim, "cosine",
                            config={**common, "vocab": vocab}, description=f"text tower of the {described}",
-                           source=f"ers train two-branch on {self.data.description}")  # fmt: skip
+                           source=f"ers train two-branch on {self.data.description}", compatible_with=old_key,
+                           compat_dims=old_dim)  # fmt: skip
         return TwoBranchImageFamily(image), TwoBranchTextFamily(text)
 
     @staticmethod
@@ -229,8 +259,16 @@ class Trainer:
             elif self.model_cfg.image_tower == "effnet-mlp" and self.optim.feature_noise > 0:
                 noise = torch.randn(images.shape, generator=self.generator)
                 images = F.normalize(images + noise * (self.optim.feature_noise / images.shape[1] ** 0.5), dim=-1)
-            loss, parts = ranking_loss(self.image_head(images.to(self.device)), self.text_tower(self.text_batch(texts)),
-                                       self.loss_cfg)  # fmt: skip
+            image_z = self.image_head(images.to(self.device))  # (B, dim)
+            text_z = self.text_tower(self.text_batch(texts))  # (B, dim)
+            terms: dict[str, torch.Tensor] = {}
+            if self.compat is not None:
+                image_z, text_z = self.compat.mix(image_z, text_z)
+                terms = self.compat.terms(image_z, text_z, idx)
+            loss, parts = ranking_loss(image_z, text_z, self.loss_cfg)
+            if terms:
+                loss = loss + torch.stack(list(terms.values())).sum()
+                parts = {**parts, **{k: float(v.detach()) for k, v in terms.items()}}
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -249,6 +287,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "rng": rng_state(), "loader": self.rng.bit_generator.state,
                 "augment": self.generator.get_state(), "history": self.history,
                 "config": self.request.config,
+                "bases": [] if self.compat is None else [b.state_dict() for b in (self.compat.image_basis,
+                                                                                  self.compat.text_basis) if b],
                 # dropout on a GPU draws from CUDA's generators, which rng_state() leaves out
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device == "cuda" else []}  # fmt: skip
 
@@ -257,6 +297,10 @@ class Trainer:
             raise TrainingError("the checkpoint was made with a different config; resume with the same one")
         self.image_tower.load_state_dict(state["image"])
         self.text_tower.load_state_dict(state["text"])
+        if self.compat is not None:
+            bases = [b for b in (self.compat.image_basis, self.compat.text_basis) if b is not None]
+            for basis, saved in zip(bases, state.get("bases", []), strict=True):
+                basis.load_state_dict(saved)
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         self.rng.bit_generator.state = state["loader"]
@@ -288,6 +332,8 @@ def fit(request: TrainRequest) -> tuple[Trainer, dict[str, Any]]:
         for epoch in range(first_epoch, epochs):
             t.epoch(bar)
             checkpoints.save(epoch + 1, t.state())
+    if t.compat is not None:
+        t.compat.fold(t.image_tower, t.text_tower)  # the published towers are plain two-branch towers
     metrics.update(t.evaluate())
     if "frozen-nn" in t.top.baselines:
         metrics.update(frozen_nn_recall(t.data, t.data_dir, request.progress))
@@ -296,6 +342,17 @@ def fit(request: TrainRequest) -> tuple[Trainer, dict[str, Any]]:
                     "loss_last_epoch": t.history[-1] if t.history else None, "loss_history": t.history,
                     "device": t.device, "seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
     return t, metrics
+
+
+def train_teacher(request: TrainRequest) -> Encoder:
+    """BT²'s teacher: the same config trained on its own (no compatibility), as ``<name>-independent``."""
+    from models.core.registry import load_encoder
+
+    config = {k: v for k, v in request.config.items() if k != "compat"}
+    config["name"] = f"{config.get('name', 'emoji2b')}-independent"
+    alone = dataclasses.replace(request, config=config, compatible_with=None, method=None)
+    trainer, metrics = fit(alone)
+    return load_encoder(publish(trainer, alone, metrics).artifact)
 
 
 def publish(t: Trainer, request: TrainRequest, metrics: dict[str, Any]) -> TrainResult:
@@ -317,8 +374,6 @@ class TwoBranchRecipe:
     name = RECIPE
 
     def train(self, request: TrainRequest) -> TrainResult:
-        if request.compatible_with is not None:  # refused, never ignored (issue 14: not built yet)
-            raise TrainingError("two-branch does not train backward-compatible models yet (--compatible-with)")
         trainer, metrics = fit(request)
         return publish(trainer, request, metrics)
 

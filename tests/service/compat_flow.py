@@ -6,6 +6,7 @@ Each step is checked against the offline ``ers compat`` report of the same items
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,16 @@ def top1(client: TestClient, name: str, items: EvalItems, prefix: str = "g") -> 
 
 
 def upgrade_through_the_api(
-    client: TestClient, v1: str, v2: str, items: EvalItems, extra: EvalItems, report: dict[str, Any]
+    client: TestClient,
+    v1: str,
+    v2: str,
+    items: EvalItems,
+    extra: EvalItems,
+    report: dict[str, Any],
+    migrated: Callable[[TestClient], None] | None = None,
 ) -> None:
-    """The whole upgrade of collection ``c`` from ``v1`` to ``v2``; ``extra``: items written after it."""
+    """The whole upgrade of collection ``c`` from ``v1`` to ``v2``; ``extra``: items written after it;
+    ``migrated``: more checks of the migrated collection, before anything new is written."""
     assert client.post("/v1/collections", json={"name": "c", "encoder": v1}).status_code == 201
     gallery = [{"id": f"g{i}", items.field: v, "payload": {"label": y}}
                for i, (v, y) in enumerate(zip(items.values, items.labels, strict=True))]  # fmt: skip
@@ -88,6 +96,8 @@ def upgrade_through_the_api(
 
     new_old, _ = top1(client, "c", items)  # v2 queries against the v1 gallery, nothing re-embedded
     assert new_old == pytest.approx(report["new_old"]["top1"], abs=1e-9)
+    if migrated is not None:
+        migrated(client)
 
     added = [{"id": f"n{i}", extra.field: v, "payload": {"label": y}}
              for i, (v, y) in enumerate(zip(extra.values, extra.labels, strict=True))]  # fmt: skip

@@ -1,0 +1,131 @@
+"""Backward-compatible two-branch models: ``ers train two-branch --compatible-with OLD_IMAGE_TOWER``.
+
+A two-branch collection holds *image* vectors (the gallery tower) and is searched by images and by
+texts. So both new towers learn to search the old gallery: the compatibility terms of
+``models.compat`` are applied to the first ``d_old`` dims of the new image embedding *and* of the new
+text embedding, against the old image tower's features of the training images. The grouping is the
+concept of a pair (each training pair is its own class; its old prototype is its old feature). The
+bidirectional ranking loss on the full embeddings stays the model's own objective.
+
+BT² and OCA widen both towers by ``d_extra`` dims and mix each with an orthogonal basis (trained as
+an orthogonal parametrisation starting at the identity). The basis is folded into the tower's output
+``Linear`` when training ends: ``normalize(W (P x + b)) = W normalize(P x + b)`` for an orthogonal
+``W``, so the published towers are ordinary two-branch towers. BT² distils (image branch) from an
+independently trained new model, trained first as ``<name>-independent``.
+
+Both published specs say ``compatible_with: OLD`` and ``compat_dims: d_old``; ``config["compatible_tower"]``
+says that OLD is the image (gallery) tower, which the text tower's queries search too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.compat.heads import bake_basis, embedding_dim, orthogonal_basis
+from models.compat.objective import CompatObjective, CompatWeights, prepare_targets
+from models.core.encoder import Encoder
+from models.core.spec import EncoderSpec
+from models.families.two_branch import TwoBranchConfig
+from models.training.recipe import TrainingError
+from models.training.run import parse_config
+
+
+@dataclass(frozen=True)
+class CompatSettings:
+    """The ``compat:`` section of a two-branch config (used with ``--compatible-with``)."""
+
+    d_extra: int = 32  # BT², OCA: dims beyond the old model's (BCT: none)
+    influence: float = 1.0
+    align: float = 1.0
+    distill: float = 1.0
+    feature: float = 0.0
+
+    def weights(self) -> CompatWeights:
+        return CompatWeights(influence=self.influence, align=self.align, distill=self.distill, feature=self.feature)
+
+
+def model_config(model: TwoBranchConfig, section: dict[str, Any], old_artifact: Path, method: str,
+                 new_key: str) -> tuple[EncoderSpec, TwoBranchConfig, CompatSettings]:  # fmt: skip
+    """The old gallery tower's spec, the towers' config at the compatible width, and the settings."""
+    from models.core.artifact import verify_artifact
+
+    settings = parse_config(CompatSettings, section)
+    old = verify_artifact(old_artifact)
+    if old.modality != "image":
+        raise TrainingError(f"{old.key} embeds '{old.modality}': a two-branch model is compatible with the "
+                            "image (gallery) tower of the old model; pass its image artifact")  # fmt: skip
+    if old.key == new_key:
+        raise TrainingError(f"the new image tower would reuse the old key {old.key}; set a different version")
+    return old, dataclasses.replace(model, dim=embedding_dim(method, old.dim, settings.d_extra)), settings
+
+
+def output_linear(tower: nn.Module) -> nn.Linear:
+    """The ``Linear`` whose output a tower normalises (``proj``, or the last layer of its ``mlp``)."""
+    layer = getattr(tower, "proj", None) or tower.mlp[-1]  # type: ignore[index]
+    if not isinstance(layer, nn.Linear):
+        raise TrainingError(f"{type(tower).__name__} has no output Linear to fold a basis into")
+    return layer
+
+
+@dataclass
+class TwoBranchCompat:
+    old: EncoderSpec
+    method: str
+    objective: CompatObjective  # only its compat_terms: the ranking loss is the model's objective
+    image_basis: nn.Module | None
+    text_basis: nn.Module | None
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for b in (self.image_basis, self.text_basis) if b is not None for p in b.parameters()]
+
+    def mix(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, dim) unit embeddings of both towers, each through its basis (orthogonal: still unit)."""
+        if self.image_basis is None or self.text_basis is None:
+            return image, text
+        return self.image_basis(image), self.text_basis(text)
+
+    def terms(self, image: torch.Tensor, text: torch.Tensor, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """The compatibility losses of both towers' embeddings of training pairs ``rows``."""
+        index = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(image.device)  # a pair is its own class
+        out = {f"image_{k}": v for k, v in self.objective.compat_terms(image, index, index).items()}
+        text_terms = self.objective.compat_terms(text, index, index)
+        text_terms.pop("distill", None)  # the teacher's relations are between images
+        out.update({f"text_{k}": v for k, v in text_terms.items()})
+        return out
+
+    def fold(self, image_tower: nn.Module, text_tower: nn.Module) -> None:
+        """Fold each trained basis into its tower's output ``Linear``: ``W P`` and ``W b``."""
+        for basis, tower in ((self.image_basis, image_tower), (self.text_basis, text_tower)):
+            if basis is None:
+                continue
+            bake_basis(basis)
+            w = torch.as_tensor(basis.weight).detach().to(torch.float32)  # (dim, dim), orthogonal
+            layer = output_linear(tower)
+            with torch.no_grad():
+                layer.weight.copy_(w @ layer.weight)
+                if layer.bias is not None:
+                    layer.bias.copy_(w @ layer.bias)
+        self.image_basis = self.text_basis = None
+
+
+def prepare(old_spec: EncoderSpec, old_artifact: Path, method: str, images: list[bytes], dim: int,
+            settings: CompatSettings, teacher: Encoder | None, device: str) -> TwoBranchCompat:  # fmt: skip
+    """Embed the training images with the old gallery tower (and the BT² teacher); the objective and,
+    for BT²/OCA, one orthogonal basis per tower."""
+    from models.core.registry import load_encoder
+
+    old = load_encoder(old_artifact)
+    classes = np.arange(len(images))
+    targets = prepare_targets(old, images, classes, len(images), teacher, old_artifact)
+    objective = CompatObjective(method, len(images), dim, targets.to(device), settings.weights()).to(device)
+    bases: list[nn.Module | None] = [None, None]
+    if method in ("bt2", "oca"):
+        bases = [orthogonal_basis(nn.Linear(dim, dim, bias=False)).to(device) for _ in range(2)]
+    return TwoBranchCompat(old_spec, method, objective, bases[0], bases[1])
