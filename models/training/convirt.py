@@ -19,10 +19,11 @@ names both) with ``metrics.json`` and ``MODEL_CARD.md``; checkpoints go to ``<ou
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,14 @@ import numpy as np
 import torch
 
 from models.core.artifact import sha256_file
+from models.core.encoder import Encoder
 from models.core.errors import ModelError
 from models.core.export import write_artifact
 from models.core.spec import EncoderSpec
 from models.data.convirt_pairs import KS, PairData, load_pairs, precision_at_k, zoo_artifact
 from models.families.convirt import ConvirtImageFamily, ConvirtImageTower, ConvirtTextFamily, ConvirtTextTower
 from models.losses.contrastive import convirt_info_nce
+from models.training import tower_compat as tc
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
 from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
 from models.training.run import (
@@ -73,6 +76,18 @@ class ConvirtConfig:
     lr: float = 1e-3  # projection heads
     text_lr: float = 5e-5  # fine-tuned MiniLM layers
     weight_decay: float = 1e-4
+    compat: dict[str, Any] = field(default_factory=dict)  # with --compatible-with: tower_compat.CompatSettings
+
+
+@dataclass
+class CompatPlan:
+    """What a backward-compatible run trains against (``tower_compat``)."""
+
+    old: EncoderSpec  # the old image (gallery) tower
+    artifact: Path
+    method: str
+    settings: tc.CompatSettings
+    teacher: Encoder | None  # BT²: the independently trained new image tower
 
 
 def config_key(cfg: ConvirtConfig) -> str:
@@ -83,10 +98,10 @@ def config_key(cfg: ConvirtConfig) -> str:
 class Run:
     """Towers, cached frozen features and the optimiser of one training run."""
 
-    def __init__(self, cfg: ConvirtConfig, request: TrainRequest) -> None:
+    def __init__(self, cfg: ConvirtConfig, request: TrainRequest, plan: CompatPlan | None = None) -> None:
         from safetensors.torch import load_file
 
-        self.cfg, self.request = cfg, request
+        self.cfg, self.request, self.plan = cfg, request, plan
         self.device = pick_device(request.device)
         self.data_dir = request.data_dir or Path(".ers-data")
         image_dir, text_dir = zoo_artifact(IMAGE_ZOO, self.data_dir), zoo_artifact(TEXT_ZOO, self.data_dir)
@@ -116,6 +131,15 @@ class Run:
         self.eval_gallery = self._image_features([[g] for g in self.data.gallery])[:, 0]
         self.eval_queries = self._image_features([[q] for q in self.data.image_queries])[:, 0]
         self.eval_text = self._text_prefix(self.data.texts)
+        self.compat: tc.TowerCompat | None = None
+        if plan is not None:  # every view of every training pair, the pair its class
+            views = self.train_images.shape[1]
+            images = [img for pair in self.data.train_images for img in pair]
+            pairs = np.repeat(np.arange(len(self.data.train_images)), views)
+            self.compat = tc.prepare(plan.old, plan.artifact, plan.method, images, pairs, cfg.dim, plan.settings,
+                                     plan.teacher, self.device)  # fmt: skip
+            if self.compat.parameters():
+                self.optimizer.add_param_group({"params": self.compat.parameters(), "lr": cfg.lr})
 
     def _families(self, image_dir: Path, text_dir: Path) -> tuple[ConvirtImageFamily, ConvirtTextFamily]:
         from models.core.artifact import verify_artifact
@@ -126,6 +150,10 @@ class Run:
         if Path(cfg.data).is_file():
             protocol["data"] = str(Path(cfg.data).resolve())
         common = {"recipe": RECIPE, "towers": towers, "projection_hidden": cfg.projection_hidden, **protocol}
+        old = self.plan.old if self.plan else None
+        if self.plan is not None:  # both towers search the old image tower's vectors on their first old.dim dims
+            common.update({"compatible_tower": "image", "method": self.plan.method})
+        old_key, old_dim = (old.key, old.dim) if old else (None, None)
         base_image, base_text = verify_artifact(image_dir), verify_artifact(text_dir)
         resize = round(cfg.image_size * base_image.config["resize_size"] / base_image.config["image_size"])
         described = f"ConVIRT (bidirectional InfoNCE, tau {cfg.temperature}, lambda {cfg.weight}) on {cfg.data}"
@@ -133,11 +161,13 @@ class Run:
         image_config = {**base_image.config, "image_size": cfg.image_size, "resize_size": resize, **common}
         image = EncoderSpec(f"{cfg.name}-image", cfg.version, "convirt-image", "image", cfg.dim, "cosine",
                             config=image_config, description=f"image tower of {described}", source=source,
-                            license=base_image.license)  # fmt: skip
+                            license=base_image.license, compatible_with=old_key,
+                            compat_dims=old_dim)  # fmt: skip
         text = EncoderSpec(f"{cfg.name}-text", cfg.version, "convirt-text", "text", cfg.dim, "cosine",
                            config={**base_text.config, "max_tokens": cfg.max_tokens, **common},
                            description=f"text tower of {described}", source=source,
-                           license=base_text.license)  # fmt: skip
+                           license=base_text.license, compatible_with=old_key,
+                           compat_dims=old_dim)  # fmt: skip
         text_family = ConvirtTextFamily(text, text_dir)  # reads the tokenizer from the MiniLM artifact
         return ConvirtImageFamily(image), text_family
 
@@ -203,8 +233,14 @@ class Run:
             views = rng.integers(0, self.train_images.shape[1], size=len(idx))  # one drawing style per concept
             index = torch.from_numpy(idx).to(self.device)
             image = self.image_tower.head(self.train_images[index, torch.from_numpy(views).to(self.device)])
-            loss = convirt_info_nce(image, self._text_embed(self.train_text, index), self.cfg.temperature,
-                                    self.cfg.weight)  # fmt: skip
+            text = self._text_embed(self.train_text, index)  # (B, dim)
+            terms: dict[str, torch.Tensor] = {}
+            if self.compat is not None:
+                image, text = self.compat.mix(image, text)
+                terms = self.compat.terms(image, text, idx * self.train_images.shape[1] + views, idx)
+            loss = convirt_info_nce(image, text, self.cfg.temperature, self.cfg.weight)
+            if terms:
+                loss = loss + torch.stack(list(terms.values())).sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -238,7 +274,14 @@ class Run:
     def state(self, extra: dict[str, Any]) -> dict[str, Any]:
         named = dict(self._named_trainable())
         return {"weights": {n: p.detach() for n, p in named.items()}, "optimizer": self.optimizer.state_dict(),
-                "rng": rng_state(), "config": config_key(self.cfg), **extra}  # fmt: skip
+                "rng": rng_state(), "config": config_key(self.cfg), "bases": self._bases_state(), **extra}  # fmt: skip
+
+    def _bases(self) -> list[torch.nn.Module]:
+        c = self.compat
+        return [] if c is None else [b for b in (c.image_basis, c.text_basis) if b is not None]
+
+    def _bases_state(self) -> list[dict[str, torch.Tensor]]:
+        return [b.state_dict() for b in self._bases()]
 
     def restore(self, state: dict[str, Any]) -> None:
         named = dict(self._named_trainable())
@@ -247,6 +290,8 @@ class Run:
         with torch.no_grad():
             for name, param in named.items():
                 param.copy_(state["weights"][name].to(self.device))
+        for basis, saved in zip(self._bases(), state.get("bases", []), strict=True):
+            basis.load_state_dict(saved)
         self.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
 
@@ -273,8 +318,17 @@ class ConvirtRecipe:
 
     def train(self, request: TrainRequest) -> TrainResult:
         cfg = parse_config(ConvirtConfig, request.config)
+        plan = None
         if request.compatible_with is not None:
-            raise TrainingError("convirt does not train backward-compatible models (--compatible-with)")
+            if request.method is None:
+                raise TrainingError("--compatible-with needs --method bct|bt2|oca")
+            old, dim, settings = tc.compatible_width(cfg.compat, request.compatible_with, request.method,
+                                                     f"{cfg.name}-image@{cfg.version}")  # fmt: skip
+            cfg = dataclasses.replace(cfg, dim=dim)
+            teacher = self._train_teacher(request) if request.method == "bt2" else None
+            plan = CompatPlan(old, request.compatible_with, request.method, settings, teacher)
+        elif cfg.compat:
+            raise TrainingError("the config's compat section needs --compatible-with and --method")
         torch.set_num_threads(training_threads())
         started = time.monotonic()
         checkpoints = Checkpointer(request.out / ".checkpoints" / cfg.name)
@@ -284,7 +338,7 @@ class ConvirtRecipe:
         if state is not None and state["config"] != config_key(cfg):
             raise TrainingError("the checkpoint was made with another config; resume with the same config")
         try:
-            run = Run(cfg, request)
+            run = Run(cfg, request, plan)
         except ModelError as exc:
             raise TrainingError(f"convirt: {exc.message}") from exc
         start, losses, baselines = 0, [], {}
@@ -299,12 +353,23 @@ class ConvirtRecipe:
             for epoch in range(start, cfg.epochs):
                 losses.append(run.epoch(epoch, bar))
                 checkpoints.save(epoch + 1, run.state({"losses": losses, "baselines": baselines}))
+        if run.compat is not None:
+            run.compat.fold(run.image_tower, run.text_tower)  # the published towers are plain ConVIRT towers
         metrics: dict[str, Any] = {**run.scores(), **baselines, "loss_first_epoch": losses[0] if losses else None,
                                    "loss_last_epoch": losses[-1] if losses else None, "epochs": cfg.epochs,
                                    "train_pairs": len(run.data.train_texts), "device": run.device,
                                    "train_seconds": round(time.monotonic() - started, 1)}  # fmt: skip
         artifact = run.publish(request.out, metrics, request.config)
         return TrainResult(artifact, metrics)
+
+    def _train_teacher(self, request: TrainRequest) -> Encoder:
+        """BT²'s teacher: the same config trained on its own (no compatibility), as ``<name>-independent``."""
+        from models.core.registry import load_encoder
+
+        config = {k: v for k, v in request.config.items() if k != "compat"}
+        config["name"] = f"{config.get('name', 'convirt')}-independent"
+        alone = dataclasses.replace(request, config=config, compatible_with=None, method=None)
+        return load_encoder(self.train(alone).artifact)
 
     def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
         from models.data.convirt_pairs import evaluate_artifact

@@ -26,7 +26,7 @@ from models.core.spec import EncoderSpec
 from models.data.pairs import PairItem, load_pair_data
 from models.families.two_branch import TwoBranchConfig, TwoBranchImageFamily, TwoBranchTextFamily, build_vocab
 from models.losses.ranking import RankingLossConfig, ranking_loss
-from models.training import two_branch_compat as tbc
+from models.training import tower_compat as tc
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
 from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
 from models.training.run import (
@@ -92,7 +92,7 @@ class TwoBranchRecipeConfig:
     loss: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     baselines: list[str] = field(default_factory=lambda: ["untrained"])
-    compat: dict[str, Any] = field(default_factory=dict)  # with --compatible-with: two_branch_compat.CompatSettings
+    compat: dict[str, Any] = field(default_factory=dict)  # with --compatible-with: tower_compat.CompatSettings
 
 
 def parse(config: dict[str, Any]) -> tuple[TwoBranchRecipeConfig, DataConfig, TwoBranchConfig, RankingLossConfig,
@@ -128,15 +128,14 @@ class Trainer:
         self.device = pick_device(request.device)
         self.data_dir = request.data_dir or Path(".ers-data")
         self.old: EncoderSpec | None = None  # the old image tower a compatible model searches
-        self.compat: tbc.TwoBranchCompat | None = None
+        self.compat: tc.TowerCompat | None = None
         teacher, settings, method = None, None, request.method
         if request.compatible_with is not None:
             if method is None:
                 raise TrainingError("--compatible-with needs --method bct|bt2|oca")
             new_key = f"{self.top.name}-image@{self.top.version}"
-            self.old, self.model_cfg, settings = tbc.model_config(
-                self.model_cfg, self.top.compat, request.compatible_with, method, new_key
-            )
+            self.old, dim, settings = tc.compatible_width(self.top.compat, request.compatible_with, method, new_key)
+            self.model_cfg = dataclasses.replace(self.model_cfg, dim=dim)
             if method == "bt2":  # BT² distils from an independently trained new model: trained first
                 teacher = train_teacher(request)
         elif self.top.compat:
@@ -163,9 +162,9 @@ class Trainer:
         self.image_tower.to(self.device)
         self.text_tower.to(self.device)
         if self.old is not None and settings is not None and method is not None and request.compatible_with:
-            images = [it.image for it in self.data.train]
-            self.compat = tbc.prepare(self.old, request.compatible_with, method, images, self.model_cfg.dim,
-                                      settings, teacher, self.device)  # fmt: skip
+            images = [it.image for it in self.data.train]  # each pair its own class
+            self.compat = tc.prepare(self.old, request.compatible_with, method, images, np.arange(len(images)),
+                                     self.model_cfg.dim, settings, teacher, self.device)  # fmt: skip
         o = self.optim
         groups = [{"params": [p for p in self.image_tower.parameters() if p.requires_grad],
                    "lr": o.lr if o.image_lr is None else o.image_lr},
@@ -264,7 +263,7 @@ class Trainer:
             terms: dict[str, torch.Tensor] = {}
             if self.compat is not None:
                 image_z, text_z = self.compat.mix(image_z, text_z)
-                terms = self.compat.terms(image_z, text_z, idx)
+                terms = self.compat.terms(image_z, text_z, idx, idx)
             loss, parts = ranking_loss(image_z, text_z, self.loss_cfg)
             if terms:
                 loss = loss + torch.stack(list(terms.values())).sum()

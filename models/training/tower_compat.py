@@ -1,17 +1,18 @@
-"""Backward-compatible two-branch models: ``ers train two-branch --compatible-with OLD_IMAGE_TOWER``.
+"""Backward-compatible image–text models (two-branch, ConVIRT): ``--compatible-with OLD_IMAGE_TOWER``.
 
-A two-branch collection holds *image* vectors (the gallery tower) and is searched by images and by
-texts. So both new towers learn to search the old gallery: the compatibility terms of
-``models.compat`` are applied to the first ``d_old`` dims of the new image embedding *and* of the new
-text embedding, against the old image tower's features of the training images. The grouping is the
-concept of a pair (each training pair is its own class; its old prototype is its old feature). The
-bidirectional ranking loss on the full embeddings stays the model's own objective.
+Such a collection holds *image* vectors (the gallery tower) and is searched by images and by texts.
+So both new towers learn to search the old gallery: the compatibility terms of ``models.compat`` are
+applied to the first ``d_old`` dims of the new image embedding *and* of the new text embedding,
+against the old image tower's features of the training images. The grouping is the concept of a
+pair (each training pair is its own class; its old prototype is the mean old feature of its
+images). Each recipe's own loss (ranking, InfoNCE) on the full embeddings stays its objective.
 
 BT² and OCA widen both towers by ``d_extra`` dims and mix each with an orthogonal basis (trained as
 an orthogonal parametrisation starting at the identity). The basis is folded into the tower's output
-``Linear`` when training ends: ``normalize(W (P x + b)) = W normalize(P x + b)`` for an orthogonal
-``W``, so the published towers are ordinary two-branch towers. BT² distils (image branch) from an
-independently trained new model, trained first as ``<name>-independent``.
+``Linear`` when training ends (``W (P x + b) = (W P) x + W b``, and an orthogonal ``W`` commutes with
+the normalisation a cosine index applies), so the published towers are ordinary towers of the family.
+BT² distils (image branch) from an independently trained new model, trained first as
+``<name>-independent``.
 
 Both published specs say ``compatible_with: OLD`` and ``compat_dims: d_old``; ``config["compatible_tower"]``
 says that OLD is the image (gallery) tower, which the text tower's queries search too.
@@ -19,7 +20,6 @@ says that OLD is the image (gallery) tower, which the text tower's queries searc
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,14 +32,13 @@ from models.compat.heads import bake_basis, embedding_dim, orthogonal_basis
 from models.compat.objective import CompatObjective, CompatWeights, prepare_targets
 from models.core.encoder import Encoder
 from models.core.spec import EncoderSpec
-from models.families.two_branch import TwoBranchConfig
 from models.training.recipe import TrainingError
 from models.training.run import parse_config
 
 
 @dataclass(frozen=True)
 class CompatSettings:
-    """The ``compat:`` section of a two-branch config (used with ``--compatible-with``)."""
+    """The ``compat:`` section of a two-branch or ConVIRT config (used with ``--compatible-with``)."""
 
     d_extra: int = 32  # BT², OCA: dims beyond the old model's (BCT: none)
     influence: float = 1.0
@@ -51,31 +50,32 @@ class CompatSettings:
         return CompatWeights(influence=self.influence, align=self.align, distill=self.distill, feature=self.feature)
 
 
-def model_config(model: TwoBranchConfig, section: dict[str, Any], old_artifact: Path, method: str,
-                 new_key: str) -> tuple[EncoderSpec, TwoBranchConfig, CompatSettings]:  # fmt: skip
-    """The old gallery tower's spec, the towers' config at the compatible width, and the settings."""
+def compatible_width(section: dict[str, Any], old_artifact: Path, method: str,
+                     new_key: str) -> tuple[EncoderSpec, int, CompatSettings]:  # fmt: skip
+    """The old gallery tower's spec, the width the new towers need, and the ``compat:`` settings."""
     from models.core.artifact import verify_artifact
 
     settings = parse_config(CompatSettings, section)
     old = verify_artifact(old_artifact)
     if old.modality != "image":
-        raise TrainingError(f"{old.key} embeds '{old.modality}': a two-branch model is compatible with the "
+        raise TrainingError(f"{old.key} embeds '{old.modality}': an image–text model is compatible with the "
                             "image (gallery) tower of the old model; pass its image artifact")  # fmt: skip
     if old.key == new_key:
         raise TrainingError(f"the new image tower would reuse the old key {old.key}; set a different version")
-    return old, dataclasses.replace(model, dim=embedding_dim(method, old.dim, settings.d_extra)), settings
+    return old, embedding_dim(method, old.dim, settings.d_extra), settings
 
 
 def output_linear(tower: nn.Module) -> nn.Linear:
-    """The ``Linear`` whose output a tower normalises (``proj``, or the last layer of its ``mlp``)."""
-    layer = getattr(tower, "proj", None) or tower.mlp[-1]  # type: ignore[index]
+    """A tower's last ``Linear``: two-branch's ``proj`` or last ``mlp`` layer, ConVIRT's ``head.out``."""
+    head = getattr(tower, "head", None)
+    layer = head.out if isinstance(head, nn.Module) else getattr(tower, "proj", None) or tower.mlp[-1]  # type: ignore[index]
     if not isinstance(layer, nn.Linear):
         raise TrainingError(f"{type(tower).__name__} has no output Linear to fold a basis into")
     return layer
 
 
 @dataclass
-class TwoBranchCompat:
+class TowerCompat:
     old: EncoderSpec
     method: str
     objective: CompatObjective  # only its compat_terms: the ranking loss is the model's objective
@@ -91,11 +91,14 @@ class TwoBranchCompat:
             return image, text
         return self.image_basis(image), self.text_basis(text)
 
-    def terms(self, image: torch.Tensor, text: torch.Tensor, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """The compatibility losses of both towers' embeddings of training pairs ``rows``."""
-        index = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(image.device)  # a pair is its own class
-        out = {f"image_{k}": v for k, v in self.objective.compat_terms(image, index, index).items()}
-        text_terms = self.objective.compat_terms(text, index, index)
+    def terms(self, image: torch.Tensor, text: torch.Tensor, items: np.ndarray,
+              pairs: np.ndarray) -> dict[str, torch.Tensor]:  # fmt: skip
+        """The compatibility losses of both towers' embeddings: ``items`` index the images ``prepare``
+        embedded, ``pairs`` the pair (class) of each."""
+        index = torch.from_numpy(np.asarray(items, dtype=np.int64)).to(image.device)
+        labels = torch.from_numpy(np.asarray(pairs, dtype=np.int64)).to(image.device)
+        out = {f"image_{k}": v for k, v in self.objective.compat_terms(image, labels, index).items()}
+        text_terms = self.objective.compat_terms(text, labels, index)
         text_terms.pop("distill", None)  # the teacher's relations are between images
         out.update({f"text_{k}": v for k, v in text_terms.items()})
         return out
@@ -115,17 +118,17 @@ class TwoBranchCompat:
         self.image_basis = self.text_basis = None
 
 
-def prepare(old_spec: EncoderSpec, old_artifact: Path, method: str, images: list[bytes], dim: int,
-            settings: CompatSettings, teacher: Encoder | None, device: str) -> TwoBranchCompat:  # fmt: skip
-    """Embed the training images with the old gallery tower (and the BT² teacher); the objective and,
-    for BT²/OCA, one orthogonal basis per tower."""
+def prepare(old_spec: EncoderSpec, old_artifact: Path, method: str, images: list[Any], pairs: np.ndarray,
+            dim: int, settings: CompatSettings, teacher: Encoder | None, device: str) -> TowerCompat:  # fmt: skip
+    """Embed the training ``images`` (pair ``pairs[i]`` each) with the old gallery tower (and the BT²
+    teacher); the objective and, for BT²/OCA, one orthogonal basis per tower."""
     from models.core.registry import load_encoder
 
     old = load_encoder(old_artifact)
-    classes = np.arange(len(images))
-    targets = prepare_targets(old, images, classes, len(images), teacher, old_artifact)
-    objective = CompatObjective(method, len(images), dim, targets.to(device), settings.weights()).to(device)
+    n_pairs = int(np.max(pairs)) + 1
+    targets = prepare_targets(old, images, np.asarray(pairs), n_pairs, teacher, old_artifact)
+    objective = CompatObjective(method, n_pairs, dim, targets.to(device), settings.weights()).to(device)
     bases: list[nn.Module | None] = [None, None]
     if method in ("bt2", "oca"):
         bases = [orthogonal_basis(nn.Linear(dim, dim, bias=False)).to(device) for _ in range(2)]
-    return TwoBranchCompat(old_spec, method, objective, bases[0], bases[1])
+    return TowerCompat(old_spec, method, objective, bases[0], bases[1])
