@@ -220,6 +220,37 @@ def compatibility_report(
     return report
 
 
+def tower_report_from_vectors(
+    old_queries: np.ndarray,
+    new_queries: np.ndarray,
+    query_labels: Sequence[Any] | np.ndarray,
+    old_gallery: np.ndarray,
+    new_gallery: np.ndarray,
+    gallery_labels: Sequence[Any] | np.ndarray,
+    compat_dims: int | None,
+    old: str = "old",
+    new: str = "new",
+) -> CompatReport:
+    """The report of a two-tower model, queries apart from the gallery (text → image, user → item):
+    old/old is the old query tower against the old gallery, new/old the new query tower's prefix
+    against the old gallery, new/new both new towers; no item is left out."""
+    q, g = np.asarray(query_labels), np.asarray(gallery_labels)
+    oo_hit, oo_ap = retrieval_hits(old_queries, q, old_gallery, g)
+    no_hit, no_ap = retrieval_hits(new_queries, q, old_gallery, g, compat_dims)
+    nn_hit, nn_ap = retrieval_hits(new_queries, q, new_gallery, g)
+
+    def summary(hit: np.ndarray, ap: np.ndarray) -> dict[str, float]:
+        defined = ap[~np.isnan(ap)]
+        return {"top1": float(hit.mean()), "mAP": float(defined.mean()) if len(defined) else 0.0}
+
+    old_old, new_old, new_new = summary(oo_hit, oo_ap), summary(no_hit, no_ap), summary(nn_hit, nn_ap)
+    return CompatReport(
+        old=old, new=new, compat_dims=compat_dims, n=len(q), old_old=old_old, new_old=new_old, new_new=new_new,
+        criterion_met=new_old["top1"] > old_old["top1"], negative_flips=float((oo_hit & ~no_hit).mean()),
+        negative_flips_new_new=float((oo_hit & ~nn_hit).mean()), extra={"gallery": len(g), "queries": "tower"},
+    )  # fmt: skip
+
+
 def compat_chain(spec_of: Callable[[str], EncoderSpec], new_key: str, old_key: str) -> int | None:
     """The prefix length to compare a ``new_key`` query with ``old_key`` vectors, or None.
 

@@ -1,11 +1,13 @@
-"""Backward-compatible image–text models (two-branch, ConVIRT): ``--compatible-with OLD_IMAGE_TOWER``.
+"""Backward-compatible two-tower models: ``--compatible-with OLD_GALLERY_TOWER``.
 
-Such a collection holds *image* vectors (the gallery tower) and is searched by images and by texts.
-So both new towers learn to search the old gallery: the compatibility terms of ``models.compat`` are
-applied to the first ``d_old`` dims of the new image embedding *and* of the new text embedding,
-against the old image tower's features of the training images. The grouping is the concept of a
-pair (each training pair is its own class; its old prototype is the mean old feature of its
-images). Each recipe's own loss (ranking, InfoNCE) on the full embeddings stays its objective.
+Image–text models (two-branch, ConVIRT) store *image* vectors and are searched by images and texts;
+Unified stores *item* vectors and is searched by items and user records. Either way both new towers
+learn to search the old gallery: the compatibility terms of ``models.compat`` are applied to the
+first ``d_old`` dims of the new gallery embedding *and* of the new query-tower embedding, against the
+old gallery tower's features of the training gallery inputs. The grouping is what the gallery item
+is (a pair's concept: its old prototype is the mean old feature of its drawings; an item); a query
+embedding is grouped with its positive. Each recipe's own loss (ranking, InfoNCE, in-batch softmax)
+on the full embeddings stays its objective.
 
 BT² and OCA widen both towers by ``d_extra`` dims and mix each with an orthogonal basis (trained as
 an orthogonal parametrisation starting at the identity). The basis is folded into the tower's output
@@ -15,7 +17,7 @@ BT² distils (image branch) from an independently trained new model, trained fir
 ``<name>-independent``.
 
 Both published specs say ``compatible_with: OLD`` and ``compat_dims: d_old``; ``config["compatible_tower"]``
-says that OLD is the image (gallery) tower, which the text tower's queries search too.
+names OLD's role (the gallery tower: "image", "item"), which the query tower's vectors search too.
 """
 
 from __future__ import annotations
@@ -50,23 +52,25 @@ class CompatSettings:
         return CompatWeights(influence=self.influence, align=self.align, distill=self.distill, feature=self.feature)
 
 
-def compatible_width(section: dict[str, Any], old_artifact: Path, method: str,
-                     new_key: str) -> tuple[EncoderSpec, int, CompatSettings]:  # fmt: skip
-    """The old gallery tower's spec, the width the new towers need, and the ``compat:`` settings."""
+def compatible_width(section: dict[str, Any], old_artifact: Path, method: str, new_key: str,
+                     modality: str = "image") -> tuple[EncoderSpec, int, CompatSettings]:  # fmt: skip
+    """The old gallery tower's spec (it must embed ``modality``), the width the new towers need, and
+    the ``compat:`` settings."""
     from models.core.artifact import verify_artifact
 
     settings = parse_config(CompatSettings, section)
     old = verify_artifact(old_artifact)
-    if old.modality != "image":
-        raise TrainingError(f"{old.key} embeds '{old.modality}': an image–text model is compatible with the "
-                            "image (gallery) tower of the old model; pass its image artifact")  # fmt: skip
+    if old.modality != modality:
+        raise TrainingError(f"{old.key} embeds '{old.modality}', not '{modality}': the new model is compatible "
+                            "with the gallery tower of the old model; pass that artifact")  # fmt: skip
     if old.key == new_key:
         raise TrainingError(f"the new image tower would reuse the old key {old.key}; set a different version")
     return old, embedding_dim(method, old.dim, settings.d_extra), settings
 
 
 def output_linear(tower: nn.Module) -> nn.Linear:
-    """A tower's last ``Linear``: two-branch's ``proj`` or last ``mlp`` layer, ConVIRT's ``head.out``."""
+    """A tower's last ``Linear``: two-branch's ``proj`` or last ``mlp`` layer (Unified's too), ConVIRT's
+    ``head.out``."""
     head = getattr(tower, "head", None)
     layer = head.out if isinstance(head, nn.Module) else getattr(tower, "proj", None) or tower.mlp[-1]  # type: ignore[index]
     if not isinstance(layer, nn.Linear):
@@ -79,8 +83,9 @@ class TowerCompat:
     old: EncoderSpec
     method: str
     objective: CompatObjective  # only its compat_terms: the ranking loss is the model's objective
-    image_basis: nn.Module | None
-    text_basis: nn.Module | None
+    image_basis: nn.Module | None  # the gallery tower's (image, or Unified's item tower)
+    text_basis: nn.Module | None  # the query tower's (text, or Unified's query tower)
+    roles: tuple[str, str] = ("image", "text")  # how the loss terms are named
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for b in (self.image_basis, self.text_basis) if b is not None for p in b.parameters()]
@@ -97,10 +102,11 @@ class TowerCompat:
         embedded, ``pairs`` the pair (class) of each."""
         index = torch.from_numpy(np.asarray(items, dtype=np.int64)).to(image.device)
         labels = torch.from_numpy(np.asarray(pairs, dtype=np.int64)).to(image.device)
-        out = {f"image_{k}": v for k, v in self.objective.compat_terms(image, labels, index).items()}
+        gallery, query = self.roles
+        out = {f"{gallery}_{k}": v for k, v in self.objective.compat_terms(image, labels, index).items()}
         text_terms = self.objective.compat_terms(text, labels, index)
-        text_terms.pop("distill", None)  # the teacher's relations are between images
-        out.update({f"text_{k}": v for k, v in text_terms.items()})
+        text_terms.pop("distill", None)  # the teacher's relations are between gallery items
+        out.update({f"{query}_{k}": v for k, v in text_terms.items()})
         return out
 
     def fold(self, image_tower: nn.Module, text_tower: nn.Module) -> None:
@@ -119,7 +125,8 @@ class TowerCompat:
 
 
 def prepare(old_spec: EncoderSpec, old_artifact: Path, method: str, images: list[Any], pairs: np.ndarray,
-            dim: int, settings: CompatSettings, teacher: Encoder | None, device: str) -> TowerCompat:  # fmt: skip
+            dim: int, settings: CompatSettings, teacher: Encoder | None, device: str,
+            roles: tuple[str, str] = ("image", "text")) -> TowerCompat:  # fmt: skip
     """Embed the training ``images`` (pair ``pairs[i]`` each) with the old gallery tower (and the BT²
     teacher); the objective and, for BT²/OCA, one orthogonal basis per tower."""
     from models.core.registry import load_encoder
@@ -131,4 +138,4 @@ def prepare(old_spec: EncoderSpec, old_artifact: Path, method: str, images: list
     bases: list[nn.Module | None] = [None, None]
     if method in ("bt2", "oca"):
         bases = [orthogonal_basis(nn.Linear(dim, dim, bias=False)).to(device) for _ in range(2)]
-    return TowerCompat(old_spec, method, objective, bases[0], bases[1])
+    return TowerCompat(old_spec, method, objective, bases[0], bases[1], roles)

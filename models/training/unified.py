@@ -9,6 +9,7 @@ items, against two baselines: popularity (training positives per item) and the u
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from models.core.encoder import encode
+from models.core.encoder import Encoder, encode
 from models.core.spec import EncoderSpec
 from models.data.insteval import Interactions, RecordColumns, Split, holdout_split, load_insteval, load_records_csv
 from models.families.unified import (
@@ -29,6 +30,7 @@ from models.families.unified import (
     record_indices,
 )
 from models.losses.contrastive import in_batch_softmax
+from models.training import tower_compat as tc
 from models.training.checkpoint import Checkpointer
 from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
 from models.training.run import (
@@ -68,6 +70,7 @@ class UnifiedTrainConfig:
     temperature: float = 0.05
     logq_correction: bool = False
     ks: list[int] = field(default_factory=lambda: [10, 50])
+    compat: dict[str, Any] = field(default_factory=dict)  # with --compatible-with: tower_compat.CompatSettings
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.table_rows < 1 or not 0 < self.holdout < 1:
@@ -138,8 +141,18 @@ class UnifiedRecipe:
 
         cfg = parse_config(UnifiedTrainConfig, request.config)
         cfg.check()
-        if request.compatible_with is not None:  # refused, never ignored (issue 14: not built yet)
-            raise TrainingError("unified does not train backward-compatible models yet (--compatible-with)")
+        old, settings, teacher = None, None, None
+        if request.compatible_with is not None:  # the new towers search the old item (gallery) tower's vectors
+            if request.method is None:
+                raise TrainingError("--compatible-with needs --method bct|bt2|oca")
+            old, dim, settings = tc.compatible_width(cfg.compat, request.compatible_with, request.method,
+                                                     f"{cfg.name}-item@{cfg.version}", modality="record")  # fmt: skip
+            if old.config.get("tower", "item") != "item":
+                raise TrainingError(f"{old.key} is a {old.config.get('tower')} tower; pass the old item tower")
+            cfg = dataclasses.replace(cfg, dim=dim)
+            teacher = self._train_teacher(request) if request.method == "bt2" else None
+        elif cfg.compat:
+            raise TrainingError("the config's compat section needs --compatible-with and --method")
         device = pick_device(request.device)
         started = time.monotonic()
         data = load_data(cfg.data, cfg.columns, cfg.limit, (request.data_dir or Path(".ers-data")) / "cache")
@@ -154,6 +167,12 @@ class UnifiedRecipe:
 
         seed_everything(cfg.seed)
         model = build_two_tower(mcfg).to(device)
+        compat = None
+        if old is not None and settings is not None and request.compatible_with and request.method:
+            # every item its own class; a query is grouped with its positive item
+            items = list(data.items)
+            compat = tc.prepare(old, request.compatible_with, request.method, items, np.arange(len(items)), cfg.dim,
+                                settings, teacher, device, ("item", "query"))  # fmt: skip
         evaluated = np.asarray(sorted(split.held_out), dtype=np.int64)
         seen = seen_matrix(data, split.train)
 
@@ -165,7 +184,8 @@ class UnifiedRecipe:
 
         untrained = model_recall()
         popularity = recall_at_k(popularity_scores(data, positives, len(evaluated)), evaluated, split, seen, cfg.ks)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        params = list(model.parameters()) + (compat.parameters() if compat is not None else [])
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ckpt = Checkpointer(request.out / ".checkpoints" / cfg.name)
         start, losses = 0, []
         state = ckpt.latest() if request.resume else None
@@ -173,6 +193,8 @@ class UnifiedRecipe:
             if state["config"] != config_dict(cfg):
                 raise TrainingError(f"{ckpt.directory}: the checkpoint was made with a different config; cannot resume")
             model.load_state_dict(state["model"])
+            for basis, saved in zip(bases(compat), state.get("bases", []), strict=True):
+                basis.load_state_dict(saved)
             opt.load_state_dict(state["optimizer"])
             start, losses = int(state["epoch"]) + 1, list(state["losses"])
 
@@ -192,7 +214,14 @@ class UnifiedRecipe:
                     qi = torch.from_numpy(data.query_index[pair]).to(device)
                     ii = torch.from_numpy(data.item_index[pair]).to(device)
                     q, i = model(q_all[qi], i_all[ii])  # (B, dim) each
+                    terms: dict[str, torch.Tensor] = {}
+                    if compat is not None:
+                        i, q = compat.mix(i, q)
+                        items = data.item_index[pair]
+                        terms = compat.terms(i, q, items, items)
                     loss = in_batch_softmax(q, i, cfg.temperature, ii, log_q[ii] if cfg.logq_correction else None)
+                    if terms:
+                        loss = loss + torch.stack(list(terms.values())).sum()
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -200,9 +229,11 @@ class UnifiedRecipe:
                     bar.step(loss=loss.item(), epoch=float(epoch + 1))
                 losses.append(total / steps)
                 state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "losses": losses,
-                         "config": config_dict(cfg)}  # fmt: skip
+                         "config": config_dict(cfg), "bases": [b.state_dict() for b in bases(compat)]}  # fmt: skip
                 ckpt.save(epoch, state)
 
+        if compat is not None:
+            compat.fold(model.item, model.query)  # the published towers are plain Unified towers
         trained = model_recall()
         metrics: dict[str, Any] = {
             **trained,
@@ -215,7 +246,7 @@ class UnifiedRecipe:
             "queries_evaluated": len(evaluated), "items": len(data.items), "training_pairs": len(positives),
             "device": device, "train_seconds": round(time.monotonic() - started, 1),
         }  # fmt: skip
-        artifacts = publish_towers(model.cpu(), mcfg, cfg, data, request.out)
+        artifacts = publish_towers(model.cpu(), mcfg, cfg, data, request.out, old, request.method)
         notes = (
             f"Two towers over one {'shared (multiplexed)' if cfg.multiplexed else 'per-feature split'} embedding "
             f"table of {cfg.table_rows} rows × {cfg.emb_dim}. Evaluation: per query, {cfg.holdout:.0%} of its items "
@@ -224,6 +255,16 @@ class UnifiedRecipe:
         for directory, spec in artifacts:
             write_card(directory, spec, metrics, config_dict(cfg), notes)
         return TrainResult(artifacts[0][0], metrics)
+
+    def _train_teacher(self, request: TrainRequest) -> Encoder:
+        """BT²'s teacher: the same config trained on its own, as ``<name>-independent``; its item tower."""
+        from models.core.registry import load_encoder
+
+        config = {k: v for k, v in request.config.items() if k != "compat"}
+        config["name"] = f"{config.get('name', 'unified')}-independent"
+        alone = dataclasses.replace(request, config=config, compatible_with=None, method=None)
+        artifact = self.train(alone).artifact  # the query tower's; its item tower sits beside it
+        return load_encoder(artifact.parent / f"{config['name']}-item@{config.get('version', '1')}")
 
     def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
         from models.core.artifact import verify_artifact
@@ -254,10 +295,21 @@ class UnifiedRecipe:
         }  # fmt: skip
 
 
+def bases(compat: tc.TowerCompat | None) -> list[Any]:
+    return [] if compat is None else [b for b in (compat.image_basis, compat.text_basis) if b is not None]
+
+
 def publish_towers(
-    model: Any, mcfg: UnifiedConfig, cfg: UnifiedTrainConfig, data: Interactions, out: Path
+    model: Any,
+    mcfg: UnifiedConfig,
+    cfg: UnifiedTrainConfig,
+    data: Interactions,
+    out: Path,
+    old: EncoderSpec | None = None,
+    method: str | None = None,
 ) -> list[tuple[Path, EncoderSpec]]:
-    """``out/<name>-query@<version>`` and ``out/<name>-item@<version>``, each naming the other."""
+    """``out/<name>-query@<version>`` and ``out/<name>-item@<version>``, each naming the other; with
+    ``old`` (the old item tower), both declare themselves compatible with it."""
     from models.core.export import write_artifact
     from models.families.unified import UnifiedTowerFamily
 
@@ -270,7 +322,9 @@ def publish_towers(
             name=f"{cfg.name}-{tower}", version=cfg.version, family=FAMILY, modality="record", dim=cfg.dim,
             metric="cosine",
             config={"recipe": RECIPE, "tower": tower, "towers": keys, "model": mcfg.to_json(),
-                    "examples": records[tower], "train": config_dict(cfg)},
+                    "examples": records[tower], "train": config_dict(cfg),
+                    **({"compatible_tower": "item", "method": method} if old else {})},
+            compatible_with=old.key if old else None, compat_dims=old.dim if old else None,
             description=f"Unified Embedding {tower} tower ({kind}); records of {[s.name for s in mcfg.slots(tower)]}",
             source=f"ers train unified (data: {cfg.data})",
             license="model: same as its training data",

@@ -6,6 +6,11 @@ FaceNet: emoji concepts as identities (Google's and Twitter's drawing of each), 
 (128 images) as the evaluation items. v2 is OCA (extra dims behind an orthogonal basis) trained twice
 as long as v1 on the same training identities.
 
+Unified: the item tower is the gallery; user records search it with the query tower. The items'
+own report (lecturers, labelled by department) is what the migration's gate measures; REST searches
+by user records follow ``ers compat --queries`` (each student labelled by the department of the first
+lecturer they rated).
+
 Two-branch and ConVIRT: the image (gallery) tower is what a collection stores; v2's image *and* text
 towers are trained to search v1's image vectors. Two-branch items: both drawings of 40 concepts,
 labelled by concept; ConVIRT items: the held-out concepts' drawings, labelled by category. After the
@@ -38,6 +43,8 @@ from tests.service.conftest import MakeClient
 FACE_V1, FACE_V2 = "facenet-tiny@1", "facenet-tiny@2"
 TB = "emoji2b-tiny"
 TB_V1, TB_V2, TB_TEXT_V2 = f"{TB}-image@1", f"{TB}-image@2", f"{TB}-text@2"
+UN = "unified-tiny"
+UN_V1, UN_V2 = f"{UN}-item@1", f"{UN}-item@2"
 CV = "convirt-tiny"
 CV_V1, CV_V2, CV_TEXT_V2 = f"{CV}-image@1", f"{CV}-image@2", f"{CV}-text@2"
 
@@ -101,17 +108,6 @@ def test_facenet_upgrade_through_the_api(
     assert report["compat_dims"] == 128 and report["n"] == len(items.values) == 128
     install(face_models, (FACE_V1, FACE_V2), tmp_path)
     upgrade_through_the_api(make_client(), FACE_V1, FACE_V2, items, extra, report)
-
-
-@pytest.mark.parametrize(("family", "config"), [("unified", "unified-tiny")])
-def test_families_without_compatible_training_refuse_the_option(family: str, config: str, tmp_path: Path) -> None:
-    """Not built yet for these families: ``ers train`` says so instead of training an incompatible model."""
-    (tmp_path / "old").mkdir()
-    result = CliRunner().invoke(cli_app, ["train", family, "--config", config, "--out", str(tmp_path / "m"),
-                                          "--data-dir", str(tmp_path), "--compatible-with", str(tmp_path / "old"),
-                                          "--method", "oca"])  # fmt: skip
-    assert result.exit_code == 1
-    assert "backward-compatible" in result.output and not (tmp_path / "m").exists()
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +226,46 @@ def test_convirt_upgrade_through_the_api(
     later = data.train_images[0][:1] + data.train_images[1][:1]
     image_text_upgrade(convirt_models, towers, data.gallery, data.gallery_labels, data.texts[:20], later,
                        make_client, tmp_path)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def unified_models(tmp_path_factory: pytest.TempPathFactory, zoo_dirs: tuple[Path, Path]) -> Path:
+    """``unified-tiny`` v1 and an OCA-compatible v2 (twice the epochs, 8 extra dims), with ``ers train``."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("unified-compat")
+    (root / "data").mkdir()
+    (root / "data" / "cache").symlink_to(zoo_dirs[1])
+    models = root / "models"
+    common = ["--out", str(models), "--data-dir", str(root / "data")]
+    ers_train("unified", "--config", UN, *common)
+    v2 = {**load_config(UN), "version": "2", "epochs": 8, "compat": {"d_extra": 8}}
+    (root / "v2.yaml").write_text(yaml.safe_dump(v2))
+    ers_train("unified", "--config", str(root / "v2.yaml"), *common,
+              "--compatible-with", str(models / UN_V1), "--method", "oca")  # fmt: skip
+    return models
+
+
+def test_unified_upgrade_through_the_api(
+    unified_models: Path, zoo_dirs: tuple[Path, Path], make_client: MakeClient, tmp_path: Path
+) -> None:
+    from models.data.insteval import load_insteval
+
+    for key in (UN_V2, f"{UN}-query@2"):
+        spec = EncoderSpec.load(unified_models / key)
+        assert (spec.compatible_with, spec.compat_dims, spec.dim) == (UN_V1, 16, 24)
+        assert spec.config["compatible_tower"] == "item"
+    data = load_insteval(zoo_dirs[1], load_config(UN)["limit"])
+    items = EvalItems("record", list(data.items), [str(r["dept"]) for r in data.items])
+    first_item = {int(q): int(i) for q, i in reversed(list(zip(data.query_index, data.item_index, strict=True)))}
+    students = sorted(first_item)[:40]
+    queries = EvalItems("record", [data.queries[q] for q in students],
+                        [str(data.items[first_item[q]]["dept"]) for q in students])  # fmt: skip
+    report = offline_report(unified_models / UN_V1, unified_models / UN_V2, items, tmp_path / "items")
+    by_users = offline_report(unified_models / UN_V1, unified_models / UN_V2, items, tmp_path / "users", queries)
+    assert report["compat_dims"] == by_users["compat_dims"] == 16 and by_users["n"] == 40
+    more = load_insteval(zoo_dirs[1], 3 * load_config(UN)["limit"])
+    known = {r["d"] for r in data.items}
+    later = [r for r in more.items if r["d"] not in known][:3]
+    extra = EvalItems("record", later, [str(r["dept"]) for r in later])
+    install(unified_models, (UN_V1, f"{UN}-query@1", UN_V2, f"{UN}-query@2"), tmp_path)
+    upgrade_through_the_api(make_client(), UN_V1, UN_V2, items, extra, report, queries=(queries, by_users))
