@@ -181,20 +181,30 @@ def report_from_vectors(
     """The report from precomputed embeddings of the same items (row i of both = item i); ``groups``
     as in ``retrieval_hits``."""
     y = np.asarray(labels)
-    oo_hit, oo_ap = retrieval_hits(old_vecs, y, old_vecs, y, None, leave_self_out, groups)
-    no_hit, no_ap = retrieval_hits(new_vecs, y, old_vecs, y, compat_dims, leave_self_out, groups)
-    nn_hit, nn_ap = retrieval_hits(new_vecs, y, new_vecs, y, None, leave_self_out, groups)
+    hits = (retrieval_hits(old_vecs, y, old_vecs, y, None, leave_self_out, groups),
+            retrieval_hits(new_vecs, y, old_vecs, y, compat_dims, leave_self_out, groups),
+            retrieval_hits(new_vecs, y, new_vecs, y, None, leave_self_out, groups))  # fmt: skip
+    return _report(hits, compat_dims, len(y), old, new)
+
+
+Hits = tuple[np.ndarray, np.ndarray]  # per query: top-1 correct, average precision
+
+
+def _report(hits: tuple[Hits, Hits, Hits], compat_dims: int | None, n: int, old: str, new: str,
+            extra: dict[str, Any] | None = None) -> CompatReport:  # fmt: skip
+    """The report of the (old/old, new/old, new/new) per-query hits."""
 
     def summary(hit: np.ndarray, ap: np.ndarray) -> dict[str, float]:
         defined = ap[~np.isnan(ap)]
         return {"top1": float(hit.mean()), "mAP": float(defined.mean()) if len(defined) else 0.0}
 
+    (oo_hit, oo_ap), (no_hit, no_ap), (nn_hit, nn_ap) = hits
     old_old, new_old, new_new = summary(oo_hit, oo_ap), summary(no_hit, no_ap), summary(nn_hit, nn_ap)
     return CompatReport(
-        old=old, new=new, compat_dims=compat_dims, n=len(y), old_old=old_old, new_old=new_old, new_new=new_new,
+        old=old, new=new, compat_dims=compat_dims, n=n, old_old=old_old, new_old=new_old, new_new=new_new,
         criterion_met=new_old["top1"] > old_old["top1"],
         negative_flips=float((oo_hit & ~no_hit).mean()),
-        negative_flips_new_new=float((oo_hit & ~nn_hit).mean()),
+        negative_flips_new_new=float((oo_hit & ~nn_hit).mean()), extra=extra or {},
     )  # fmt: skip
 
 
@@ -235,20 +245,9 @@ def tower_report_from_vectors(
     old/old is the old query tower against the old gallery, new/old the new query tower's prefix
     against the old gallery, new/new both new towers; no item is left out."""
     q, g = np.asarray(query_labels), np.asarray(gallery_labels)
-    oo_hit, oo_ap = retrieval_hits(old_queries, q, old_gallery, g)
-    no_hit, no_ap = retrieval_hits(new_queries, q, old_gallery, g, compat_dims)
-    nn_hit, nn_ap = retrieval_hits(new_queries, q, new_gallery, g)
-
-    def summary(hit: np.ndarray, ap: np.ndarray) -> dict[str, float]:
-        defined = ap[~np.isnan(ap)]
-        return {"top1": float(hit.mean()), "mAP": float(defined.mean()) if len(defined) else 0.0}
-
-    old_old, new_old, new_new = summary(oo_hit, oo_ap), summary(no_hit, no_ap), summary(nn_hit, nn_ap)
-    return CompatReport(
-        old=old, new=new, compat_dims=compat_dims, n=len(q), old_old=old_old, new_old=new_old, new_new=new_new,
-        criterion_met=new_old["top1"] > old_old["top1"], negative_flips=float((oo_hit & ~no_hit).mean()),
-        negative_flips_new_new=float((oo_hit & ~nn_hit).mean()), extra={"gallery": len(g), "queries": "tower"},
-    )  # fmt: skip
+    hits = (retrieval_hits(old_queries, q, old_gallery, g), retrieval_hits(new_queries, q, old_gallery, g, compat_dims),
+            retrieval_hits(new_queries, q, new_gallery, g))  # fmt: skip
+    return _report(hits, compat_dims, len(q), old, new, {"gallery": len(g), "queries": "tower"})
 
 
 def compat_chain(spec_of: Callable[[str], EncoderSpec], new_key: str, old_key: str) -> int | None:

@@ -65,21 +65,28 @@ def ers_train(*args: str) -> None:
     assert result.exit_code == 0, result.output
 
 
-@pytest.fixture(scope="module")
-def face_models(tmp_path_factory: pytest.TempPathFactory, zoo_dirs: tuple[Path, Path]) -> Path:
-    """``facenet-tiny@1`` and its OCA-compatible ``facenet-tiny@2``, trained with ``ers train``."""
+def train_pair(factory: pytest.TempPathFactory, zoo_dirs: tuple[Path, Path], family: str, config: str,
+               old_key: str, v2: dict[str, object]) -> Path:  # fmt: skip
+    """``ers train FAMILY`` v1 from the shipped ``config``, then an OCA-compatible v2 (``config`` with
+    ``v2`` over it) against the v1 artifact ``old_key``; the models directory."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("face-compat")
+    root = factory.mktemp(f"{family}-compat")
     (root / "data").mkdir()
     (root / "data" / "cache").symlink_to(zoo_dirs[1])
     models = root / "models"
     common = ["--out", str(models), "--data-dir", str(root / "data")]
-    ers_train("facenet", "--config", "facenet-tiny", *common)
-    v2 = {**load_config("facenet-tiny"), "version": "2", "epochs": 6, "d_extra": 16}  # twice the training
-    (root / "v2.yaml").write_text(yaml.safe_dump(v2))
-    ers_train("facenet", "--config", str(root / "v2.yaml"), *common,
-              "--compatible-with", str(models / FACE_V1), "--method", "oca")  # fmt: skip
+    ers_train(family, "--config", config, *common)
+    (root / "v2.yaml").write_text(yaml.safe_dump({**load_config(config), **v2}))
+    ers_train(family, "--config", str(root / "v2.yaml"), *common,
+              "--compatible-with", str(models / old_key), "--method", "oca")  # fmt: skip
     return models
+
+
+@pytest.fixture(scope="module")
+def face_models(tmp_path_factory: pytest.TempPathFactory, zoo_dirs: tuple[Path, Path]) -> Path:
+    """``facenet-tiny@1`` and its OCA-compatible ``facenet-tiny@2``, trained with ``ers train``."""
+    v2 = {"version": "2", "epochs": 6, "d_extra": 16}  # twice the training
+    return train_pair(tmp_path_factory, zoo_dirs, "facenet", "facenet-tiny", FACE_V1, v2)
 
 
 def install(models: Path, keys: tuple[str, ...], tmp_path: Path) -> None:
@@ -113,19 +120,9 @@ def test_facenet_upgrade_through_the_api(
 @pytest.fixture(scope="module")
 def two_branch_models(tmp_path_factory: pytest.TempPathFactory, zoo_dirs: tuple[Path, Path]) -> Path:
     """``emoji2b-tiny`` v1 and an OCA-compatible v2 (twice the epochs, 16 extra dims), with ``ers train``."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("two-branch-compat")
-    (root / "data").mkdir()
-    (root / "data" / "cache").symlink_to(zoo_dirs[1])
-    models = root / "models"
-    common = ["--out", str(models), "--data-dir", str(root / "data")]
-    ers_train("two-branch", "--config", "two-branch-tiny", *common)
-    v1 = load_config("two-branch-tiny")
-    v2 = {**v1, "version": "2", "train": {**v1["train"], "epochs": 8}, "compat": {"d_extra": 16}}
-    (root / "v2.yaml").write_text(yaml.safe_dump(v2))
-    ers_train("two-branch", "--config", str(root / "v2.yaml"), *common,
-              "--compatible-with", str(models / TB_V1), "--method", "oca")  # fmt: skip
-    return models
+    train = load_config("two-branch-tiny")["train"]
+    v2 = {"version": "2", "train": {**train, "epochs": 8}, "compat": {"d_extra": 16}}
+    return train_pair(tmp_path_factory, zoo_dirs, "two-branch", "two-branch-tiny", TB_V1, v2)
 
 
 def test_two_branch_v2_towers_are_declared_compatible_with_the_old_image_tower(two_branch_models: Path) -> None:
@@ -194,18 +191,8 @@ def test_two_branch_upgrade_through_the_api(
 @pytest.fixture(scope="module")
 def convirt_models(tmp_path_factory: pytest.TempPathFactory, zoo_dirs: tuple[Path, Path]) -> Path:
     """``convirt-tiny`` v1 and an OCA-compatible v2 (twice the epochs, 16 extra dims), with ``ers train``."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("convirt-compat")
-    (root / "data").mkdir()
-    (root / "data" / "cache").symlink_to(zoo_dirs[1])
-    models = root / "models"
-    common = ["--out", str(models), "--data-dir", str(root / "data")]
-    ers_train("convirt", "--config", "convirt-tiny", *common)
-    v2 = {**load_config("convirt-tiny"), "version": "2", "epochs": 6, "compat": {"d_extra": 16}}
-    (root / "v2.yaml").write_text(yaml.safe_dump(v2))
-    ers_train("convirt", "--config", str(root / "v2.yaml"), *common,
-              "--compatible-with", str(models / CV_V1), "--method", "oca")  # fmt: skip
-    return models
+    v2 = {"version": "2", "epochs": 6, "compat": {"d_extra": 16}}
+    return train_pair(tmp_path_factory, zoo_dirs, "convirt", "convirt-tiny", CV_V1, v2)
 
 
 def test_convirt_upgrade_through_the_api(
@@ -231,18 +218,8 @@ def test_convirt_upgrade_through_the_api(
 @pytest.fixture(scope="module")
 def unified_models(tmp_path_factory: pytest.TempPathFactory, zoo_dirs: tuple[Path, Path]) -> Path:
     """``unified-tiny`` v1 and an OCA-compatible v2 (twice the epochs, 8 extra dims), with ``ers train``."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("unified-compat")
-    (root / "data").mkdir()
-    (root / "data" / "cache").symlink_to(zoo_dirs[1])
-    models = root / "models"
-    common = ["--out", str(models), "--data-dir", str(root / "data")]
-    ers_train("unified", "--config", UN, *common)
-    v2 = {**load_config(UN), "version": "2", "epochs": 8, "compat": {"d_extra": 8}}
-    (root / "v2.yaml").write_text(yaml.safe_dump(v2))
-    ers_train("unified", "--config", str(root / "v2.yaml"), *common,
-              "--compatible-with", str(models / UN_V1), "--method", "oca")  # fmt: skip
-    return models
+    v2 = {"version": "2", "epochs": 8, "compat": {"d_extra": 8}}
+    return train_pair(tmp_path_factory, zoo_dirs, "unified", UN, UN_V1, v2)
 
 
 def test_unified_upgrade_through_the_api(
