@@ -138,8 +138,11 @@ class CompatObjective(nn.Module):
             classifier[:, : targets.d_old] = targets.old_classifier.detach().cpu()
         self.classifier = nn.Parameter(classifier)
 
-    def compat_terms(self, z: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The compatibility losses alone, for (B, dim) embeddings of training items ``index``."""
+    def compat_terms(
+        self, z: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, distill: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """The compatibility losses alone, for (B, dim) embeddings of training items ``index``; BT²'s
+        relational distillation only with ``distill`` (a query tower has no teacher of its own)."""
         if self.method is None:
             return {}
         assert self.targets is not None
@@ -149,7 +152,8 @@ class CompatObjective(nn.Module):
         if self.method == "bt2":
             assert t.teacher is not None
             terms["align"] = w.align * alignment_loss(prefix, t.old_features[index])
-            terms["distill"] = w.distill * relational_distillation_loss(z, t.teacher[index], w.distill_temperature)
+            if distill:
+                terms["distill"] = w.distill * relational_distillation_loss(z, t.teacher[index], w.distill_temperature)
         elif self.method == "oca":
             terms["align"] = w.align * alignment_loss(prefix, t.old_prototypes[labels])
             if w.feature:

@@ -40,7 +40,7 @@ from models.families.convirt import ConvirtImageFamily, ConvirtImageTower, Convi
 from models.losses.contrastive import convirt_info_nce
 from models.training import tower_compat as tc
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
-from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
+from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe, train_teacher
 from models.training.run import (
     batches,
     parse_config,
@@ -278,7 +278,7 @@ class Run:
 
     def _bases(self) -> list[torch.nn.Module]:
         c = self.compat
-        return [] if c is None else [b for b in (c.image_basis, c.text_basis) if b is not None]
+        return [] if c is None else [b for b in (c.gallery_basis, c.query_basis) if b is not None]
 
     def _bases_state(self) -> list[dict[str, torch.Tensor]]:
         return [b.state_dict() for b in self._bases()]
@@ -325,7 +325,8 @@ class ConvirtRecipe:
             old, dim, settings = tc.compatible_width(cfg.compat, request.compatible_with, request.method,
                                                      f"{cfg.name}-image@{cfg.version}")  # fmt: skip
             cfg = dataclasses.replace(cfg, dim=dim)
-            teacher = self._train_teacher(request) if request.method == "bt2" else None
+            teacher = (train_teacher(request, "convirt", lambda alone: self.train(alone).artifact)
+                       if request.method == "bt2" else None)  # fmt: skip
             plan = CompatPlan(old, request.compatible_with, request.method, settings, teacher)
         elif cfg.compat:
             raise TrainingError("the config's compat section needs --compatible-with and --method")
@@ -361,15 +362,6 @@ class ConvirtRecipe:
                                    "train_seconds": round(time.monotonic() - started, 1)}  # fmt: skip
         artifact = run.publish(request.out, metrics, request.config)
         return TrainResult(artifact, metrics)
-
-    def _train_teacher(self, request: TrainRequest) -> Encoder:
-        """BT²'s teacher: the same config trained on its own (no compatibility), as ``<name>-independent``."""
-        from models.core.registry import load_encoder
-
-        config = {k: v for k, v in request.config.items() if k != "compat"}
-        config["name"] = f"{config.get('name', 'convirt')}-independent"
-        alone = dataclasses.replace(request, config=config, compatible_with=None, method=None)
-        return load_encoder(self.train(alone).artifact)
 
     def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
         from models.data.convirt_pairs import evaluate_artifact

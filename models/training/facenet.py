@@ -16,7 +16,6 @@ With ``--compatible-with OLD --method bct|bt2|oca`` the model is trained to sear
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.core.encoder import Encoder
 from models.core.spec import EncoderSpec
 from models.data.identities import AugmentConfig, augment, pk_batches
 from models.losses.metric import triplet_loss
@@ -33,7 +31,7 @@ from models.training import facenet_compat as fc
 from models.training import facenet_steps as fd
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
 from models.training.facenet_config import FaceNetTrainConfig
-from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
+from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe, train_teacher
 from models.training.run import config_dict, parse_config, pick_device, progress_bar, seed_everything, write_card
 
 RECIPE = "facenet"
@@ -139,7 +137,7 @@ class FaceNetRecipe:
                 raise TrainingError("--compatible-with needs --method bct|bt2|oca")
             old_spec, cfg = fc.compat_config(cfg, request.compatible_with, method)
             if method == "bt2":  # BT² distils from an independently trained new model: trained first
-                teacher = self._train_teacher(request)
+                teacher = train_teacher(request, "facenet", lambda alone: self.train(alone).artifact)
         seed_everything(cfg.seed)
         device = pick_device(request.device)
         data_dir = request.data_dir or Path(".ers-data")
@@ -172,14 +170,6 @@ class FaceNetRecipe:
         }  # fmt: skip
         write_card(artifact, spec, metrics, config_dict(cfg), fd.CARD_NOTES)
         return TrainResult(artifact, metrics)
-
-    def _train_teacher(self, request: TrainRequest) -> Encoder:
-        """BT²'s teacher: the same config trained on its own (no compatibility), as ``<name>-independent``."""
-        from models.core.registry import load_encoder
-
-        config = {**request.config, "name": f"{request.config.get('name', 'facenet')}-independent"}
-        alone = dataclasses.replace(request, config=config, compatible_with=None, method=None)
-        return load_encoder(self.train(alone).artifact)
 
     def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
         """Score an artifact through the served encoder (ONNX, the service's preprocessing)."""

@@ -29,7 +29,7 @@ from models.data.fashion_mnist import CLASSES, LICENSE, FashionMNIST, load_fashi
 from models.losses.compat import alignment_loss
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
 from models.training.fmnist_anchor import perturbed_views
-from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
+from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe, train_teacher
 from models.training.run import batches, parse_config, pick_device, progress_bar, seed_everything, write_card
 
 
@@ -172,7 +172,11 @@ class FmnistRecipe:
             old = _load(request.compatible_with)
             teacher = None
             if method == "bt2":
-                teacher = _load(Path(cfg.teacher)) if cfg.teacher else self._train_teacher(request, cfg)
+                teacher = (
+                    _load(Path(cfg.teacher))
+                    if cfg.teacher
+                    else train_teacher(request, "fmnist", lambda alone: self.train(alone).artifact)
+                )
             targets = prepare_targets(old, images, labels, len(classes), teacher, request.compatible_with, classes)
             if cfg.anchor:
                 views = perturbed_views(images, cfg.anchor_views, cfg.seed)  # (M, 28, 28)
@@ -274,11 +278,6 @@ class FmnistRecipe:
             notes = report.markdown()
         write_card(artifact, spec, metrics, dataclasses.asdict(cfg), notes)
         return TrainResult(artifact=artifact, metrics=metrics)
-
-    def _train_teacher(self, request: TrainRequest, cfg: FmnistConfig) -> Encoder:
-        config = {**dataclasses.asdict(cfg), "name": f"{cfg.name}-independent", "teacher": None}
-        teacher = dataclasses.replace(request, config=config, compatible_with=None, method=None)
-        return _load(self.train(teacher).artifact)
 
     def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
         """Test-split retrieval; for a compatible model also the report against its old model

@@ -95,3 +95,18 @@ def recipe(name: str) -> Recipe:
 def recipe_names() -> list[str]:
     _load_all()
     return sorted(_RECIPES)
+
+
+def train_teacher(request: TrainRequest, default_name: str, train: Callable[[TrainRequest], Path]) -> Any:
+    """BT²'s teacher: the same config trained on its own (no compatibility), as ``<name>-independent``.
+
+    ``train`` runs the recipe on that request and returns the artifact the teacher's features come
+    from (a two-tower recipe: its gallery tower). Returns the loaded ``Encoder``."""
+    import dataclasses
+
+    from models.core.registry import load_encoder
+
+    config = {k: v for k, v in request.config.items() if k not in ("compat", "teacher")}
+    config["name"] = f"{config.get('name', default_name)}-independent"
+    alone = dataclasses.replace(request, config=config, compatible_with=None, method=None)
+    return load_encoder(train(alone))

@@ -40,7 +40,7 @@ from models.training.run import parse_config
 
 @dataclass(frozen=True)
 class CompatSettings:
-    """The ``compat:`` section of a two-branch or ConVIRT config (used with ``--compatible-with``)."""
+    """The ``compat:`` section of a two-branch, ConVIRT or Unified config (used with ``--compatible-with``)."""
 
     d_extra: int = 32  # BT², OCA: dims beyond the old model's (BCT: none)
     influence: float = 1.0
@@ -64,7 +64,7 @@ def compatible_width(section: dict[str, Any], old_artifact: Path, method: str, n
         raise TrainingError(f"{old.key} embeds '{old.modality}', not '{modality}': the new model is compatible "
                             "with the gallery tower of the old model; pass that artifact")  # fmt: skip
     if old.key == new_key:
-        raise TrainingError(f"the new image tower would reuse the old key {old.key}; set a different version")
+        raise TrainingError(f"the new gallery tower would reuse the old key {old.key}; set a different version")
     return old, embedding_dim(method, old.dim, settings.d_extra), settings
 
 
@@ -83,18 +83,18 @@ class TowerCompat:
     old: EncoderSpec
     method: str
     objective: CompatObjective  # only its compat_terms: the ranking loss is the model's objective
-    image_basis: nn.Module | None  # the gallery tower's (image, or Unified's item tower)
-    text_basis: nn.Module | None  # the query tower's (text, or Unified's query tower)
+    gallery_basis: nn.Module | None  # the gallery tower's (image, or Unified's item tower)
+    query_basis: nn.Module | None  # the query tower's (text, or Unified's query tower)
     roles: tuple[str, str] = ("image", "text")  # how the loss terms are named
 
     def parameters(self) -> list[nn.Parameter]:
-        return [p for b in (self.image_basis, self.text_basis) if b is not None for p in b.parameters()]
+        return [p for b in (self.gallery_basis, self.query_basis) if b is not None for p in b.parameters()]
 
     def mix(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, dim) unit embeddings of both towers, each through its basis (orthogonal: still unit)."""
-        if self.image_basis is None or self.text_basis is None:
+        if self.gallery_basis is None or self.query_basis is None:
             return image, text
-        return self.image_basis(image), self.text_basis(text)
+        return self.gallery_basis(image), self.query_basis(text)
 
     def terms(self, image: torch.Tensor, text: torch.Tensor, items: np.ndarray,
               pairs: np.ndarray) -> dict[str, torch.Tensor]:  # fmt: skip
@@ -104,14 +104,14 @@ class TowerCompat:
         labels = torch.from_numpy(np.asarray(pairs, dtype=np.int64)).to(image.device)
         gallery, query = self.roles
         out = {f"{gallery}_{k}": v for k, v in self.objective.compat_terms(image, labels, index).items()}
-        text_terms = self.objective.compat_terms(text, labels, index)
-        text_terms.pop("distill", None)  # the teacher's relations are between gallery items
+        # BT²'s distillation is left out: the teacher's relations are between gallery items
+        text_terms = self.objective.compat_terms(text, labels, index, distill=False)
         out.update({f"{query}_{k}": v for k, v in text_terms.items()})
         return out
 
     def fold(self, image_tower: nn.Module, text_tower: nn.Module) -> None:
         """Fold each trained basis into its tower's output ``Linear``: ``W P`` and ``W b``."""
-        for basis, tower in ((self.image_basis, image_tower), (self.text_basis, text_tower)):
+        for basis, tower in ((self.gallery_basis, image_tower), (self.query_basis, text_tower)):
             if basis is None:
                 continue
             bake_basis(basis)
@@ -121,7 +121,7 @@ class TowerCompat:
                 layer.weight.copy_(w @ layer.weight)
                 if layer.bias is not None:
                     layer.bias.copy_(w @ layer.bias)
-        self.image_basis = self.text_basis = None
+        self.gallery_basis = self.query_basis = None
 
 
 def prepare(old_spec: EncoderSpec, old_artifact: Path, method: str, images: list[Any], pairs: np.ndarray,

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.core.encoder import Encoder
 from models.core.errors import ArtifactError
 from models.core.export import write_artifact
 from models.core.spec import EncoderSpec
@@ -28,7 +27,7 @@ from models.families.two_branch import TwoBranchConfig, TwoBranchImageFamily, Tw
 from models.losses.ranking import RankingLossConfig, ranking_loss
 from models.training import tower_compat as tc
 from models.training.checkpoint import Checkpointer, rng_state, set_rng_state
-from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
+from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe, train_teacher
 from models.training.run import (
     batches,
     parse_config,
@@ -137,7 +136,7 @@ class Trainer:
             self.old, dim, settings = tc.compatible_width(self.top.compat, request.compatible_with, method, new_key)
             self.model_cfg = dataclasses.replace(self.model_cfg, dim=dim)
             if method == "bt2":  # BT² distils from an independently trained new model: trained first
-                teacher = train_teacher(request)
+                teacher = train_teacher(request, "emoji2b", lambda alone: TwoBranchRecipe().train(alone).artifact)
         elif self.top.compat:
             raise TrainingError("the config's compat section needs --compatible-with and --method")
         seed_everything(self.top.seed)
@@ -286,8 +285,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "rng": rng_state(), "loader": self.rng.bit_generator.state,
                 "augment": self.generator.get_state(), "history": self.history,
                 "config": self.request.config,
-                "bases": [] if self.compat is None else [b.state_dict() for b in (self.compat.image_basis,
-                                                                                  self.compat.text_basis) if b],
+                "bases": [] if self.compat is None else [b.state_dict() for b in (self.compat.gallery_basis,
+                                                                                  self.compat.query_basis) if b],
                 # dropout on a GPU draws from CUDA's generators, which rng_state() leaves out
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device == "cuda" else []}  # fmt: skip
 
@@ -297,7 +296,7 @@ class Trainer:
         self.image_tower.load_state_dict(state["image"])
         self.text_tower.load_state_dict(state["text"])
         if self.compat is not None:
-            bases = [b for b in (self.compat.image_basis, self.compat.text_basis) if b is not None]
+            bases = [b for b in (self.compat.gallery_basis, self.compat.query_basis) if b is not None]
             for basis, saved in zip(bases, state.get("bases", []), strict=True):
                 basis.load_state_dict(saved)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -341,17 +340,6 @@ def fit(request: TrainRequest) -> tuple[Trainer, dict[str, Any]]:
                     "loss_last_epoch": t.history[-1] if t.history else None, "loss_history": t.history,
                     "device": t.device, "seconds": round(time.perf_counter() - started, 1)})  # fmt: skip
     return t, metrics
-
-
-def train_teacher(request: TrainRequest) -> Encoder:
-    """BT²'s teacher: the same config trained on its own (no compatibility), as ``<name>-independent``."""
-    from models.core.registry import load_encoder
-
-    config = {k: v for k, v in request.config.items() if k != "compat"}
-    config["name"] = f"{config.get('name', 'emoji2b')}-independent"
-    alone = dataclasses.replace(request, config=config, compatible_with=None, method=None)
-    trainer, metrics = fit(alone)
-    return load_encoder(publish(trainer, alone, metrics).artifact)
 
 
 def publish(t: Trainer, request: TrainRequest, metrics: dict[str, Any]) -> TrainResult:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from models.core.encoder import Encoder, encode
+from models.core.encoder import encode
 from models.core.spec import EncoderSpec
 from models.data.insteval import Interactions, RecordColumns, Split, holdout_split, load_insteval, load_records_csv
 from models.families.unified import (
@@ -32,7 +32,7 @@ from models.families.unified import (
 from models.losses.contrastive import in_batch_softmax
 from models.training import tower_compat as tc
 from models.training.checkpoint import Checkpointer
-from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe
+from models.training.recipe import TrainingError, TrainRequest, TrainResult, register_recipe, train_teacher
 from models.training.run import (
     batches,
     config_dict,
@@ -150,7 +150,7 @@ class UnifiedRecipe:
             if old.config.get("tower", "item") != "item":
                 raise TrainingError(f"{old.key} is a {old.config.get('tower')} tower; pass the old item tower")
             cfg = dataclasses.replace(cfg, dim=dim)
-            teacher = self._train_teacher(request) if request.method == "bt2" else None
+            teacher = train_teacher(request, "unified", self._item_tower) if request.method == "bt2" else None
         elif cfg.compat:
             raise TrainingError("the config's compat section needs --compatible-with and --method")
         device = pick_device(request.device)
@@ -256,15 +256,10 @@ class UnifiedRecipe:
             write_card(directory, spec, metrics, config_dict(cfg), notes)
         return TrainResult(artifacts[0][0], metrics)
 
-    def _train_teacher(self, request: TrainRequest) -> Encoder:
-        """BT²'s teacher: the same config trained on its own, as ``<name>-independent``; its item tower."""
-        from models.core.registry import load_encoder
-
-        config = {k: v for k, v in request.config.items() if k != "compat"}
-        config["name"] = f"{config.get('name', 'unified')}-independent"
-        alone = dataclasses.replace(request, config=config, compatible_with=None, method=None)
-        artifact = self.train(alone).artifact  # the query tower's; its item tower sits beside it
-        return load_encoder(artifact.parent / f"{config['name']}-item@{config.get('version', '1')}")
+    def _item_tower(self, request: TrainRequest) -> Path:
+        """Train ``request`` (BT²'s teacher); the item tower, which sits beside the query tower it returns."""
+        artifact = self.train(request).artifact
+        return artifact.parent / f"{request.config['name']}-item@{request.config.get('version', '1')}"
 
     def evaluate(self, artifact: Path, data: str | None, data_dir: Path | None) -> dict[str, Any]:
         from models.core.artifact import verify_artifact
@@ -296,7 +291,7 @@ class UnifiedRecipe:
 
 
 def bases(compat: tc.TowerCompat | None) -> list[Any]:
-    return [] if compat is None else [b for b in (compat.image_basis, compat.text_basis) if b is not None]
+    return [] if compat is None else [b for b in (compat.gallery_basis, compat.query_basis) if b is not None]
 
 
 def publish_towers(

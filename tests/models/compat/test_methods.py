@@ -127,3 +127,21 @@ def test_warm_start_begins_at_the_old_embedding(fmnist: FashionMNIST, old_model:
         torch.testing.assert_close(grown(pixels)[:, :40], expected, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match=r"proj\.weight"):
         warm_start(FmnistCNN(FmnistCNNConfig(channels=(8, 16, 32), dim=24)), plain_state(basis_model.state_dict()))
+
+
+def test_query_tower_terms_leave_out_only_the_distillation(fmnist: FashionMNIST, old_model: Path) -> None:
+    """A two-tower model's query tower gets BT²'s influence and alignment terms but not the teacher's
+    relational distillation (its relations are between gallery items); the gallery tower gets all three."""
+    old = load_encoder(old_model)
+    images, labels = fmnist.train_images[:64], fmnist.train_labels[:64]
+    targets = prepare_targets(old, images, labels, 10, teacher=old)
+    dim = embedding_dim("bt2", old.spec.dim, 8)
+    objective = CompatObjective("bt2", 10, dim, targets)
+    z = torch.nn.functional.normalize(torch.randn(64, dim, generator=torch.Generator().manual_seed(0)), dim=1)
+    y, index = torch.from_numpy(labels), torch.arange(64)
+    gallery = objective.compat_terms(z, y, index)
+    query = objective.compat_terms(z, y, index, distill=False)
+    assert set(gallery) == {"influence", "align", "distill"} and set(query) == {"influence", "align"}
+    for term in query:
+        assert torch.equal(query[term], gallery[term])
+    assert float(gallery["distill"]) > 0

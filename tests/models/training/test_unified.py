@@ -210,3 +210,22 @@ def test_trains_on_a_users_records_csv(zoo_dirs: tuple[Path, Path], tmp_path: Pa
     assert encode(served, [{"student": "1", "semester": "2"}]).shape == (1, 16)
     with pytest.raises(TrainingError, match="columns"):
         recipe("unified").train(TrainRequest(config={**config, "columns": None}, out=tmp_path / "x", progress=False))
+
+
+def test_bt2_trains_its_independent_teacher_first(trained: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
+    """``--method bt2`` trains ``<name>-independent`` (both towers, no compat section, no old model) and
+    distils from its item tower; both new towers are compatible with the old item tower."""
+    models, data_dir, _ = trained
+    out = tmp_path / "models"
+    shutil.copytree(models / f"{TINY}-item@1", out / f"{TINY}-item@1")
+    config = {**load_config(TINY), "version": "2", "compat": {"d_extra": 8}}
+    request = TrainRequest(config=config, out=out, data_dir=data_dir, compatible_with=out / f"{TINY}-item@1",
+                           method="bt2", progress=False)  # fmt: skip
+    recipe("unified").train(request)
+    old = EncoderSpec.load(out / f"{TINY}-item@1")
+    teacher = EncoderSpec.load(out / f"{TINY}-independent-item@2")
+    assert teacher.compatible_with is None and teacher.dim == old.dim
+    assert EncoderSpec.load(out / f"{TINY}-independent-query@2").compatible_with is None
+    for tower in ("item", "query"):
+        spec = EncoderSpec.load(out / f"{TINY}-{tower}@2")
+        assert (spec.compatible_with, spec.compat_dims, spec.dim) == (old.key, old.dim, old.dim + 8)
