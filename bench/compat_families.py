@@ -14,7 +14,9 @@ Scores (the BCT protocol, ``models.compat.report``, cosine, top-1 by label) on t
 * facenet: the held-out identities' images, query = gallery, leave-self-out;
 * two-branch: both drawings of each evaluation concept (i2i, by concept), and the captions against
   them (t2i, ``ers compat --queries``'s tower report);
-* convirt: the held-out concepts' drawings by category (i2i), and their names against them (t2i).
+* convirt: the held-out concepts' drawings by category (i2i), and their names against them (t2i);
+* unified: recall@10 of the held-out ratings, each held-out student (query tower) against every
+  lecturer (item tower), the lecturers it rated in training left out.
 
 new/old is the new query model's first ``d_old`` dims against v1's gallery; Independent's new/old
 compares two unrelated spaces (near chance). Mean ± 95% Student-t interval over seeds; the table and
@@ -72,7 +74,34 @@ def eval_sets(family: str, cfg: dict[str, Any], cache: Path) -> dict[str, tuple[
         data = load_pairs(cfg["data"], cfg.get("limit"), cfg["test_percent"], cfg["label"], cache.parent)
         texts = (data.texts, data.text_labels, "text")
         return {"i2i": (data.gallery, data.gallery_labels, None), "t2i": (data.gallery, data.gallery_labels, texts)}
-    raise SystemExit(f"--family {family}: not measured by this script yet (facenet, two-branch, convirt)")
+    raise SystemExit(f"--family {family}: not measured by this script (facenet, two-branch, convirt, unified)")
+
+
+def unified_scores(old: Path, new: Path, cfg: dict[str, Any], cache: Path) -> dict[str, dict[str, float]]:
+    """Unified: recall@10 of each held-out student's held-out lecturers, searched by the query (student)
+    tower among every item (lecturer) vector, items the student rated in training left out."""
+    from models.core.encoder import encode
+    from models.data.insteval import holdout_split
+    from models.training.unified import load_data, recall_at_k, seen_matrix
+
+    data = load_data(cfg["data"], cfg.get("columns"), cfg.get("limit"), cache)
+    split = holdout_split(data, cfg["min_rating"], cfg["holdout"], cfg["seed"])
+    evaluated = np.asarray(sorted(split.held_out), dtype=np.int64)
+    seen = seen_matrix(data, split.train)
+    records = [data.queries[int(r)] for r in evaluated]
+
+    def towers(item_artifact: Path) -> tuple[np.ndarray, np.ndarray]:
+        queries = encode(load_encoder(query_tower(item_artifact, "record")), records)
+        return queries, encode(load_encoder(item_artifact), data.items)
+
+    (old_q, old_i), (new_q, new_i) = towers(old), towers(new)
+    d = old_i.shape[1]
+    prefix = new_q[:, :d] / np.linalg.norm(new_q[:, :d], axis=1, keepdims=True)  # a cosine index normalises
+
+    def r10(q: np.ndarray, i: np.ndarray) -> float:
+        return recall_at_k(q @ i.T, evaluated, split, seen, [10])["recall@10"]
+
+    return {"R@10": {"old/old": r10(old_q, old_i), "new/old": r10(prefix, old_i), "new/new": r10(new_q, new_i)}}
 
 
 def query_tower(artifact: Path, kind: str) -> Path:
@@ -99,6 +128,14 @@ def score(old: Path, new: Path, sets: dict[str, tuple[list[Any], list[Any], Any]
     return out
 
 
+def gallery_tower(artifact: Path) -> Path:
+    """The artifact a collection stores (Unified's recipe returns its query tower; the item tower sits beside)."""
+    from models.core.spec import EncoderSpec
+
+    towers = EncoderSpec.load(artifact).config.get("towers")
+    return artifact.parent / towers["item"] if isinstance(towers, dict) and "item" in towers else artifact
+
+
 def run_seed(family: str, base: dict[str, Any], v2: dict[str, Any], seed: int, root: Path) -> dict[str, Any]:
     data_dir = root / "data"
     out = root / f"seed{seed}"
@@ -107,7 +144,7 @@ def run_seed(family: str, base: dict[str, Any], v2: dict[str, Any], seed: int, r
         t0 = time.time()
         request = TrainRequest(config=config, out=out, data_dir=data_dir, compatible_with=old,
                                method=method, progress=False)  # type: ignore[arg-type]  # fmt: skip
-        artifact = recipe(family).train(request).artifact
+        artifact = gallery_tower(recipe(family).train(request).artifact)
         print(f"  seed {seed}: {artifact.name} ({method or 'independent'}) in {time.time() - t0:.0f} s", flush=True)
         return artifact
 
@@ -118,6 +155,8 @@ def run_seed(family: str, base: dict[str, Any], v2: dict[str, Any], seed: int, r
     rows = {"Independent": train({**new, "name": f"{name}-ind", "version": "2"})}
     for row, method in METHODS.items():
         rows[row] = train({**new, "name": f"{name}-{method}", "version": "2"}, v1, method)
+    if family == "unified":
+        return {row: unified_scores(v1, artifact, cfg, data_dir / "cache") for row, artifact in rows.items()}
     sets = eval_sets(family, cfg, data_dir / "cache")
     return {row: score(v1, artifact, sets) for row, artifact in rows.items()}
 
@@ -147,7 +186,8 @@ def table(runs: list[dict[str, Any]], command: str, family: str) -> str:
     for row in ROWS:
         cells = " | ".join(f"{_cell([r[row][s][t] for r in runs])}" for s in sets for t in ("new/old", "new/new"))
         lines.append(f"| {row} | {cells} |")
-    return (f"### {family}: top-1, mean ± 95% CI over {len(runs)} seeds\n\nCommand: `{command}`\n\n"
+    metric = "recall@10" if family == "unified" else "top-1"
+    return (f"### {family}: {metric}, mean ± 95% CI over {len(runs)} seeds\n\nCommand: `{command}`\n\n"
             + "\n".join(lines) + "\n")  # fmt: skip
 
 
@@ -158,13 +198,18 @@ def _cell(values: list[float]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", required=True, choices=("facenet", "two-branch", "convirt"))
+    p.add_argument("--family", required=True, choices=("facenet", "two-branch", "convirt", "unified"))
     p.add_argument("--config", required=True, help="a shipped config name or a YAML file: v1's")
     p.add_argument("--v2", default=None, help="JSON over the config for every new model (default: 2x the epochs)")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--data-dir", type=Path, default=Path(".ers-data"), help="where data sets are cached")
     p.add_argument("--out", type=Path, default=Path("docs/compat_families"))
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     base = load_config(args.config)
     if args.v2 is not None:
         v2 = json.loads(args.v2)

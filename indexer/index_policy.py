@@ -82,6 +82,9 @@ class IndexPolicy:
         self._snap_lock = threading.Lock()  # one snapshot of this segment at a time; before the writer lock
         self._flag_lock = threading.Lock()  # guards ``_building`` only (a leaf)
         self._threads: list[threading.Thread] = []
+        # registers a thread only once started, and never after close() took the list: close() joins
+        # exactly the threads that run (joining one not yet started raises)
+        self._threads_lock = threading.Lock()
         self._min_train: int | None = None
         self._budget = effective_budget(options.memory_budget)
         # Set by ``close`` under the snapshot lock: no snapshot is written and no thread started after
@@ -184,8 +187,11 @@ class IndexPolicy:
             fn()
             return
         thread = threading.Thread(target=fn, daemon=True, name=f"ers-{self.c.name}-{self.seg.key}")
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
+        with self._threads_lock:
+            if self._closed:
+                return
+            thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
 
     def _rebuild(self, choice: IndexChoice) -> None:
         c = self.c
@@ -284,7 +290,9 @@ class IndexPolicy:
         (a build still training writes nothing once closed), then write the last snapshot if asked."""
         with self._snap_lock:
             self._closed = True
-        for thread in self._threads:
+        with self._threads_lock:
+            running = list(self._threads)
+        for thread in running:
             thread.join(timeout=60)
         if snapshot:
             with self._snap_lock:

@@ -70,7 +70,8 @@ class CollectionLocks:
     Order: writer lock, then index lock — never the other way round (a reader that then asked for
     the writer lock would deadlock against a writer waiting for the index lock). An ``IndexPolicy``'s
     own locks sit around them: its per-segment snapshot lock (one snapshot of a segment at a time) is
-    taken *before* the writer lock, its build-flag lock is a leaf (nothing is taken while holding it).
+    taken *before* the writer lock, its build-flag and thread-list locks are leaves (nothing is taken
+    while holding them).
     Nothing slow runs under the index lock for writing: FAISS training and snapshot file writes run
     outside it.
     """
