@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -217,7 +218,7 @@ def main() -> int:
         v2 = {"train": {"epochs": 2 * base["train"]["epochs"]}}
     else:
         v2 = {"epochs": 2 * base["epochs"]}
-    command = ".venv/bin/python bench/compat_families.py " + " ".join(sys.argv[1:])
+    command = ".venv/bin/python bench/compat_families.py " + shlex.join(sys.argv[1:])
     runs = []
     with tempfile.TemporaryDirectory(prefix="ers-compat-families-") as tmp:
         root = Path(tmp)
