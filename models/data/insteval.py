@@ -200,25 +200,31 @@ class Split:
     held_out: dict[int, np.ndarray]  # query index -> item indices held out
 
 
-def holdout_split(data: Interactions, min_rating: float, fraction: float, seed: int) -> Split:
+def holdout_split(
+    data: Interactions, min_rating: float, fraction: float, seed: int | list[int], rows: np.ndarray | None = None
+) -> Split:
     """Per query, hold out ``fraction`` (at least one) of its items rated ``>= min_rating``.
 
     Only queries with at least two such items give targets, so each keeps one positive to train on.
+    ``rows`` limits the split to those interactions (a validation split carved from the training rows);
+    ``train`` then holds the rest of ``rows``.
     """
     rng = np.random.default_rng(seed)
-    high = np.flatnonzero(data.ratings >= min_rating)
+    candidates = np.arange(len(data)) if rows is None else np.asarray(rows, dtype=np.int64)
+    high = candidates[data.ratings[candidates] >= min_rating]
     by_query: dict[int, list[int]] = {}
     for row in high:
         by_query.setdefault(int(data.query_index[row]), []).append(int(row))
     held_rows: list[int] = []
     held_out: dict[int, np.ndarray] = {}
-    for query, rows in sorted(by_query.items()):
-        if len(rows) < 2:
+    for query, own in sorted(by_query.items()):
+        if len(own) < 2:
             continue
-        n = max(1, round(fraction * len(rows)))
-        chosen = rng.choice(np.asarray(rows), size=min(n, len(rows) - 1), replace=False)
+        n = max(1, round(fraction * len(own)))
+        chosen = rng.choice(np.asarray(own), size=min(n, len(own) - 1), replace=False)
         held_rows.extend(int(r) for r in chosen)
         held_out[query] = data.item_index[chosen]
-    mask = np.ones(len(data), dtype=bool)
+    mask = np.zeros(len(data), dtype=bool)
+    mask[candidates] = True
     mask[np.asarray(held_rows, dtype=np.int64)] = False
     return Split(train=np.flatnonzero(mask), held_out=held_out)

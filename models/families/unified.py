@@ -5,7 +5,9 @@ with its own salt so that two features' values collide only by chance ("multiple
 variable-length variant gives a feature several chunks: several independent hashes whose rows are
 concatenated, so a collision in one chunk is told apart by the others. The baseline layout, one
 table per feature, is the same table split into disjoint row ranges (``FeatureSlot.offset/rows``),
-so both layouts have exactly the same parameter count.
+so both layouts have exactly the same parameter count. The collision-free layout (the upper bound
+the paper compares against) gives every known value of a feature its own rows through a vocabulary
+saved in the spec, plus one row for values never seen in training.
 
 A tower turns a record (``{"s": "1", "studage": "2"}``) into int64 row indices on the CPU with a
 stable hash (blake2b; never Python's ``hash``, which is salted per process), then looks the rows up,
@@ -40,13 +42,17 @@ class FeatureSlot:
     chunks: int = 1
     offset: int = 0
     rows: int = 0  # rows of the table this feature hashes into (all of them when multiplexed)
+    vocabulary: tuple[str, ...] = ()  # collision-free: value i gets rows offset + (i + 1) * chunks + c; 0 is unseen
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vocabulary", tuple(self.vocabulary))  # JSON gives a list
 
 
 @dataclass(frozen=True)
 class UnifiedConfig:
     table_rows: int = 4096
     emb_dim: int = 16
-    hidden: int = 128
+    hidden: int = 128  # 0: a linear map from the rows to the vector (matrix factorisation on id features)
     dim: int = 64
     query: tuple[FeatureSlot, ...] = ()
     item: tuple[FeatureSlot, ...] = ()
@@ -109,6 +115,26 @@ def layout(
     return out
 
 
+def collision_free_layout(
+    features: Mapping[str, Sequence[str]],
+    vocabularies: Mapping[str, Sequence[str]],
+    chunks: Mapping[str, int] | None = None,
+) -> tuple[dict[str, tuple[FeatureSlot, ...]], int]:
+    """Slots with a row per known value and chunk (and one per chunk for unseen values), and the rows in all."""
+    chunks = dict(chunks or {})
+    out: dict[str, tuple[FeatureSlot, ...]] = {}
+    offset = 0
+    for tower, side in features.items():
+        slots = []
+        for f in side:
+            vocab = tuple(sorted(set(vocabularies[f])))
+            rows = (len(vocab) + 1) * chunks.get(f, 1)
+            slots.append(FeatureSlot(f, f"{tower}:{f}", chunks.get(f, 1), offset, rows, vocab))
+            offset += rows
+        out[tower] = tuple(slots)
+    return out, offset
+
+
 def canonical_value(value: Any, feature: str, what: str) -> str:
     """Categorical values are strings or integers; ``7`` and ``"7"`` are the same category."""
     if isinstance(value, bool) or not isinstance(value, str | int):
@@ -147,6 +173,7 @@ def record_indices(records: Sequence[Any], slots: Sequence[FeatureSlot]) -> np.n
     width = sum(s.chunks for s in slots)
     out = np.zeros((len(records), width), dtype=np.int64)
     cache: dict[tuple[str, str], list[int]] = {}
+    positions = {s.name: {v: i + 1 for i, v in enumerate(s.vocabulary)} for s in slots if s.vocabulary}
     for row, raw in enumerate(records):
         record = as_record(raw, f"record {row}")
         col = 0
@@ -157,7 +184,10 @@ def record_indices(records: Sequence[Any], slots: Sequence[FeatureSlot]) -> np.n
                 )
             value = canonical_value(record[slot.name], slot.name, f"record {row}")
             rows = cache.get((slot.name, value))
-            if rows is None:
+            if rows is None and slot.name in positions:  # collision-free: the value's own rows (0: unseen)
+                base = slot.offset + positions[slot.name].get(value, 0) * slot.chunks
+                rows = [base + c for c in range(slot.chunks)]
+            elif rows is None:
                 rows = [slot.offset + stable_hash(slot.salt, c, value) % slot.rows for c in range(slot.chunks)]
                 cache[(slot.name, value)] = rows
             out[row, col : col + slot.chunks] = rows
@@ -176,8 +206,10 @@ def build_tower(cfg: UnifiedConfig, tower: str) -> Any:
             super().__init__()
             self.table = nn.Embedding(cfg.table_rows, cfg.emb_dim)
             nn.init.normal_(self.table.weight, std=0.1)
-            self.mlp = nn.Sequential(
-                nn.Linear(width * cfg.emb_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.dim)
+            self.mlp = (
+                nn.Sequential(nn.Linear(width * cfg.emb_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.dim))
+                if cfg.hidden
+                else nn.Linear(width * cfg.emb_dim, cfg.dim)
             )
 
         def forward(self, indices: Any) -> Any:
@@ -211,7 +243,10 @@ def parameter_count(cfg: UnifiedConfig) -> dict[str, int]:
     mlps = 0
     for tower in TOWERS:
         width = sum(s.chunks for s in cfg.slots(tower)) * cfg.emb_dim
-        mlps += width * cfg.hidden + cfg.hidden + cfg.hidden * cfg.dim + cfg.dim
+        if cfg.hidden:
+            mlps += width * cfg.hidden + cfg.hidden + cfg.hidden * cfg.dim + cfg.dim
+        else:  # one linear map
+            mlps += width * cfg.dim + cfg.dim
     return {"embedding": cfg.table_rows * cfg.emb_dim, "mlp": mlps, "total": cfg.table_rows * cfg.emb_dim + mlps}
 
 

@@ -5,6 +5,8 @@ with a ``columns`` spec). Protocol: per query, ``holdout`` of its items rated ``
 held out; the rest train the towers with in-batch softmax. Evaluation ranks every item for each
 query with held-out items (its training items excluded) and reports recall@K of the held-out
 items, against two baselines: popularity (training positives per item) and the untrained model.
+With ``val_holdout``, a validation split is carved from each query's training items the same way and
+the epoch with the best validation recall is the one published (the test items are never looked at).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from models.families.unified import (
     TOWERS,
     UnifiedConfig,
     build_two_tower,
+    collision_free_layout,
     layout,
     parameter_count,
     record_indices,
@@ -58,7 +61,9 @@ class UnifiedTrainConfig:
     train_min_rating: float | None = None  # training positives; None: every training interaction
     holdout: float = 0.2  # fraction of each query's high-rated items held out
     multiplexed: bool = True  # one shared table (False: the same rows split into one table per feature)
-    table_rows: int = 2048
+    table_rows: int | None = 2048  # None only with collision_free: the vocabularies set the rows
+    collision_free: bool = False  # a row per known value (the upper bound); needs multiplexed false, table_rows null
+    features: dict[str, list[str]] | None = None  # {query: [...], item: [...]}: the columns each tower uses
     emb_dim: int = 16
     chunks: dict[str, int] = field(default_factory=dict)  # feature -> chunks (variable-length variant)
     hidden: int = 128
@@ -70,11 +75,21 @@ class UnifiedTrainConfig:
     temperature: float = 0.05
     logq_correction: bool = False
     ks: list[int] = field(default_factory=lambda: [10, 50])
+    val_holdout: float = 0.0  # > 0: held out of each query's training items to pick the epoch (recall@ks[0])
     compat: dict[str, Any] = field(default_factory=dict)  # with --compatible-with: tower_compat.CompatSettings
 
     def check(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2 or self.table_rows < 1 or not 0 < self.holdout < 1:
-            raise TrainingError("unified config: need epochs >= 1, batch_size >= 2, table_rows >= 1, 0 < holdout < 1")
+        if self.epochs < 1 or self.batch_size < 2 or not 0 < self.holdout < 1 or not 0 <= self.val_holdout < 1:
+            raise TrainingError(
+                "unified config: need epochs >= 1, batch_size >= 2, 0 < holdout < 1, 0 <= val_holdout < 1"
+            )
+        if self.collision_free and (self.multiplexed or self.table_rows is not None):
+            raise TrainingError("unified config: collision_free needs multiplexed: false and table_rows: null "
+                                "(the vocabularies set the rows)")  # fmt: skip
+        if not self.collision_free and (self.table_rows is None or self.table_rows < 1):
+            raise TrainingError("unified config: table_rows must be >= 1 (null only with collision_free: true)")
+        if self.hidden < 0:
+            raise TrainingError("unified config: hidden must be >= 0 (0: a linear tower)")
         if self.data != "insteval" and self.columns is None:
             raise TrainingError(f"unified config: data '{self.data}' is a CSV, so `columns` must say which is which")
 
@@ -88,15 +103,45 @@ def load_data(data: str, columns: dict[str, Any] | None, limit: int | None, cach
     return load_records_csv(path, RecordColumns.from_config(columns or {}), limit)
 
 
+def tower_features(cfg: UnifiedTrainConfig, data: Interactions) -> dict[str, tuple[str, ...]]:
+    """Each tower's columns: every record column, or the config's ``features`` (a subset of them)."""
+    columns = {"query": data.columns.query, "item": data.columns.item}
+    if cfg.features is None:
+        return columns
+    if set(cfg.features) != set(TOWERS):
+        raise TrainingError(f"unified config: features needs exactly the towers {list(TOWERS)}")
+    for tower, chosen in cfg.features.items():
+        if not chosen or not set(chosen) <= set(columns[tower]):
+            raise TrainingError(f"unified config: features.{tower} must be a non-empty subset of {columns[tower]}")
+    return {t: tuple(cfg.features[t]) for t in TOWERS}
+
+
 def model_config(cfg: UnifiedTrainConfig, data: Interactions) -> UnifiedConfig:
-    features = {"query": data.columns.query, "item": data.columns.item}
-    vocab = {f: len({r[f] for r in data.queries}) for f in data.columns.query}
-    vocab.update({f: len({r[f] for r in data.items}) for f in data.columns.item})
+    features = tower_features(cfg, data)
+    values = {f: [r[f] for r in data.queries] for f in features["query"]}
+    values.update({f: [r[f] for r in data.items] for f in features["item"]})
     try:
-        slots = layout(features, vocab, cfg.table_rows, cfg.multiplexed, cfg.chunks)
+        if cfg.collision_free:
+            slots, rows = collision_free_layout(features, values, cfg.chunks)
+        else:
+            rows = int(cfg.table_rows or 0)
+            slots = layout(features, {f: len(set(v)) for f, v in values.items()}, rows, cfg.multiplexed, cfg.chunks)
     except ValueError as exc:
         raise TrainingError(f"unified config: {exc}") from exc
-    return UnifiedConfig(cfg.table_rows, cfg.emb_dim, cfg.hidden, cfg.dim, slots["query"], slots["item"])
+    return UnifiedConfig(rows, cfg.emb_dim, cfg.hidden, cfg.dim, slots["query"], slots["item"])
+
+
+def splits(data: Interactions, cfg: UnifiedTrainConfig) -> tuple[Split, Split | None, np.ndarray]:
+    """The test split, the validation split carved from its training rows (or None), and the training positives."""
+    test = holdout_split(data, cfg.min_rating, cfg.holdout, cfg.seed)
+    if not test.held_out:
+        raise TrainingError("no query has two or more high-rated items: nothing to hold out and evaluate")
+    val = None
+    if cfg.val_holdout:  # its own random stream, so the test split is the same with or without it
+        val = holdout_split(data, cfg.min_rating, cfg.val_holdout, [cfg.seed, 1], rows=test.train)
+    rows = val.train if val is not None else test.train
+    threshold = cfg.train_min_rating
+    return test, val, rows if threshold is None else rows[data.ratings[rows] >= threshold]
 
 
 def seen_matrix(data: Interactions, rows: np.ndarray) -> np.ndarray:
@@ -156,13 +201,9 @@ class UnifiedRecipe:
         device = pick_device(request.device)
         started = time.monotonic()
         data = load_data(cfg.data, cfg.columns, cfg.limit, (request.data_dir or Path(".ers-data")) / "cache")
-        split = holdout_split(data, cfg.min_rating, cfg.holdout, cfg.seed)
-        if not split.held_out:
-            raise TrainingError("no query has two or more high-rated items: nothing to hold out and evaluate")
+        split, val, positives = splits(data, cfg)
         mcfg = model_config(cfg, data)
         q_idx, i_idx = record_indices(data.queries, mcfg.query), record_indices(data.items, mcfg.item)
-        threshold = cfg.train_min_rating
-        positives = split.train if threshold is None else split.train[data.ratings[split.train] >= threshold]
         item_log_q = np.log(np.bincount(data.item_index[positives], minlength=len(data.items)) / len(positives) + 1e-12)
 
         seed_everything(cfg.seed)
@@ -174,20 +215,22 @@ class UnifiedRecipe:
             compat = tc.prepare(old, request.compatible_with, request.method, items, np.arange(len(items)), cfg.dim,
                                 settings, teacher, device, ("item", "query"))  # fmt: skip
         evaluated = np.asarray(sorted(split.held_out), dtype=np.int64)
-        seen = seen_matrix(data, split.train)
 
-        def model_recall() -> dict[str, float]:
+        def model_recall(target: Split = split, known: np.ndarray = split.train) -> dict[str, float]:
+            """Recall of ``target``'s held-out items, the ``known`` rows' items left out of the ranking."""
+            queries = np.asarray(sorted(target.held_out), dtype=np.int64)
             model.eval()
-            q, i = tower_vectors(model, "query", q_idx[evaluated], device), tower_vectors(model, "item", i_idx, device)
+            q, i = tower_vectors(model, "query", q_idx[queries], device), tower_vectors(model, "item", i_idx, device)
             model.train()
-            return recall_at_k(q @ i.T, evaluated, split, seen, cfg.ks)
+            return recall_at_k(q @ i.T, queries, target, seen_matrix(data, known), cfg.ks)
 
         untrained = model_recall()
-        popularity = recall_at_k(popularity_scores(data, positives, len(evaluated)), evaluated, split, seen, cfg.ks)
+        popularity = recall_at_k(popularity_scores(data, positives, len(evaluated)), evaluated, split,
+                                 seen_matrix(data, split.train), cfg.ks)  # fmt: skip
         params = list(model.parameters()) + (compat.parameters() if compat is not None else [])
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ckpt = Checkpointer(request.out / ".checkpoints" / cfg.name)
-        start, losses = 0, []
+        start, losses, val_curve, best = 0, [], [], None
         state = ckpt.latest() if request.resume else None
         if state is not None:
             if state["config"] != config_dict(cfg):
@@ -197,6 +240,7 @@ class UnifiedRecipe:
                 basis.load_state_dict(saved)
             opt.load_state_dict(state["optimizer"])
             start, losses = int(state["epoch"]) + 1, list(state["losses"])
+            val_curve, best = list(state.get("val_curve", [])), state.get("best")
 
         if len(positives) < 2:
             raise TrainingError(f"only {len(positives)} training pairs; in-batch softmax needs at least two")
@@ -228,10 +272,20 @@ class UnifiedRecipe:
                     total += loss.item()
                     bar.step(loss=loss.item(), epoch=float(epoch + 1))
                 losses.append(total / steps)
+                if val is not None:  # early stopping on the validation split: keep the best epoch's weights
+                    val_curve.append(model_recall(val, val.train)[f"recall@{cfg.ks[0]}"])
+                    if best is None or val_curve[-1] > best["score"]:
+                        best = {"epoch": epoch, "score": val_curve[-1], "model": clone(model.state_dict()),
+                                "bases": [clone(b.state_dict()) for b in bases(compat)]}  # fmt: skip
                 state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "losses": losses,
-                         "config": config_dict(cfg), "bases": [b.state_dict() for b in bases(compat)]}  # fmt: skip
+                         "config": config_dict(cfg), "bases": [b.state_dict() for b in bases(compat)],
+                         "val_curve": val_curve, "best": best}  # fmt: skip
                 ckpt.save(epoch, state)
 
+        if best is not None:
+            model.load_state_dict(best["model"])
+            for basis, saved in zip(bases(compat), best["bases"], strict=True):
+                basis.load_state_dict(saved)
         if compat is not None:
             compat.fold(model.item, model.query)  # the published towers are plain Unified towers
         trained = model_recall()
@@ -241,6 +295,8 @@ class UnifiedRecipe:
             **{f"untrained_{k}": v for k, v in untrained.items()},
             "loss_first_epoch": losses[0], "loss_last_epoch": losses[-1],
             "epochs": cfg.epochs, "first_epoch_run": start,
+            **({f"val_recall@{cfg.ks[0]}": best["score"], "best_epoch": int(best["epoch"]) + 1, "val_curve": val_curve}
+               if best is not None else {}),
             "layout": "multiplexed" if cfg.multiplexed else "one table per feature",
             "parameters": parameter_count(mcfg)["total"], "embedding_parameters": parameter_count(mcfg)["embedding"],
             "queries_evaluated": len(evaluated), "items": len(data.items), "training_pairs": len(positives),
@@ -273,13 +329,11 @@ class UnifiedRecipe:
         source = data or cfg.data
         interactions = load_data(source, cfg.columns, cfg.limit if data is None else None,
                                  (data_dir or Path(".ers-data")) / "cache")  # fmt: skip
-        split = holdout_split(interactions, cfg.min_rating, cfg.holdout, cfg.seed)
+        split, _, positives = splits(interactions, cfg)
         evaluated = np.asarray(sorted(split.held_out), dtype=np.int64)
         q = encode(encoders["query"], [interactions.queries[int(r)] for r in evaluated])
         i = encode(encoders["item"], interactions.items)
         seen = seen_matrix(interactions, split.train)
-        threshold = cfg.train_min_rating
-        positives = split.train if threshold is None else split.train[interactions.ratings[split.train] >= threshold]
         popularity = recall_at_k(
             popularity_scores(interactions, positives, len(evaluated)), evaluated, split, seen, cfg.ks
         )
@@ -288,6 +342,11 @@ class UnifiedRecipe:
             **{f"popularity_{k}": v for k, v in popularity.items()},
             "queries_evaluated": len(evaluated), "items": len(interactions.items), "data": source,
         }  # fmt: skip
+
+
+def clone(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a state dict that later optimiser steps leave alone."""
+    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def bases(compat: tc.TowerCompat | None) -> list[Any]:

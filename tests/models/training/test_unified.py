@@ -18,19 +18,28 @@ from models.core.encoder import encode
 from models.core.errors import InvalidEncoderInput
 from models.core.registry import load_encoder
 from models.core.spec import EncoderSpec
-from models.data.insteval import INSTEVAL_COLUMNS, RecordColumns, insteval_csv, load_insteval, parse_records_csv
+from models.data.insteval import (
+    INSTEVAL_COLUMNS,
+    RecordColumns,
+    holdout_split,
+    insteval_csv,
+    load_insteval,
+    parse_records_csv,
+)
 from models.families.unified import (
     UnifiedConfig,
     UnifiedTowerFamily,
     build_two_tower,
+    collision_free_layout,
     layout,
+    parameter_count,
     record_indices,
     stable_hash,
 )
 from models.training.checkpoint import Checkpointer
 from models.training.recipe import TrainingError, TrainRequest, recipe
-from models.training.run import load_config
-from models.training.unified import tower_vectors
+from models.training.run import load_config, parse_config
+from models.training.unified import UnifiedTrainConfig, splits, tower_vectors
 
 torch.set_num_threads(1)
 TINY = "unified-tiny"
@@ -128,8 +137,10 @@ def test_insteval_loads_real_ratings(zoo_dirs: tuple[Path, Path]) -> None:
 def test_tiny_training_loss_falls_and_beats_baselines(trained: tuple[Path, Path, dict[str, Any]]) -> None:
     _, _, m = trained
     assert m["loss_last_epoch"] < m["loss_first_epoch"]
-    for k in (10, 50):
-        assert m[f"recall@{k}"] > m[f"popularity_recall@{k}"] and m[f"recall@{k}"] > m[f"untrained_recall@{k}"]
+    # Popularity is the strongest cheap baseline here. Tiny run, seed 0: 0.379 vs 0.086 at K=10, 0.670 vs
+    # 0.252 at K=50; over seeds 1-4 the margins were 0.14-0.25 (K=10) and 0.27-0.46 (K=50).
+    assert m["recall@10"] >= m["popularity_recall@10"] + 0.1, m
+    assert m["recall@50"] >= m["popularity_recall@50"] + 0.2, m
 
 
 def test_towers_round_trip_with_onnx_parity(trained: tuple[Path, Path, dict[str, Any]]) -> None:
@@ -175,7 +186,7 @@ def test_eval_reproduces_the_training_metrics(trained: tuple[Path, Path, dict[st
     assert result.exit_code == 0, result.output
     evaluated = json.loads(result.output)
     for key in ("recall@10", "recall@50", "popularity_recall@10"):
-        assert evaluated[key] == pytest.approx(metrics[key], abs=0.02)
+        assert evaluated[key] == pytest.approx(metrics[key], abs=1e-5)  # the same ranking, recomputed
 
 
 def test_resume_finishes_an_interrupted_run_identically(
@@ -229,3 +240,87 @@ def test_bt2_trains_its_independent_teacher_first(trained: tuple[Path, Path, dic
     for tower in ("item", "query"):
         spec = EncoderSpec.load(out / f"{TINY}-{tower}@2")
         assert (spec.compatible_with, spec.compat_dims, spec.dim) == (old.key, old.dim, old.dim + 8)
+
+
+def test_collision_free_layout_gives_every_known_value_its_own_rows() -> None:
+    features = {"query": ("s", "studage"), "item": ("d",)}
+    values = {"s": ["3", "1", "2", "1"], "studage": ["2", "4"], "d": ["10", "11"]}
+    slots, rows = collision_free_layout(features, values, chunks={"s": 2})
+    assert rows == (3 + 1) * 2 + (2 + 1) + (2 + 1)  # a row per value and chunk, and one per chunk for unseen values
+    cfg = UnifiedConfig.from_json(UnifiedConfig(rows, 4, 0, 4, slots["query"], slots["item"]).to_json())
+    assert cfg.query[0].vocabulary == ("1", "2", "3")  # the vocabulary travels in the spec
+    idx = record_indices([{"s": s, "studage": "2"} for s in ("1", "2", "3", "never seen")], cfg.query)
+    assert idx[:, :2].tolist() == [[2, 3], [4, 5], [6, 7], [0, 1]]  # distinct known values never share a row
+    assert idx[:, 2].tolist() == [8 + 1] * 4
+    assert record_indices([{"d": "11"}], cfg.item).tolist() == [[8 + 3 + 2]]
+
+
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_parameter_count_is_the_modules_own(hidden: int) -> None:
+    slots = layout({"query": ("s",), "item": ("d", "dept")}, {"s": 9, "d": 5, "dept": 2}, 64, True, {"d": 2})
+    cfg = UnifiedConfig(64, 4, hidden, 6, slots["query"], slots["item"])
+    model = build_two_tower(cfg)  # the shared table is counted once
+    assert parameter_count(cfg)["total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_validation_split_comes_from_the_training_rows_and_leaves_the_test_split_alone(
+    zoo_dirs: tuple[Path, Path],
+) -> None:
+    data = load_insteval(zoo_dirs[1], limit=5000)
+    cfg = parse_config(UnifiedTrainConfig, {**load_config(TINY), "limit": 5000, "val_holdout": 0.3})
+    test, val, positives = splits(data, cfg)
+    alone = holdout_split(data, cfg.min_rating, cfg.holdout, cfg.seed)
+    assert test.train.tolist() == alone.train.tolist() and test.held_out.keys() == alone.held_out.keys()
+    assert val is not None and val.held_out and set(val.train) < set(test.train)
+    val_rows = set(test.train) - set(val.train)
+    assert all(data.ratings[r] >= cfg.min_rating for r in val_rows)
+    assert positives.tolist() == val.train.tolist()  # the towers never train on a validation item
+    for query in val.held_out:  # every validation query keeps a high-rated training item
+        own = val.train[data.query_index[val.train] == query]
+        assert (data.ratings[own] >= cfg.min_rating).any()
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"collision_free": True}, "collision_free needs multiplexed: false and table_rows: null"),
+        ({"collision_free": True, "multiplexed": False}, "table_rows: null"),
+        ({"table_rows": None}, "table_rows must be >= 1"),
+        ({"features": {"query": ["s"]}}, "features needs exactly the towers"),
+        ({"features": {"query": ["s", "age"], "item": ["d"]}}, "features.query must be a non-empty subset"),
+        ({"val_holdout": 1.0}, "0 <= val_holdout < 1"),
+    ],
+)
+def test_bad_layout_settings_are_refused(over: dict[str, Any], message: str, trained: Any, tmp_path: Path) -> None:
+    _, data_dir, _ = trained
+    request = TrainRequest({**load_config(TINY), **over}, tmp_path, data_dir=data_dir, progress=False)
+    with pytest.raises(TrainingError, match=message):
+        recipe("unified").train(request)
+
+
+def test_matrix_factorisation_with_early_stopping_publishes_the_best_epoch(
+    trained: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Ids only, collision-free, a linear tower (``unified-mf``), the epoch picked on the validation split."""
+    from service.cli.main import app
+
+    _, data_dir, _ = trained
+    config = {**load_config("unified-mf"), "name": "mf", "limit": 3000, "epochs": 6, "batch_size": 64}
+    m = recipe("unified").train(TrainRequest(config, tmp_path, data_dir=data_dir, progress=False)).metrics
+    curve = m["val_curve"]
+    assert len(curve) == 6 and m["best_epoch"] == int(np.argmax(curve)) + 1 and m["val_recall@10"] == max(curve)
+    state = Checkpointer(tmp_path / ".checkpoints" / "mf").latest()
+    assert state is not None and state["best"]["epoch"] + 1 == m["best_epoch"]
+    spec = EncoderSpec.load(tmp_path / "mf-item@1")
+    mcfg = UnifiedConfig.from_json(spec.config["model"])
+    assert [s.name for s in mcfg.item] == ["d"] and mcfg.hidden == 0 and mcfg.item[0].vocabulary
+    model = build_two_tower(mcfg)
+    model.load_state_dict(state["best"]["model"])  # the served towers are the best epoch's, not the last one's
+    data = load_insteval(data_dir / "cache", limit=3000)
+    served = encode(load_encoder(tmp_path / "mf-item@1", backend="onnx"), data.items)
+    assert (
+        np.abs(served - tower_vectors(model.eval(), "item", record_indices(data.items, mcfg.item), "cpu")).max() < 1e-5
+    )
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "mf-item@1"), "--data-dir", str(data_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["recall@10"] == pytest.approx(m["recall@10"], abs=1e-5)
