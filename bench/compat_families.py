@@ -38,10 +38,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compat_pretrained import T975
-
 from models.compat.report import embed, report_from_vectors, tower_report_from_vectors
 from models.core.registry import load_encoder
+from models.eval.stats import interval
 from models.training.recipe import TrainRequest, recipe
 from models.training.run import load_config
 
@@ -170,12 +169,6 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             {**base.get(key, {}), **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
         )
     return out
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=np.float64)
-    half = T975.get(len(a) - 1, 1.96) * a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
-    return float(a.mean()), float(half)
 
 
 def table(runs: list[dict[str, Any]], command: str, family: str) -> str:

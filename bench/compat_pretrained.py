@@ -43,12 +43,12 @@ from models.core.registry import load_encoder
 from models.data.emoji import flatten_png, load_emoji
 from models.data.fashion_mnist import load_fashion_mnist
 from models.data.xray_reports import load_reports
+from models.eval.stats import interval
 from models.zoo import pull
 
 PAIRS = {"text": ("minilm-l3@1", "minilm-l6@1"), "image": ("effnet-lite0@1", "effnet-lite2@1")}
 DATASETS = {"text": ("emoji-names", "xray"), "image": ("emoji-styles", "fashion")}
 ROWS = ("old/old", "new/new", "raw new/old", "fuse", "adapter", "adapter (backfilled)", "transform", "auto")
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 TEST_FRACTION, MAX_TEST = 0.3, 2000
 
 
@@ -139,12 +139,10 @@ def summarise(runs: list[dict[str, Any]], metric: str) -> dict[str, dict[str, fl
     """Per row: mean and the 95% Student-t interval half-width over seeds."""
     rows: dict[str, dict[str, float]] = {}
     for row in ROWS:
-        values = np.array([r[metric][row] for r in runs if row in r[metric]])
-        if len(values):
-            half = (
-                T975.get(len(values) - 1, 1.96) * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
-            )
-            rows[row] = {"mean": float(values.mean()), "ci95": float(half), "n": len(values)}
+        values = [r[metric][row] for r in runs if row in r[metric]]
+        if values:
+            mean, half = interval(values)
+            rows[row] = {"mean": mean, "ci95": half, "n": len(values)}
     return rows
 
 

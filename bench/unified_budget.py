@@ -31,10 +31,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compat_families import interval
 from plotlib import line_plot
 
 from models.core.durable import atomic_write_bytes
+from models.eval.stats import interval
 from models.training.recipe import TrainRequest, recipe
 from models.training.run import load_config
 

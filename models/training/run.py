@@ -131,6 +131,9 @@ def attach_files(artifact: Path, files: dict[str, str]) -> None:
     write_manifest(artifact)
 
 
+TRAINING_FILE = "training.json"  # models.eval.seeds reads it
+
+
 def write_card(
     artifact: Path, spec: EncoderSpec, metrics: dict[str, Any], config: dict[str, Any], notes: str = ""
 ) -> None:
@@ -146,4 +149,7 @@ def write_card(
         f"## Training config\n\n```json\n{json.dumps(config, indent=2, sort_keys=True)}\n```\n"
         + (f"\n## Notes\n\n{notes}\n" if notes else "")
     )
-    attach_files(artifact, {METRICS_FILE: json.dumps(metrics, indent=2, sort_keys=True) + "\n", CARD_FILE: card})
+    # the config again as JSON, so `ers eval --seeds N` can retrain exactly this run with other seeds
+    training = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    attach_files(artifact, {METRICS_FILE: json.dumps(metrics, indent=2, sort_keys=True) + "\n", CARD_FILE: card,
+                            TRAINING_FILE: training})  # fmt: skip

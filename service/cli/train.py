@@ -70,8 +70,13 @@ def evaluate(
     ] = None,
     data_dir: DataDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    seeds: Annotated[
+        int | None,
+        typer.Option(help="retrain the artifact's config with seeds 0..N-1: mean ± 95% CI, paired baselines"),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="with --seeds: keep each seed's artifacts here")] = None,
 ) -> None:
-    """Evaluate a trained artifact with its recipe's protocol."""
+    """Evaluate a trained artifact with its recipe's protocol (or, with --seeds, its training run over seeds)."""
     from models.core.artifact import verify_artifact
     from models.training.recipe import recipe
 
@@ -81,6 +86,9 @@ def evaluate(
         if not name:
             err.print(f"[red]error:[/red] {artifact} was not made by `ers train` (no recipe in its spec)")
             raise typer.Exit(2)
+        if seeds is not None or out is not None:
+            _evaluate_seeds(artifact, str(name), spec.compatible_with, data, seeds, out, _data_dir(data_dir), as_json)
+            return
         metrics = recipe(str(name)).evaluate(artifact, data, _data_dir(data_dir))
     except ModelError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
@@ -89,6 +97,45 @@ def evaluate(
         print(json.dumps(metrics, indent=2, sort_keys=True))
     else:
         _print_metrics(f"eval {spec.key}", metrics)
+
+
+def _evaluate_seeds(
+    artifact: Path, name: str, compatible_with: str | None, data: str | None, seeds: int | None, out: Path | None,
+    data_dir: Path, as_json: bool,
+) -> None:  # fmt: skip
+    from models.eval.seeds import evaluate_seeds, training_config
+
+    if seeds is None:
+        refusal = "--out goes with --seeds"
+    elif seeds < 2:
+        refusal = "--seeds must be at least 2 (the protocol asks for 5)"
+    elif data is not None:
+        refusal = "--data goes without --seeds (each seed's run evaluates on its own held-out split)"
+    elif compatible_with:
+        refusal = (f"{artifact} is compatible with {compatible_with}: each seed would need its own old model; "
+                   "bench/compat_families.py measures compatible training over seeds")  # fmt: skip
+    else:
+        refusal = ""
+    if refusal or seeds is None:
+        err.print(f"[red]error:[/red] {refusal}")
+        raise typer.Exit(2)
+
+    def progress(seed: int, metrics: dict[str, float]) -> None:
+        err.print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in list(metrics.items())[:4]))
+
+    summary = evaluate_seeds(name, training_config(artifact), list(range(seeds)), data_dir, out, progress)
+    if as_json:
+        print(json.dumps(summary.to_json(), indent=2, sort_keys=True))
+        return
+    table = Table("metric", "mean ± 95% CI", f"{seeds} seeds", title=f"{name}: {artifact.name} retrained over seeds")
+    for key, (mean, half) in summary.metrics.items():
+        table.add_row(key, f"{mean:.4f} ± {half:.4f}", " ".join(f"{r[key]:.4f}" for r in summary.runs))
+    console.print(table)
+    paired_table = Table("metric", "baseline", "difference (paired) ± 95% CI", "above the baseline?", title="paired")
+    for key, baselines in summary.versus.items():
+        for baseline, (mean, half) in baselines.items():
+            paired_table.add_row(key, baseline, f"{mean:+.4f} ± {half:.4f}", "yes" if mean - half > 0 else "no")
+    console.print(paired_table)
 
 
 def register(app: typer.Typer) -> None:

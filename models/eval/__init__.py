@@ -1,0 +1,1 @@
+"""The evaluation protocol shared by every recipe and bench: intervals over seeds, paired comparisons."""

@@ -1,0 +1,50 @@
+"""``ers eval ARTIFACT --seeds N``: the artifact's own training config retrained over seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from models.data.insteval import insteval_csv
+from models.eval.seeds import summarise
+from service.cli.main import app
+
+torch.set_num_threads(1)
+
+
+def test_summary_pairs_each_figure_with_the_baselines_of_the_same_runs() -> None:
+    runs = [{"recall@10": 0.5 + d, "popularity_recall@10": 0.1 + d, "val_recall@10": 0.4, "untrained_loss": 1.0}
+            for d in (0.0, 0.01, 0.02)]  # fmt: skip
+    summary = summarise("unified", [0, 1, 2], runs)
+    assert summary.metrics["recall@10"] == pytest.approx((0.51, 4.303 * 0.01 / 3**0.5))
+    assert summary.versus == {"recall@10": {"popularity_recall@10": pytest.approx((0.4, 0.0))}}
+
+
+def test_eval_seeds_retrains_the_recorded_config(zoo_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    (data_dir / "cache" / "insteval").mkdir(parents=True)
+    (data_dir / "cache" / "insteval" / "InstEval.csv").symlink_to(insteval_csv(zoo_dirs[1]))
+    models = tmp_path / "models"
+    args = ["--data-dir", str(data_dir)]
+    trained = CliRunner().invoke(app, ["train", "unified", "--config", "unified-tiny", "--out", str(models), *args])
+    assert trained.exit_code == 0, trained.output
+    artifact = models / "unified-tiny-item@1"
+    recorded = json.loads((artifact / "metrics.json").read_text())
+    assert json.loads((artifact / "training.json").read_text())["seed"] == 0
+    command = ["eval", str(artifact), "--seeds", "2", "--json", "--out", str(tmp_path / "s"), *args]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["seeds"] == [0, 1] and len(summary["runs"]) == 2
+    assert summary["runs"][0]["recall@10"] == recorded["recall@10"]  # seed 0 is the recorded run, bit for bit
+    assert summary["runs"][1]["recall@10"] != recorded["recall@10"]
+    assert set(summary["versus"]["recall@10"]) == {"popularity_recall@10", "untrained_recall@10"}
+    assert (tmp_path / "s" / "seed-1" / "unified-tiny-item@1" / "spec.json").is_file()
+    for extra, message in ((["--seeds", "1"], "at least 2"), (["--out", str(tmp_path / "o")], "--out goes with"),
+                           (["--seeds", "2", "--data", "insteval"], "--data goes without")):  # fmt: skip
+        refused = CliRunner().invoke(app, ["eval", str(artifact), *extra, *args])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
