@@ -111,14 +111,34 @@ def load_eval_items(source: str, cache_dir: Path, limit: int | None) -> list[Pai
 
 
 def load_pair_data(
-    source: str, cache_dir: Path, limit: int | None, eval_source: str | None, eval_fraction: float, seed: int
+    source: str,
+    cache_dir: Path,
+    limit: int | None,
+    eval_source: str | None,
+    eval_fraction: float,
+    seed: int,
+    holdout_concepts: float = 0.0,
+    split_seed: int = 0,
 ) -> PairData:
     """Train and evaluation items. Emoji: Google style to train, Twitter style (same concepts) to
-    evaluate. CSV: ``eval_source`` if given, else a seeded ``eval_fraction`` of the images held out."""
+    evaluate; with ``holdout_concepts``, that fraction of the concepts (drawn with ``split_seed``, the
+    same for every training seed) is left out of training and only those are evaluated: unseen
+    concepts, not just an unseen drawing style. CSV: ``eval_source`` if given, else a seeded
+    ``eval_fraction`` of the images held out."""
+    if holdout_concepts and (source != "emoji" or not 0.0 < holdout_concepts < 1.0):
+        raise TrainingError("holdout_concepts is for the emoji source and must be between 0 and 1 "
+                            "(a CSV holds images out with eval_fraction)")  # fmt: skip
     if source == "emoji":
         train = emoji_pairs(cache_dir, limit, "google")
         evaluation = load_eval_items(eval_source or "emoji-twitter", cache_dir, limit)
         described = f"emoji (Google style, {len(train)} concepts) → {eval_source or 'emoji-twitter'}"
+        if holdout_concepts:
+            order = np.random.default_rng(split_seed).permutation(len(train))
+            held_keys = {train[int(i)].key for i in order[: max(1, round(holdout_concepts * len(train)))]}
+            train = [it for it in train if it.key not in held_keys]
+            evaluation = [it for it in evaluation if it.key in held_keys]
+            described = (f"emoji (Google style, {len(train)} concepts) → {eval_source or 'emoji-twitter'} "
+                         f"of {len(evaluation)} held-out concepts (split seed {split_seed})")  # fmt: skip
         return PairData(train, evaluation, described)
     items = load_pairs_csv(Path(source))
     if limit is not None:

@@ -49,7 +49,7 @@ from models.training.two_branch_eval import (
 from models.training.two_branch_init import whiten_linear
 
 RECIPE = "two-branch"
-BASELINES = ("untrained", "frozen-nn")
+BASELINES = ("untrained", "frozen-nn", "whitened-nn")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class DataConfig:
     limit: int | None = None  # emoji: that many concepts, evenly spread; CSV: the first N images
     eval_source: str | None = None  # default: emoji-twitter for emoji, a held-out fraction for a CSV
     eval_fraction: float = 0.1
+    holdout_concepts: float = 0.0  # emoji: evaluate on this fraction of concepts, never trained on
+    split_seed: int = 0  # draws the held-out concepts; fixed while the training seed varies
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class Trainer:
         seed_everything(self.top.seed)
         d = self.data_cfg
         self.data = load_pair_data(d.source, self.data_dir / "cache", d.limit, d.eval_source, d.eval_fraction,
-                                   self.top.seed)  # fmt: skip
+                                   self.top.seed, d.holdout_concepts, d.split_seed)  # fmt: skip
         if len(self.data.train) < 2:
             raise TrainingError("two-branch training needs at least 2 image–caption pairs")
         captions = [c for item in self.data.train for c in item.captions]
@@ -335,6 +337,9 @@ def fit(request: TrainRequest) -> tuple[Trainer, dict[str, Any]]:
     metrics.update(t.evaluate())
     if "frozen-nn" in t.top.baselines:
         metrics.update(frozen_nn_recall(t.data, t.data_dir, request.progress))
+    if "whitened-nn" in t.top.baselines:
+        power = t.optim.whiten_power
+        metrics.update(frozen_nn_recall(t.data, t.data_dir, request.progress, whiten=(t.model_cfg.dim, power)))
     metrics.update({"epochs": epochs, "steps": epochs * t.steps_per_epoch, "train_items": len(t.data.train),
                     "eval_items": len(t.data.eval), "loss_first_epoch": t.history[0] if t.history else None,
                     "loss_last_epoch": t.history[-1] if t.history else None, "loss_history": t.history,
@@ -346,8 +351,8 @@ def publish(t: Trainer, request: TrainRequest, metrics: dict[str, Any]) -> Train
     """Both towers as artifacts in the models directory ``request.out``, with metrics and model card."""
     artifacts = {}
     notes = (f"Trained on {t.data.description}. Recall@K on the evaluation items: `i2t_*` ranks every caption "
-             "for each image, `t2i_*` every image for each caption; `untrained_*` and `frozen_nn_*` are the "
-             "baselines.")  # fmt: skip
+             "for each image, `t2i_*` every image for each caption; `untrained_*`, `frozen_nn_*` and "
+             "`whitened_nn_*` are the baselines.")  # fmt: skip
     for family, module in ((t.image_family, t.image_tower), (t.text_family, t.text_tower)):
         destination = request.out / family.spec.key
         spec = write_artifact(family, module.cpu().eval(), destination)

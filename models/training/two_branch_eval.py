@@ -24,7 +24,7 @@ from models.data.pairs import PairData, load_eval_items, load_pair_data
 from models.families.two_branch import bow_features, build_vocab
 from models.training.recipe import TrainingError
 
-KS = (1, 5, 10)
+KS = (1, 5, 10, 20, 50)
 EFFNET = "effnet-lite0@1"
 CHUNK = 64
 
@@ -131,14 +131,29 @@ def match_captions(queries: list[str], data: PairData) -> np.ndarray:
     return out
 
 
-def frozen_nn_recall(data: PairData, data_dir: Path, progress: bool) -> dict[str, float]:
+def frozen_nn_recall(
+    data: PairData, data_dir: Path, progress: bool, whiten: tuple[int, float] | None = None
+) -> dict[str, float]:
     """The baseline with no joint space: an image is compared with a caption through the training
     image that caption names (frozen EfficientNet-Lite0 cosine). For the emoji protocol this is
-    cross-style image retrieval: Twitter drawing vs the Google drawing paired with the caption."""
+    cross-style image retrieval: Twitter drawing vs the Google drawing paired with the caption.
+
+    ``whiten=(dims, power)``: the same in the centred, PCA-projected, power-whitened space fitted on
+    the training drawings (the two-branch head's starting point, with no training at all)."""
     train = effnet_features([it.image for it in data.train], data_dir, progress, "train, baseline")
     evaluation = effnet_features([it.image for it in data.eval], data_dir, progress, "eval, baseline")
-    named = train[match_captions([it.captions[0] for it in data.eval], data)]  # (N, 1280): caption j -> image
-    return recall(evaluation @ named.T, prefix="frozen_nn_")
+    prefix = "frozen_nn_"
+    if whiten is not None:
+        from models.training.two_branch_init import whiten_linear
+
+        head = torch.nn.Linear(train.shape[1], whiten[0])
+        whiten_linear(head, torch.from_numpy(train), whiten[1])
+        with torch.no_grad():
+            train, evaluation = (torch.nn.functional.normalize(head(torch.from_numpy(x)), dim=1).numpy()
+                                 for x in (train, evaluation))  # fmt: skip
+        prefix = "whitened_nn_"
+    named = train[match_captions([it.captions[0] for it in data.eval], data)]  # (N, F): caption j -> image
+    return recall(evaluation @ named.T, prefix=prefix)
 
 
 def _encode_all(encoder: Any, inputs: Sequence[Any]) -> np.ndarray:

@@ -1,0 +1,130 @@
+"""Two-branch image–text matching over seeds, against its strongest cheap baselines (issue 19).
+
+    .venv/bin/python bench/two_branch_seeds.py --seeds 5 --data-dir DIR
+
+Config ``two-branch`` (frozen EfficientNet-Lite0 + whitened linear head, n-gram text tower), trained
+by ``ers train two-branch``'s recipe once per seed under two protocols:
+
+* **style**: train on the Google-style drawings of all 1,911 concepts, evaluate on the Twitter-style
+  drawings of the same concepts (the shipped protocol: an unseen drawing style, seen concepts);
+* **unseen concepts**: 20% of the concepts (split seed 0, the same for every training seed) never
+  reach training; evaluate on their Twitter-style drawings only.
+
+Rows: the trained model; frozen-features NN (a caption goes to the training drawing it names, then
+raw EfficientNet cosine); whitened-features NN (the same in the whitened PCA space the head starts
+from, no training at all); untrained. Seeds change the initialisation and batch order only (the
+splits are fixed). Mean ± 95% Student-t interval over seeds, and the trained model minus each
+baseline paired by seed. Runs are cached in ``--out``/runs.json (resumable). Writes ``table.md``,
+``results.json`` and one recall@K PNG per protocol to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from plotlib import line_plot
+
+from models.core.durable import atomic_write_bytes
+from models.eval.seeds import numeric, summarise
+from models.training.recipe import TrainRequest, recipe
+from models.training.run import load_config
+from models.training.two_branch_eval import KS
+
+PROTOCOLS = {"style": {}, "unseen-concepts": {"holdout_concepts": 0.2, "split_seed": 0}}
+ROWS = {"trained": "", "whitened-features NN": "whitened_nn_", "frozen-features NN": "frozen_nn_",
+        "untrained": "untrained_"}  # fmt: skip
+TABLE_KS = (1, 5, 10)
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode())
+
+
+def train_one(config: dict[str, Any], data_dir: Path) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="ers-two-branch-seeds-") as tmp:
+        request = TrainRequest(config=config, out=Path(tmp), data_dir=data_dir, progress=False)
+        metrics = numeric(recipe("two-branch").train(request).metrics)
+    return {k: v for k, v in metrics.items() if "_r@" in k or k in ("eval_items", "train_items", "seconds")}
+
+
+def table(protocol: str, summary: Any, command: str) -> str:
+    m = summary.metrics
+    cols = [f"{d} R@{k}" for d in ("i2t", "t2i") for k in TABLE_KS]
+    lines = [f"### {protocol}: {int(m['eval_items'][0])} evaluation items, {int(m['train_items'][0])} training "
+             f"concepts; mean ± 95% CI over {len(summary.seeds)} seeds", "",
+             "| row | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]  # fmt: skip
+    for row, prefix in ROWS.items():
+        cells = [m[f"{prefix}{d}_r@{k}"] for d in ("i2t", "t2i") for k in TABLE_KS]
+        lines.append(f"| {row} | " + " | ".join(f"{mean:.3f} ± {half:.3f}" for mean, half in cells) + " |")
+    for row, prefix in list(ROWS.items())[1:3]:
+        cells = [summary.versus[f"{d}_r@{k}"][f"{prefix}{d}_r@{k}"] for d in ("i2t", "t2i") for k in TABLE_KS]
+        lines.append(f"| trained − {row} (paired) | " + " | ".join(f"{a:+.3f} ± {b:.3f}" for a, b in cells) + " |")
+    return "\n".join(lines) + f"\n\nCommand: `{command}`\n"
+
+
+def plot(protocol: str, summary: Any, path: Path) -> None:
+    series = {}
+    for row, prefix in ROWS.items():
+        if row == "untrained":
+            continue
+        for d, name in (("t2i", "text→image"), ("i2t", "image→text")):
+            series[f"{row}, {name}"] = [(float(k), *summary.metrics[f"{prefix}{d}_r@{k}"]) for k in KS]
+    line_plot(path, series, f"Two-branch, {protocol}: recall@K (mean and 95% interval over {len(summary.seeds)} "
+              "seeds)", "K", "recall@K")  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--protocols", default=",".join(PROTOCOLS), help=f"of {list(PROTOCOLS)}")
+    p.add_argument("--config", default="two-branch")
+    p.add_argument("--data-dir", type=Path, default=Path(".ers-data"))
+    p.add_argument("--out", type=Path, default=Path("docs/two_branch"))
+    args = p.parse_args()
+    protocols = args.protocols.split(",")
+    unknown = sorted(set(protocols) - set(PROTOCOLS))
+    if unknown:
+        p.error(f"unknown protocols {unknown}; known: {list(PROTOCOLS)}")
+    base = load_config(args.config)
+    base["baselines"] = ["untrained", "frozen-nn", "whitened-nn"]
+    command = ".venv/bin/python bench/two_branch_seeds.py " + shlex.join(sys.argv[1:])
+    cache = args.out / "runs.json"
+    runs: dict[str, Any] = json.loads(cache.read_text())["runs"] if cache.is_file() else {}
+    started = time.time()
+    for seed in range(args.seeds):
+        for protocol in protocols:
+            key = f"{args.config}/{protocol}#{seed}"
+            if key in runs:
+                continue
+            config = {**base, "seed": seed, "data": {**base.get("data", {}), **PROTOCOLS[protocol]}}
+            runs[key] = train_one(config, args.data_dir)
+            write_text(cache, json.dumps({"runs": runs}, indent=1))
+            got = runs[key]
+            print(f"[{time.time() - started:5.0f} s] seed {seed} {protocol:<16} t2i R@1 {got['t2i_r@1']:.3f} "
+                  f"i2t R@1 {got['i2t_r@1']:.3f} (whitened NN {got['whitened_nn_t2i_r@1']:.3f} / "
+                  f"{got['whitened_nn_i2t_r@1']:.3f})", flush=True)  # fmt: skip
+    texts, results = [], {}
+    for protocol in protocols:
+        done = [runs[f"{args.config}/{protocol}#{s}"] for s in range(args.seeds)]
+        summary = summarise("two-branch", list(range(args.seeds)), done)
+        texts.append(table(protocol, summary, command))
+        results[protocol] = summary.to_json()
+        plot(protocol, summary, args.out / f"recall_at_k_{protocol}.png")
+    print("\n" + "\n".join(texts))
+    write_text(args.out / "table.md", "\n".join(texts))
+    write_text(args.out / "results.json", json.dumps({"command": command, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
