@@ -90,6 +90,7 @@ def main() -> int:
     p.add_argument("--config", default="two-branch")
     p.add_argument("--data-dir", type=Path, default=Path(".ers-data"))
     p.add_argument("--out", type=Path, default=Path("docs/two_branch"))
+    p.add_argument("--report-only", action="store_true", help="train nothing: tables and plots from the cached runs")
     args = p.parse_args()
     protocols = args.protocols.split(",")
     unknown = sorted(set(protocols) - set(PROTOCOLS))
@@ -101,7 +102,7 @@ def main() -> int:
     cache = args.out / "runs.json"
     runs: dict[str, Any] = json.loads(cache.read_text())["runs"] if cache.is_file() else {}
     started = time.time()
-    for seed in range(args.seeds):
+    for seed in range(0 if args.report_only else args.seeds):
         for protocol in protocols:
             key = f"{args.config}/{protocol}#{seed}"
             if key in runs:
@@ -115,8 +116,10 @@ def main() -> int:
                   f"{got['whitened_nn_i2t_r@1']:.3f})", flush=True)  # fmt: skip
     texts, results = [], {}
     for protocol in protocols:
-        done = [runs[f"{args.config}/{protocol}#{s}"] for s in range(args.seeds)]
-        summary = summarise("two-branch", list(range(args.seeds)), done)
+        seeds = [s for s in range(args.seeds) if f"{args.config}/{protocol}#{s}" in runs]
+        if not seeds:
+            continue
+        summary = summarise("two-branch", seeds, [runs[f"{args.config}/{protocol}#{s}"] for s in seeds])
         texts.append(table(protocol, summary, command))
         results[protocol] = summary.to_json()
         plot(protocol, summary, args.out / f"recall_at_k_{protocol}.png")

@@ -104,6 +104,8 @@ def table(summary: dict[str, Any], command: str) -> str:
     cell = "{:.3f} ± {:.3f}".format
     for key, s in summary.items():
         layout, size = key.split("/")
+        if layout == "collision-free":  # emb_dim 16: the rows every known value (and unseen values) take
+            size = f"{s['embedding_parameters'] // 16:,} (a row per value)"
         paired = cell(*s["minus_per_feature"]) if "minus_per_feature" in s else ""
         lines.append(f"| {LABELS[layout]} | {size} | {s['embedding_parameters']:,} | {s['parameters']:,} "
                      f"| {cell(*s['recall@10'])} | {cell(*s['recall@50'])} | {cell(*s['val_recall@10'])} "
@@ -133,6 +135,7 @@ def main() -> int:
     p.add_argument("--data-dir", type=Path, default=Path(".ers-data"))
     p.add_argument("--out", type=Path, default=Path("docs/unified_budget"))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--report-only", action="store_true", help="train nothing: tables and plot from the cached runs")
     args = p.parse_args()
     if args.threads:
         import torch
@@ -146,7 +149,7 @@ def main() -> int:
     cache = args.out / "runs.json"
     runs: dict[str, Any] = json.loads(cache.read_text())["runs"] if cache.is_file() else {}
     started = time.time()
-    for seed in range(args.seeds):  # seed-major: a cut-short sweep still has every arm at fewer seeds
+    for seed in range(0 if args.report_only else args.seeds):  # seed-major: a cut-short sweep has every arm
         for key, over in plan.items():
             run_key = f"{key}#{seed}"
             if run_key in runs:
@@ -158,6 +161,9 @@ def main() -> int:
             print(f"[{time.time() - started:5.0f} s] seed {seed} {key:<22} recall@10 {got['recall@10']:.3f} "
                   f"(val {got['val_recall@10']:.3f}, epoch {got['best_epoch']})", flush=True)  # fmt: skip
     summary = summarise(runs, list(plan), args.seeds)
+    if not summary:
+        print(f"no runs in {cache}: nothing to report", file=sys.stderr)
+        return 1
     text = table(summary, command)
     print("\n" + text)
     write_text(args.out / "table.md", text)
