@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from models.core.artifact import verify_artifact
 from models.core.encoder import encode
 from models.core.registry import load_encoder, load_torch_module
-from models.data.convirt_pairs import evaluate_artifact, precision_at_k, report_retrieval
+from models.data.convirt_pairs import encode_all, evaluate_artifact, load_pairs, precision_at_k, report_retrieval
 from models.data.emoji import load_emoji
 from models.families.convirt import ConvirtTextTower
 from models.training.convirt import ConvirtRecipe
@@ -58,13 +58,40 @@ def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, one_thread
     return out, train(load_config("convirt-tiny"), out, data_dir)
 
 
-def test_loss_falls_and_the_model_beats_its_untrained_self(trained: tuple[Path, TrainResult]) -> None:
-    m = trained[1].metrics
+def label_auc(queries: np.ndarray, gallery: np.ndarray, labels: list[str]) -> float:
+    """Query i against every gallery image: the share of (same-label, other-label) image pairs that
+    the cosine ranks the right way round (0.5 for a random ranking), averaged over the queries."""
+    sims = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        gallery / np.linalg.norm(gallery, axis=1, keepdims=True)).T  # fmt: skip
+    y = np.asarray(labels)
+    shares = [np.mean(row[y == y[i]][:, None] > row[y != y[i]][None, :]) for i, row in enumerate(sims)]
+    return float(np.mean(shares))
+
+
+def test_loss_falls_and_text_queries_rank_their_category_above_chance(
+    trained: tuple[Path, TrainResult], data_dir: Path
+) -> None:
+    out, result = trained
+    m = result.metrics
     assert m["loss_last_epoch"] < 0.9 * m["loss_first_epoch"], m
-    for k in (5, 10):
-        assert m[f"t2i_p@{k}"] > m[f"untrained_t2i_p@{k}"] and m[f"t2i_p@{k}"] > m[f"chance_t2i_p@{k}"], m
-    assert m["chance_i2i_p@5"] < m["frozen_nn_i2i_p@5"]  # the frozen-features baseline is a real one
     assert m["train_pairs"] > 200 and m["device"] == "cpu"
+    # Held-out text->image by category. The tiny model's precision@k is too noisy to rank against a baseline
+    # (66 queries, ~9 categories): over seeds 0-4, t2i_p@5 was 0.12-0.22 against chance 0.135 and untrained
+    # 0.10-0.20 (seed 1: below its untrained self, seed 3: below chance). The AUC over every (same-category,
+    # other-category) gallery pair of a query is the stable form of the same question: trained 0.550-0.582
+    # over seeds 0-4 (0.558 at seed 0), untrained 0.490-0.516, chance 0.5. The stronger cheap baseline, each
+    # query's nearest training name (TF-IDF) -> its frozen image features, scores 0.61 (p@5 0.28-0.30) and
+    # the tiny model does not beat it; so the bar is chance with a margin: 0.525 is ~2.3 untrained-sd above
+    # 0.5 and ~2.5 seed-sd below seed 0's 0.558.
+    cfg = load_config("convirt-tiny")
+    pairs = load_pairs(cfg["data"], cfg["limit"], cfg["test_percent"], cfg["label"], data_dir, training=False)
+    image, text = (load_encoder(out / key, backend="onnx") for key in (IMAGE, TEXT))
+    gallery = encode_all(image, pairs.gallery)  # the held-out split the recipe scored (66 concepts)
+    auc = label_auc(encode_all(text, pairs.texts), gallery, pairs.gallery_labels)
+    assert auc > 0.525, auc
+    # The frozen-features image->image baseline is a real one (0.41 at p@5 against chance 0.135; the tiny
+    # trained head scores 0.28-0.35 and does not beat it either).
+    assert m["frozen_nn_i2i_p@5"] > 2 * m["chance_i2i_p@5"], m
 
 
 def test_towers_round_trip_as_artifacts_with_card_and_onnx_parity(trained: tuple[Path, TrainResult]) -> None:
@@ -179,9 +206,17 @@ def test_a_chexpert_style_csv_of_dicom_files_evaluates_and_dicom_is_served(
         writer.writerows(rows)
     scores = evaluate_artifact(trained[0] / IMAGE, str(csv_path), data_dir)  # not the training data: all held out
     # Each image is in the gallery 6 times (two DICOM files, one label each): its 5 twins are the top 5.
-    assert scores["held_out"] == 12 and scores["i2i_p@5"] == 1.0
-    assert 0.0 <= scores["t2i_p@5"] <= 1.0 and scores["chance_t2i_p@5"] == 0.5
+    assert scores["held_out"] == 12 and scores["i2i_p@5"] == 1.0 and scores["chance_t2i_p@5"] == 0.5
+    # Text->image: the gallery holds only two distinct images, 6 copies each, so a report's top 5 are all
+    # copies of whichever image its vector is closer to: precision@5 is the share of reports closer to their
+    # own finding's image than to the other one. Recomputed here from the served encoders.
     image = load_encoder(trained[0] / IMAGE, backend="onnx")
+    text = load_encoder(trained[0] / TEXT, backend="onnx")
+    views = encode(image, [p.read_bytes() for p in sources])  # (2, 64): CT (pleural effusion), MR (cardiomegaly)
+    sims = encode(text, [row["Report"] for row in rows]) @ views.T  # (12, 2)
+    own = np.arange(12) % 2  # study i's image and finding are sources[i % 2]
+    closer = sims[np.arange(12), own] > sims[np.arange(12), 1 - own]
+    assert scores["t2i_p@5"] == pytest.approx(float(closer.mean()), abs=1e-5), (scores, sims)
     raw = sources[0].read_bytes()
     np.testing.assert_allclose(encode(image, [raw]), encode(image, [dicom_to_rgb(raw)]), atol=1e-6)
 

@@ -46,9 +46,10 @@ def tiny(**sections: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def served_matches_training(t: Any, out: Path) -> None:
+def served_matches_training(t: Any, out: Path) -> tuple[np.ndarray, np.ndarray]:
     """The published ONNX towers, loaded by the registry as the service loads them, embed the raw
-    evaluation images and captions exactly as the training modules did."""
+    evaluation images and captions exactly as the training modules did. Returns the training
+    modules' (image, text) vectors of the evaluation items."""
     image_vectors, text_vectors = embed((t.image_tower, t.text_tower), t.image_head, t.text_batch, t.eval, "cpu")
     image = load_encoder(out / t.image_family.spec.key, backend="onnx")
     text = load_encoder(out / t.text_family.spec.key, backend="onnx")
@@ -58,6 +59,14 @@ def served_matches_training(t: Any, out: Path) -> None:
     np.testing.assert_allclose(encode(text, [t.data.eval[5].captions[0]])[0], text_vectors[5], atol=2e-4)  # batch 1
     np.testing.assert_allclose(served_images, image_vectors[:64], atol=2e-4)
     np.testing.assert_allclose(served_texts, text_vectors[:64], atol=2e-4)
+    return image_vectors, text_vectors
+
+
+def match_ranks(image_vectors: np.ndarray, text_vectors: np.ndarray) -> dict[str, np.ndarray]:
+    """Per direction, each item's 0-based rank of its own match among all N candidates (ties count
+    against it), recounted here from the vectors (float32 similarities, as the recipe computes them)."""
+    sim = image_vectors @ text_vectors.T  # (N images, N captions)
+    return {direction: (m > np.diag(m)[:, None]).sum(axis=1) for direction, m in (("i2t", sim), ("t2i", sim.T))}
 
 
 @pytest.mark.parametrize("text_tower", ["ngram", "bow", "gru"])
@@ -79,9 +88,27 @@ def test_each_text_tower_trains_publishes_and_serves_the_same_vectors(
         assert spec.modality == modality and spec.dim == 64
         assert spec.config["recipe"] == "two-branch"
         assert spec.config["towers"] == {"image": "emoji2b-tiny-image@1", "text": "emoji2b-tiny-text@1"}
-    served_matches_training(t, tmp_path / "models")
-    # The trained model ranks the held-out Twitter-style drawings better than its untrained start.
-    assert metrics["t2i_r@10"] > metrics["untrained_t2i_r@10"] and metrics["i2t_r@10"] > metrics["untrained_i2t_r@10"]
+    ranks = match_ranks(*served_matches_training(t, tmp_path / "models"))
+    n = metrics["eval_items"]
+    assert n == LIMIT and all(len(r) == n for r in ranks.values())
+    for direction, rank in ranks.items():  # the recipe's Recall@K is this recount of the same vectors
+        for k in (1, 5, 10):
+            recount = round(float((rank < k).mean()), 4)  # the recipe reports 4 decimals
+            assert metrics[f"{direction}_r@{k}"] == pytest.approx(recount, abs=1e-5), (direction, k)
+    # Baselines. The frozen-features NN baseline (`baselines: [frozen-nn]`, left out of the tiny config:
+    # EfficientNet-Lite0 cosine through the Google drawing each caption names) reaches R@10 0.87-0.88, and
+    # raw 32-px pixels through that drawing 0.61-0.72: the tiny model (R@10 0.03-0.18 per direction over
+    # seeds 0-4 and the 3 text towers) beats neither. What it reliably beats is chance, where the untrained
+    # towers sit (untrained_*_r@10 0.02-0.05), so chance is the baseline asserted here.
+    # Mean normalised rank of the match (chance 0.5, sd 0.017 for a random ranking of 300): measured 0.31-0.33
+    # at seed 0 and at most 0.40 (averaged over directions) over seeds 0-4 and all towers; 0.45 is 3 sd below
+    # chance and ~4 seed-sd above seed 0's figures.
+    mean_rank = float(np.mean([rank.mean() for rank in ranks.values()])) / (n - 1)
+    assert mean_rank < 0.45, mean_rank
+    # Recall@10 averaged over both directions (chance 10/300 = 0.033): measured 0.10-0.13 at seed 0, at least
+    # 0.053 over the seeds; it is the noisier statistic (binomial sd ~0.015), hence the smaller margin.
+    recall_at_10 = (metrics["i2t_r@10"] + metrics["t2i_r@10"]) / 2
+    assert recall_at_10 > 1.5 * 10 / n, recall_at_10
 
 
 def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path: Path, data_dir: Path) -> None:
