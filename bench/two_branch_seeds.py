@@ -32,8 +32,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from plotlib import line_plot
+from reportlib import training_args, write_text
 
-from models.core.durable import atomic_write_bytes
 from models.eval.seeds import numeric, summarise
 from models.training.recipe import TrainRequest, recipe
 from models.training.run import load_config
@@ -43,11 +43,6 @@ PROTOCOLS = {"style": {}, "unseen-concepts": {"holdout_concepts": 0.2, "split_se
 ROWS = {"trained": "", "whitened-features NN": "whitened_nn_", "frozen-features NN": "frozen_nn_",
         "untrained": "untrained_"}  # fmt: skip
 TABLE_KS = (1, 5, 10)
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, text.encode())
 
 
 def train_one(config: dict[str, Any], data_dir: Path) -> dict[str, float]:
@@ -77,7 +72,7 @@ def plot(protocol: str, summary: Any, path: Path) -> None:
     for row, prefix in ROWS.items():
         if row == "untrained":
             continue
-        for d, name in (("t2i", "text→image"), ("i2t", "image→text")):
+        for d, name in (("t2i", "text->image"), ("i2t", "image->text")):
             series[f"{row}, {name}"] = [(float(k), *summary.metrics[f"{prefix}{d}_r@{k}"]) for k in KS]
     line_plot(path, series, f"Two-branch, {protocol}: recall@K (mean and 95% interval over {len(summary.seeds)} "
               "seeds)", "K", "recall@K")  # fmt: skip
@@ -98,7 +93,7 @@ def main() -> int:
         p.error(f"unknown protocols {unknown}; known: {list(PROTOCOLS)}")
     base = load_config(args.config)
     base["baselines"] = ["untrained", "frozen-nn", "whitened-nn"]
-    command = ".venv/bin/python bench/two_branch_seeds.py " + shlex.join(sys.argv[1:])
+    command = ".venv/bin/python bench/two_branch_seeds.py " + shlex.join(training_args())
     cache = args.out / "runs.json"
     runs: dict[str, Any] = json.loads(cache.read_text())["runs"] if cache.is_file() else {}
     started = time.time()

@@ -32,17 +32,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from plotlib import line_plot
+from reportlib import training_args, write_text
 
-from models.core.durable import atomic_write_bytes
 from models.eval.stats import interval
 from models.training.recipe import TrainRequest, recipe
 from models.training.run import load_config
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, text.encode())
-
 
 KEEP = ("recall@10", "recall@50", "val_recall@10", "best_epoch", "parameters", "embedding_parameters",
         "popularity_recall@10", "train_seconds")  # fmt: skip
@@ -145,7 +139,7 @@ def main() -> int:
     ranks = [int(r) for r in args.mf_ranks.split(",")] if args.mf_ranks else []
     plan = arms(budgets, ranks)
     base = {**load_config("unified"), "epochs": args.epochs, "val_holdout": args.val_holdout}
-    command = ".venv/bin/python bench/unified_budget.py " + shlex.join(sys.argv[1:])
+    command = ".venv/bin/python bench/unified_budget.py " + shlex.join(training_args())
     cache = args.out / "runs.json"
     runs: dict[str, Any] = json.loads(cache.read_text())["runs"] if cache.is_file() else {}
     started = time.time()
