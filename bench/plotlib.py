@@ -55,9 +55,13 @@ def line_plot(
         _, py = at(10**x0 if log_x else x0, y)
         draw.line([left - 4, py, left, py], fill=(0, 0, 0))
         draw.text((8, py - 6), f"{y:.3f}", fill=(0, 0, 0))
-    for x in sorted({p[0] for p in points}):  # x ticks at the measured points
+    last_label = -1e9
+    for x in sorted({p[0] for p in points}):  # x ticks at the measured points; labels that would overlap skipped
         px, _ = at(x, y0)
         draw.line([px, height - bottom, px, height - bottom + 4], fill=(0, 0, 0))
+        if px - last_label < 48:
+            continue
+        last_label = px
         draw.text((px - 14, height - bottom + 8), f"{x:,.0f}" if x < 1e5 else f"{x / 1e3:,.0f}k", fill=(0, 0, 0))
     draw.text(((width - left) // 2, height - bottom + 26), x_label + (" (log scale)" if log_x else ""), fill=(0, 0, 0))
     draw.text((8, top - 26), y_label, fill=(0, 0, 0))
