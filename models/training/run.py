@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from models.core.artifact import write_manifest
+from models.core.durable import atomic_write_bytes
 from models.core.spec import EncoderSpec
 from models.training.recipe import TrainingError
 
@@ -125,9 +126,12 @@ def batches(n: int, size: int, rng: np.random.Generator, drop_last: bool = True)
 
 
 def attach_files(artifact: Path, files: dict[str, str]) -> None:
-    """Add files (metrics, model card) to a published artifact and re-hash its manifest."""
+    """Add files (metrics, model card) to a published artifact and re-hash its manifest.
+
+    Each file lands whole (the one durable-write helper), so a crash leaves the old file or the new
+    one, never half a file that would fail the manifest check."""
     for name, text in files.items():
-        (artifact / name).write_text(text)
+        atomic_write_bytes(artifact / name, text.encode())
     write_manifest(artifact)
 
 
