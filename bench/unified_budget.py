@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from plotlib import line_plot
 from reportlib import training_args, write_text
 
-from models.eval.stats import interval
+from models.eval.stats import interval, paired
 from models.training.recipe import TrainRequest, recipe
 from models.training.run import load_config
 
@@ -85,9 +85,9 @@ def summarise(runs: dict[str, dict[str, Any]], keys: list[str], seeds: int) -> d
     for key in out:
         layout, size = key.split("/")
         pairs = [(runs.get(f"{key}#{s}"), runs.get(f"per-feature/{size}#{s}")) for s in range(seeds)]
-        diffs = [a["recall@10"] - b["recall@10"] for a, b in pairs if a is not None and b is not None]
-        if layout == "multiplexed" and diffs:
-            out[key]["minus_per_feature"] = interval(diffs)
+        both = [(a["recall@10"], b["recall@10"]) for a, b in pairs if a is not None and b is not None]
+        if layout == "multiplexed" and both:
+            out[key]["minus_per_feature"] = paired([a for a, _ in both], [b for _, b in both])
     return out
 
 

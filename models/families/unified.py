@@ -72,6 +72,14 @@ class UnifiedConfig:
         return cls(**known, query=sides["query"], item=sides["item"])
 
 
+def checked_chunks(features: Mapping[str, Sequence[str]], chunks: Mapping[str, int] | None) -> dict[str, int]:
+    """``chunks`` as a dict; a feature no tower uses is an error, never silently ignored."""
+    unknown = sorted(set(chunks or {}) - {f for side in features.values() for f in side})
+    if unknown:
+        raise ValueError(f"chunks names features {unknown} that no tower has")
+    return dict(chunks or {})
+
+
 def layout(
     features: Mapping[str, Sequence[str]],
     cardinality: Mapping[str, int],
@@ -85,11 +93,8 @@ def layout(
     rows left get a row per value and chunk (no collisions; smallest first), and the rows left are
     split among the others in proportion to their vocabulary size.
     """
-    chunks = dict(chunks or {})
+    chunks = checked_chunks(features, chunks)
     names = [f for side in features.values() for f in side]
-    unknown = sorted(set(chunks) - set(names))
-    if unknown:
-        raise ValueError(f"chunks names features {unknown} that no tower has")
     need = {f: max(1, cardinality.get(f, 1)) * chunks.get(f, 1) for f in names}
     if not multiplexed and table_rows < len(names):
         raise ValueError(f"{table_rows} rows cannot hold one table per feature for {len(names)} features")
@@ -121,7 +126,7 @@ def collision_free_layout(
     chunks: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, tuple[FeatureSlot, ...]], int]:
     """Slots with a row per known value and chunk (and one per chunk for unseen values), and the rows in all."""
-    chunks = dict(chunks or {})
+    chunks = checked_chunks(features, chunks)
     out: dict[str, tuple[FeatureSlot, ...]] = {}
     offset = 0
     for tower, side in features.items():

@@ -289,6 +289,16 @@ def test_validation_split_comes_from_the_training_rows_and_leaves_the_test_split
         ({"features": {"query": ["s"]}}, "features needs exactly the towers"),
         ({"features": {"query": ["s", "age"], "item": ["d"]}}, "features.query must be a non-empty subset"),
         ({"val_holdout": 1.0}, "0 <= val_holdout < 1"),
+        # the tiny config's chunks name s and d, which these towers do not use: refused, not ignored
+        (
+            {
+                "collision_free": True,
+                "multiplexed": False,
+                "table_rows": None,
+                "features": {"query": ["studage"], "item": ["dept"]},
+            },
+            r"chunks names features \['d', 's'\]",
+        ),
     ],
 )
 def test_bad_layout_settings_are_refused(over: dict[str, Any], message: str, trained: Any, tmp_path: Path) -> None:
