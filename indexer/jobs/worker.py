@@ -24,7 +24,6 @@ from indexer.jobs import streams
 from indexer.jobs.encode import encode_batch, give_up
 from indexer.jobs.model import Batch, JobOptions
 from indexer.store.redis import RedisStore
-from models.compat.bridges import load_any
 from models.core.backends import set_torch_threads
 from models.core.encoder import Encoder
 
@@ -51,6 +50,8 @@ class StreamWorker:
 
     def get_encoder(self, key: str) -> Encoder:
         if key not in self._encoders:
+            from models.compat.bridges import load_any  # brings torch: only once an encoder is needed
+
             self._encoders[key] = load_any(self.models_dir / key, self.get_encoder, threads=self.threads)
             log.info("worker %s loaded encoder %s", self.name, key)
         return self._encoders[key]

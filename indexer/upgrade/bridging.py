@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,9 +43,10 @@ from indexer.jobs.sources import Source, load, resolve
 from indexer.rewritten_views import build_view
 from indexer.upgrade.errors import MigrationRefused
 from indexer.upgrade.eval_set import EvalSet, model_inputs
-from models.compat.choice import choose
-from models.compat.pretrained import Calibration, fit_method
 from models.core.encoder import Encoder
+
+if TYPE_CHECKING:  # torch-backed: imported where used, so a server start does not load torch
+    from models.compat.pretrained import Calibration
 
 METHODS = ("prefix", "auto", "fuse", "adapter", "transform")
 DEFAULT_CALIBRATION = 2_000
@@ -161,6 +162,9 @@ def encode_both(old: Encoder, new: Encoder, inputs: list[Any], tick: Callable[[i
 def fit_bridge(method: str, task: Calibration | None, extra: tuple[np.ndarray, np.ndarray], seed: int,
                force: bool) -> tuple[str, Any, dict[str, Any]]:  # fmt: skip
     """(method, fitted model, report). Refuses (``MigrationRefused`` carrying the report) as described above."""
+    from models.compat.choice import choose  # torch: imported on first use, not at every server start
+    from models.compat.pretrained import Calibration, fit_method
+
     methods = ("fuse", "adapter", "transform") if method == "auto" else (method,)
     if task is None or len(task.old) < MIN_TASK:
         labelled = 0 if task is None else len(task.old)

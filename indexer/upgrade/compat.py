@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from models.compat.bridges import load_transform
 from models.compat.report import compat_chain
 from models.core.errors import ArtifactError
 from models.core.spec import EncoderSpec
@@ -87,5 +86,8 @@ class SpecCompat:
             return None
         with self._lock:
             if spec.key not in self._maps:
+                # imported here: it brings torch, which would add ~2 s to every server start
+                from models.compat.bridges import load_transform
+
                 self._maps[spec.key] = load_transform(self.models_dir / spec.key).apply
             return self._maps[spec.key]

@@ -60,8 +60,6 @@ from indexer.upgrade.gate import (
     gate_reports,
     spec_incompatibilities,
 )
-from models.compat.bridges import write_bridge
-from models.compat.pretrained import Calibration
 from models.core.encoder import Encoder
 from models.core.errors import ERSError
 
@@ -330,6 +328,10 @@ class Migrations:
     def _bridge(
         self, collection: Collection, req: BridgeRequest, backfill: Backfill, task: MigrationTask
     ) -> dict[str, Any]:
+        # torch-backed: imported on the first bridged migration, so a server start does not load torch
+        from models.compat.bridges import write_bridge
+        from models.compat.pretrained import Calibration
+
         active = collection.config.encoder
         assert active is not None
         old, new = self.get_encoder(active), self.get_encoder(req.to)

@@ -17,7 +17,6 @@ from typing import Any
 import anyio.to_thread
 
 from indexer.ingest import Embedded, merge, preprocess_each, split_output
-from models.compat.bridges import load_any
 from models.core.backends import set_torch_threads
 from models.core.batching import Budget, forward_grouped
 from models.core.encoder import Encoder
@@ -59,7 +58,10 @@ class EncoderHub:
         with self._lock:
             if key in self.encoders:
                 return self.encoders[key]
-            # a bridge (models.compat.bridges) is built over the encoders it names, loaded through get()
+            # a bridge (models.compat.bridges) is built over the encoders it names, loaded through get();
+            # imported here because it brings torch, which a server start without encoders never needs
+            from models.compat.bridges import load_any
+
             encoder = load_any(self.models_dir / key, self.get, threads=max(1, self.options.threads))
             if self.options.warmup:
                 family = getattr(encoder, "family", None)
