@@ -65,6 +65,17 @@ def summarise(name: str, seeds: list[int], runs: list[dict[str, float]]) -> Seed
     return out
 
 
+def recorded_run(target: Path, config: dict[str, Any]) -> dict[str, float] | None:
+    """The metrics of an artifact already trained into ``target`` with exactly ``config`` (a resumed
+    ``--out``): seeded training is deterministic, so retraining it would give the same figures."""
+    wanted = json.loads(json.dumps(config, sort_keys=True))
+    for card in sorted(target.glob(f"*/{TRAINING_FILE}")):
+        metrics = card.parent / "metrics.json"
+        if metrics.is_file() and json.loads(card.read_text()) == wanted:
+            return numeric(json.loads(metrics.read_text()))
+    return None
+
+
 def evaluate_seeds(
     recipe_name: str,
     config: dict[str, Any],
@@ -73,7 +84,8 @@ def evaluate_seeds(
     out: Path | None = None,
     on_run: Callable[[int, dict[str, float]], None] | None = None,
 ) -> SeedSummary:
-    """Train ``config`` once per seed (into ``out``/seed-N, or a temporary directory) and summarise."""
+    """Train ``config`` once per seed (into ``out``/seed-N, or a temporary directory) and summarise.
+    A seed whose artifact ``out``/seed-N already holds (same config) is read back, not retrained."""
     if len(seeds) < 2:
         raise TrainingError("an interval needs at least two seeds (the protocol asks for five)")
     if "seed" not in config:
@@ -82,8 +94,11 @@ def evaluate_seeds(
     for seed in seeds:
         with tempfile.TemporaryDirectory(prefix="ers-eval-seeds-") as tmp:
             target = out / f"seed-{seed}" if out is not None else Path(tmp)
-            request = TrainRequest(config={**config, "seed": seed}, out=target, data_dir=data_dir, progress=False)
-            metrics = numeric(recipe(recipe_name).train(request).metrics)
+            seeded = {**config, "seed": seed}
+            metrics = recorded_run(target, seeded) if out is not None else None
+            if metrics is None:
+                request = TrainRequest(config=seeded, out=target, data_dir=data_dir, progress=False)
+                metrics = numeric(recipe(recipe_name).train(request).metrics)
         runs.append(metrics)
         if on_run is not None:
             on_run(seed, metrics)

@@ -74,7 +74,9 @@ def evaluate(
         int | None,
         typer.Option(help="retrain the artifact's config with seeds 0..N-1: mean ± 95% CI, paired baselines"),
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="with --seeds: keep each seed's artifacts here")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="with --seeds: keep each seed's artifacts here (a rerun reads them back)")
+    ] = None,
 ) -> None:
     """Evaluate a trained artifact with its recipe's protocol (or, with --seeds, its training run over seeds)."""
     from models.core.artifact import verify_artifact

@@ -43,7 +43,11 @@ def test_eval_seeds_retrains_the_recorded_config(zoo_dirs: tuple[Path, Path], tm
     assert summary["runs"][0]["recall@10"] == recorded["recall@10"]  # seed 0 is the recorded run, bit for bit
     assert summary["runs"][1]["recall@10"] != recorded["recall@10"]
     assert set(summary["versus"]["recall@10"]) == {"popularity_recall@10", "untrained_recall@10"}
-    assert (tmp_path / "s" / "seed-1" / "unified-tiny-item@1" / "spec.json").is_file()
+    seed_1 = tmp_path / "s" / "seed-1" / "unified-tiny-item@1" / "spec.json"
+    published = seed_1.stat().st_mtime_ns
+    again = CliRunner().invoke(app, command)  # a resumed --out reads its runs back instead of retraining
+    assert again.exit_code == 0 and json.loads(again.stdout)["runs"] == summary["runs"], again.output
+    assert seed_1.stat().st_mtime_ns == published
     for extra, message in ((["--seeds", "1"], "at least 2"), (["--out", str(tmp_path / "o")], "--out goes with"),
                            (["--seeds", "2", "--data", "insteval"], "--data goes without")):  # fmt: skip
         refused = CliRunner().invoke(app, ["eval", str(artifact), *extra, *args])
