@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from plotlib import line_plot
 from reportlib import training_args, write_text
 
+from models.core.durable import atomic_write_bytes
 from models.data.convirt_pairs import held_out
 from models.data.emoji import load_emoji
 from models.eval.probe import Split, fine_tune, label_subset, linear_probe
@@ -60,7 +61,7 @@ VAL_PERCENT = 20
 
 def random_features(run: Run, images: list[bytes], seed: int, cache: Path) -> np.ndarray:
     """Pooled features of a seeded, randomly initialised EfficientNet-Lite0 (cached per seed)."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file, save
 
     path = cache / f"random-effnet-{run.cfg.image_size}-{seed}-{len(images)}.safetensors"
     if path.is_file():
@@ -75,8 +76,7 @@ def random_features(run: Run, images: list[bytes], seed: int, cache: Path) -> np
             bar.step(len(pixels))
     features = np.concatenate(out).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"features": features}, str(path.with_suffix(".tmp")))
-    path.with_suffix(".tmp").replace(path)
+    atomic_write_bytes(path, save({"features": features}))
     return features
 
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.training.run import batches
+
 L2_GRID = (1.0, 1e-1, 1e-2, 1e-3, 1e-4)  # L2 weight of the probe, strongest first
 LR_GRID = (1e-3, 3e-4)
 MAX_EPOCHS = 60
@@ -67,7 +69,6 @@ def _standardise(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
 
 def _fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float) -> nn.Linear:
     """Full-batch L-BFGS on mean cross-entropy + l2·|W|²/2 (the bias is not penalised)."""
-    torch.manual_seed(0)  # a convex problem: the start only breaks ties
     model = nn.Linear(x.shape[1], classes)
     nn.init.zeros_(model.weight)
     nn.init.zeros_(model.bias)
@@ -129,9 +130,8 @@ def fine_tune(
         since_best, run_best = 0, -1.0
         for epoch in range(1, max_epochs + 1):
             model.train()
-            order = rng.permutation(len(y_tr))
-            for start in range(0, len(order), batch_size):
-                idx = torch.from_numpy(order[start : start + batch_size])
+            for rows in batches(len(y_tr), batch_size, rng, drop_last=False):
+                idx = torch.from_numpy(rows)
                 loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
