@@ -54,7 +54,7 @@ def eval_sets(family: str, cfg: dict[str, Any], cache: Path) -> dict[str, tuple[
         from models.data.identities import load_emoji_identities, split_by_identity
 
         test = split_by_identity(load_emoji_identities(cache, cfg["image_size"], cfg.get("limit")), cfg["holdout"],
-                                 cfg["seed"])[1]  # fmt: skip
+                                 cfg.get("split_seed", 0))[1]  # fmt: skip
         return {"i2i": (list(test.crops), [test.names[y] for y in test.labels], None)}
     if family == "two-branch":
         from models.data.pairs import load_pair_data
@@ -85,7 +85,7 @@ def unified_scores(old: Path, new: Path, cfg: dict[str, Any], cache: Path) -> di
     from models.training.unified import load_data, recall_at_k, seen_matrix
 
     data = load_data(cfg["data"], cfg.get("columns"), cfg.get("limit"), cache)
-    split = holdout_split(data, cfg["min_rating"], cfg["holdout"], cfg["seed"])
+    split = holdout_split(data, cfg["min_rating"], cfg["holdout"], cfg.get("split_seed", 0))
     evaluated = np.asarray(sorted(split.held_out), dtype=np.int64)
     seen = seen_matrix(data, split.train)
     records = [data.queries[int(r)] for r in evaluated]

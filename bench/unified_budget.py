@@ -12,10 +12,11 @@ Arms, each trained by ``ers train unified`` (config ``unified``, InstEval, 20 ep
 Protocol: per seed, the test split holds out 20% of each student's lecturers rated >= 4 (as in
 docs/models.md); a validation split holds out 20% of what is left the same way, and the epoch with
 the best validation recall@10 is kept (early stopping on val: the test items are scored once, at
-the end). Seeds change both splits and the initialisation. Mean ± 95% Student-t interval over seeds;
-multiplexed vs one table per feature also as a paired difference per budget. Runs are cached in
-``--out``/runs.json, so an interrupted sweep (or one with more seeds or budgets) resumes where it
-stopped. Writes ``results.json``, ``table.md`` and ``pareto.png`` to ``--out``.
+the end). Both splits are fixed (``split_seed`` 0): seeds change the initialisation and batch order
+only. Mean ± 95% Student-t interval over seeds; multiplexed vs one table per feature also as a
+paired difference per budget. Runs are cached in ``--out``/runs.json, so an interrupted sweep (or
+one with more seeds or budgets) resumes where it stopped. Writes ``results.json``, ``table.md`` and
+``pareto.png`` to ``--out``.
 """
 
 from __future__ import annotations

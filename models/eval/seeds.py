@@ -21,7 +21,7 @@ from models.training.recipe import TrainingError, TrainRequest, recipe
 from models.training.run import TRAINING_FILE
 
 # metric-name prefixes under which the recipes report their baselines (the trained figure has none)
-BASELINE_PREFIXES = ("popularity", "untrained", "chance", "pixels", "frozen_nn", "whitened_nn", "before")
+BASELINE_PREFIXES = ("popularity", "untrained", "chance", "pixels", "thumbnails", "frozen_nn", "whitened_nn", "before")
 
 
 @dataclass

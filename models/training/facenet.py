@@ -166,7 +166,7 @@ class FaceNetRecipe:
             "last_epoch_loss": history["loss_history"][-1], "epochs": cfg.epochs,
             "steps_per_epoch": history["steps_per_epoch"], "train_identities": len(train.names),
             "test_identities": len(test.names), "device": device, "train_seconds": time.monotonic() - began,
-            "method": method or "independent",
+            "method": method or "independent", "evaluated_on": cfg.evaluate_on,
         }  # fmt: skip
         write_card(artifact, spec, metrics, config_dict(cfg), fd.CARD_NOTES)
         return TrainResult(artifact, metrics)

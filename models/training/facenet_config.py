@@ -20,6 +20,12 @@ class FaceNetTrainConfig:
     data: str = "emoji"
     limit: int | None = None  # emoji: this many concepts (evenly spread), for tiny runs
     holdout: int = 300  # identities kept out of training for evaluation (emoji, folders)
+    # The identity split and the verification pairs are drawn with split_seed, not seed: every training
+    # seed is scored on the same identities (split_seed 0 reproduces the split of the seed-0 runs).
+    split_seed: int = 0
+    # "val": another `holdout` identities are carved out of the training ones and scored instead of the
+    # test identities, which stay unseen (how configs and ablations are chosen)
+    evaluate_on: str = "test"
     detect: bool = False  # folders: detect + align faces with MTCNN; else images are aligned crops
     lfw_pairs: str | None = None  # folders: evaluate on LFW's pairs.txt instead of drawn pairs
     # backbone: "inception-resnet-v1" | "face-resnet"; pretrained: a zoo artifact to start from
@@ -57,6 +63,10 @@ class FaceNetTrainConfig:
             raise TrainingError(f"backbone must be one of {sorted(BACKBONES)}, got '{self.backbone}'")
         if self.mining not in ("semi-hard", "batch-hard"):
             raise TrainingError(f"mining must be semi-hard or batch-hard, got '{self.mining}'")
+        if self.evaluate_on not in ("test", "val"):
+            raise TrainingError(f"evaluate_on must be test or val, got '{self.evaluate_on}'")
+        if self.evaluate_on == "val" and self.data == "face-photos":
+            raise TrainingError("the face-photos set is too small for a validation split: evaluate_on must be test")
         if self.p < 2 or self.k < 2:
             raise TrainingError("a P x K batch needs p >= 2 identities and k >= 2 images each")
         if self.thumbnail < 0 or (self.thumbnail and self.image_size % self.thumbnail):

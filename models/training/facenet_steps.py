@@ -151,8 +151,17 @@ def load_data(cfg: FaceNetTrainConfig, net: Network, data_dir: Path) -> tuple[Id
         data = load_emoji_identities(cache_dir, cfg.image_size, cfg.limit)
     else:
         data = load_identity_folders(Path(cfg.data), cfg.image_size, face_cropper(net.family) if net.detect else None)
-    train, test = split_by_identity(data, cfg.holdout, cfg.seed)
+    train, test = held_out(cfg, data)
     return train, data if cfg.lfw_pairs else test  # LFW's protocol scores its pairs over the whole folder
+
+
+def held_out(cfg: FaceNetTrainConfig, data: IdentityImages) -> tuple[IdentityImages, IdentityImages]:
+    """(train, evaluation) identities: the test split, or with ``evaluate_on: val`` a validation split
+    carved out of the training identities (the test identities are then neither trained nor scored)."""
+    train, test = split_by_identity(data, cfg.holdout, cfg.split_seed)
+    if cfg.evaluate_on == "val":
+        return split_by_identity(train, cfg.holdout, cfg.split_seed + 1)
+    return train, test
 
 
 def embed(net: Network, crops: np.ndarray, device: str = "cpu", batch: int = 256, normalise: bool = True) -> np.ndarray:
@@ -176,7 +185,7 @@ def metrics_from_vectors(cfg: FaceNetTrainConfig, vectors: np.ndarray, test: Ide
     if cfg.lfw_pairs:
         pairs, same, folds = lfw_rows(Path(cfg.lfw_pairs), Path(cfg.data), test)
     else:
-        pairs, folds = identity_pairs(test.labels, np.random.default_rng(cfg.seed))
+        pairs, folds = identity_pairs(test.labels, np.random.default_rng(cfg.split_seed))
         same = test.labels[pairs[:, 0]] == test.labels[pairs[:, 1]]
     dist = pair_distances(vectors, pairs)
     gallery, queries = gallery_split(test.labels, test.views, "google" if cfg.data == "emoji" else None)
@@ -200,11 +209,25 @@ def score(cfg: FaceNetTrainConfig, net: Network, test: IdentityImages, device: s
     return metrics_from_vectors(cfg, embed(net, test.crops, device, cfg.eval_batch), test)
 
 
+THUMBNAIL_BASELINE = 16  # px: blurred pixels, a stronger pixel baseline than full-size ones on emoji
+
+
 def pixel_baseline(cfg: FaceNetTrainConfig, test: IdentityImages) -> dict[str, float]:
-    """The same protocol on raw pixels (each crop flattened and L2-normalised): what training must beat."""
-    flat = test.crops.reshape(len(test.crops), -1).astype(np.float32)
-    flat /= np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-    return {f"pixels_{k}": v for k, v in metrics_from_vectors(cfg, flat, test).items() if k != "gallery_size"}
+    """The same protocol on raw pixels and on 16 x 16 thumbnails (each flattened and L2-normalised):
+    what training must beat."""
+    out = {}
+    for prefix, side in (("pixels", 0), ("thumbnails", THUMBNAIL_BASELINE)):
+        crops = test.crops.astype(np.float32)  # (N, S, S, 3)
+        if side and crops.shape[1] % side == 0 and crops.shape[1] > side:
+            n, s = len(crops), crops.shape[1]
+            crops = crops.reshape(n, side, s // side, side, s // side, 3).mean(axis=(2, 4))  # box-average
+        elif side:
+            continue  # the image size is not a multiple of the thumbnail's
+        flat = crops.reshape(len(crops), -1)
+        flat /= np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+        scored = metrics_from_vectors(cfg, flat, test)
+        out.update({f"{prefix}_{k}": v for k, v in scored.items() if k != "gallery_size"})
+    return out
 
 
 def publish(net: Network, spec: EncoderSpec, test: IdentityImages, destination: Path) -> Path:
@@ -269,7 +292,7 @@ def load_eval_data(cfg: FaceNetTrainConfig, spec: EncoderSpec, artifact: Path, d
     if cfg.data == "face-photos":
         return load_face_photo_identities(cache_dir, face_cropper(family), size)[1]
     if cfg.data == "emoji":
-        return split_by_identity(load_emoji_identities(cache_dir, size, cfg.limit), cfg.holdout, cfg.seed)[1]
+        return held_out(cfg, load_emoji_identities(cache_dir, size, cfg.limit))[1]
     data = load_identity_folders(Path(cfg.data), size, face_cropper(family) if spec.config.get("detect") else None)
     # LFW's pairs name images anywhere in the folder: its protocol scores the whole folder.
-    return data if whole_folder or cfg.lfw_pairs else split_by_identity(data, cfg.holdout, cfg.seed)[1]
+    return data if whole_folder or cfg.lfw_pairs else held_out(cfg, data)[1]

@@ -54,6 +54,7 @@ class UnifiedTrainConfig:
     name: str = "unified"
     version: str = "1"
     seed: int = 0
+    split_seed: int = 0  # draws the test and validation splits: every training seed is scored on the same items
     data: str = "insteval"  # "insteval", or a CSV of interactions (needs ``columns``)
     columns: dict[str, Any] | None = None  # query, item (column lists), query_id, item_id, rating
     limit: int | None = None  # keep the first N interactions (tiny runs)
@@ -133,12 +134,12 @@ def model_config(cfg: UnifiedTrainConfig, data: Interactions) -> UnifiedConfig:
 
 def splits(data: Interactions, cfg: UnifiedTrainConfig) -> tuple[Split, Split | None, np.ndarray]:
     """The test split, the validation split carved from its training rows (or None), and the training positives."""
-    test = holdout_split(data, cfg.min_rating, cfg.holdout, cfg.seed)
+    test = holdout_split(data, cfg.min_rating, cfg.holdout, cfg.split_seed)
     if not test.held_out:
         raise TrainingError("no query has two or more high-rated items: nothing to hold out and evaluate")
     val = None
     if cfg.val_holdout:  # its own random stream, so the test split is the same with or without it
-        val = holdout_split(data, cfg.min_rating, cfg.val_holdout, [cfg.seed, 1], rows=test.train)
+        val = holdout_split(data, cfg.min_rating, cfg.val_holdout, [cfg.split_seed, 1], rows=test.train)
     rows = val.train if val is not None else test.train
     threshold = cfg.train_min_rating
     return test, val, rows if threshold is None else rows[data.ratings[rows] >= threshold]
@@ -306,7 +307,8 @@ class UnifiedRecipe:
         notes = (
             f"Two towers over one {'shared (multiplexed)' if cfg.multiplexed else 'per-feature split'} embedding "
             f"table of {cfg.table_rows} rows × {cfg.emb_dim}. Evaluation: per query, {cfg.holdout:.0%} of its items "
-            f"rated >= {cfg.min_rating:g} held out (seed {cfg.seed}); every item ranked, training items excluded."
+            f"rated >= {cfg.min_rating:g} held out (split seed {cfg.split_seed}); every item ranked, training "
+            "items excluded."
         )
         for directory, spec in artifacts:
             write_card(directory, spec, metrics, config_dict(cfg), notes)

@@ -108,7 +108,7 @@ def test_facenet_upgrade_through_the_api(
 ) -> None:
     cfg = load_config("facenet-tiny")
     data = load_emoji_identities(zoo_dirs[1], cfg["image_size"], cfg["limit"])
-    train, test = split_by_identity(data, cfg["holdout"], cfg["seed"])
+    train, test = split_by_identity(data, cfg["holdout"], cfg.get("split_seed", 0))
     items = image_items(list(test.crops), [test.names[y] for y in test.labels])
     extra = image_items(list(train.crops[:6]), [train.names[y] for y in train.labels[:6]])
     report = offline_report(face_models / FACE_V1, face_models / FACE_V2, items, tmp_path / "eval")

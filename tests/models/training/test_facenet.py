@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from models.core.artifact import verify_artifact
 from models.core.encoder import encode
 from models.core.registry import load_encoder
-from models.data.identities import load_emoji_identities, load_identity_folders, pk_batches
+from models.data.identities import IdentityImages, load_emoji_identities, load_identity_folders, pk_batches
 from models.losses.metric import triplet_loss
 from models.training import facenet_compat as fc
 from models.training import facenet_steps as fd
@@ -292,6 +292,27 @@ def test_pk_batches_and_threshold_protocol() -> None:
         FaceNetTrainConfig(mining="hardest")
     with pytest.raises(TrainingError, match="thumbnail"):
         FaceNetTrainConfig(image_size=64, thumbnail=12)  # 12 does not divide 64
+
+
+def test_splits_are_fixed_across_seeds_and_validation_comes_from_the_training_identities() -> None:
+    n_ids = 40
+    data = IdentityImages(np.zeros((2 * n_ids, 8, 8, 3), np.uint8), np.repeat(np.arange(n_ids), 2),
+                             [f"id{i}" for i in range(n_ids)])  # fmt: skip
+    train, test = fd.held_out(FaceNetTrainConfig(holdout=8, seed=0), data)
+    train3, test3 = fd.held_out(FaceNetTrainConfig(holdout=8, seed=3), data)
+
+    def names(part: IdentityImages) -> set[str]:
+        return set(part.names)
+
+    assert names(test) == names(test3) and names(train) == names(train3)  # the training seed moves nothing
+    assert names(fd.held_out(FaceNetTrainConfig(holdout=8, split_seed=1), data)[1]) != names(test)
+    fit, val = fd.held_out(FaceNetTrainConfig(holdout=8, evaluate_on="val"), data)
+    assert len(val.names) == 8 and len(fit.names) == n_ids - 16
+    assert names(val) < names(train) and not names(fit) & (names(val) | names(test))  # test: neither fit nor scored
+    with pytest.raises(TrainingError, match="evaluate_on"):
+        FaceNetTrainConfig(evaluate_on="train")
+    with pytest.raises(TrainingError, match="too small for a validation split"):
+        FaceNetTrainConfig(data="face-photos", evaluate_on="val")
 
 
 def test_thumbnail_branch_sees_colour_layout_and_keeps_the_plain_parameter_set() -> None:

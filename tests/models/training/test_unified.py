@@ -38,7 +38,7 @@ from models.families.unified import (
 )
 from models.training.checkpoint import Checkpointer
 from models.training.recipe import TrainingError, TrainRequest, recipe
-from models.training.run import load_config, parse_config
+from models.training.run import config_dict, load_config, parse_config
 from models.training.unified import UnifiedTrainConfig, splits, tower_vectors
 
 torch.set_num_threads(1)
@@ -269,8 +269,14 @@ def test_validation_split_comes_from_the_training_rows_and_leaves_the_test_split
     data = load_insteval(zoo_dirs[1], limit=5000)
     cfg = parse_config(UnifiedTrainConfig, {**load_config(TINY), "limit": 5000, "val_holdout": 0.3})
     test, val, positives = splits(data, cfg)
-    alone = holdout_split(data, cfg.min_rating, cfg.holdout, cfg.seed)
+    alone = holdout_split(data, cfg.min_rating, cfg.holdout, cfg.split_seed)
     assert test.train.tolist() == alone.train.tolist() and test.held_out.keys() == alone.held_out.keys()
+    # Fixed splits: another training seed is scored on the same items; another split seed moves them.
+    reseeded = splits(data, parse_config(UnifiedTrainConfig, {**config_dict(cfg), "seed": 3}))
+    assert reseeded[0].train.tolist() == test.train.tolist() and reseeded[1] is not None
+    assert reseeded[1].train.tolist() == val.train.tolist()
+    moved = splits(data, parse_config(UnifiedTrainConfig, {**config_dict(cfg), "split_seed": 1}))[0]
+    assert moved.train.tolist() != test.train.tolist()
     assert val is not None and val.held_out and set(val.train) < set(test.train)
     val_rows = set(test.train) - set(val.train)
     assert all(data.ratings[r] >= cfg.min_rating for r in val_rows)
