@@ -35,6 +35,7 @@ from plotlib import line_plot
 from reportlib import training_args, write_text
 
 from models.eval.seeds import SeedSummary, numeric, recorded_run, summarise
+from models.eval.stats import bootstrap, paired
 from models.training.recipe import TrainRequest, recipe
 from models.training.run import load_config
 
@@ -48,47 +49,58 @@ METRICS = {"recall_at_1": "R@1 (one gallery drawing per concept)",
            "verification_accuracy": "verification acc. (10-fold)"}  # fmt: skip
 
 
-def train_seed(job: tuple[str, dict[str, Any], int, Path, Path]) -> tuple[str, int, dict[str, float]]:
+def train_seed(job: tuple[str, dict[str, Any], int, Path, Path]) -> tuple[str, int, dict[str, Any]]:
     """One (variant, seed) in its own process, on one thread (two jobs share the two cores)."""
     import torch
 
     torch.set_num_threads(1)
     variant, config, seed, runs, data_dir = job
     target, seeded = runs / variant / f"seed-{seed}", {**config, "seed": seed}
-    metrics = recorded_run(target, seeded)  # a run finished before an interruption is read back
-    if metrics is None:
+    if recorded_run(target, seeded) is None:  # a run finished before an interruption is read back
         request = TrainRequest(config=seeded, out=target, data_dir=data_dir, progress=False)
-        metrics = numeric(recipe("facenet").train(request).metrics)
-    return variant, seed, metrics
+        recipe("facenet").train(request)
+    (metrics,) = [json.loads(p.read_text()) for p in target.glob("*/metrics.json")]
+    return variant, seed, metrics  # with the per-query hits (numeric() drops them)
 
 
-def table(variant: str, summary: SeedSummary, command: str) -> str:
+def per_query(runs: dict[int, dict[str, Any]], prefix: str) -> list[list[float]]:
+    return [runs[s][f"{prefix}recall_at_1_per_query"] for s in sorted(runs)]
+
+
+def table(variant: str, summary: SeedSummary, runs: dict[int, dict[str, Any]], command: str) -> str:
+    """Student-t over seeds for every column; for R@1 also the bootstrap over seeds and queries."""
     m, n = summary.metrics, len(summary.seeds)
     lines = [f"### {variant}: {int(m['test_identities'][0])} concepts scored, {int(m['train_identities'][0])} "
              f"trained on; mean ± 95% CI over {n} seeds", "",
-             "| row | " + " | ".join(METRICS.values()) + " |", "|---|" + "---|" * len(METRICS)]  # fmt: skip
+             "| row | " + " | ".join(METRICS.values()) + " | R@1, 95% bootstrap over seeds × queries |",
+             "|---|" + "---|" * (len(METRICS) + 1)]  # fmt: skip
     for row, prefix in ROWS.items():
-        cells = [m[f"{prefix}{k}"] for k in METRICS]
-        lines.append(f"| {row} | " + " | ".join(f"{mean:.3f} ± {half:.3f}" for mean, half in cells) + " |")
+        cells = " | ".join(f"{mean:.3f} ± {half:.3f}" for mean, half in (m[f"{prefix}{k}"] for k in METRICS))
+        mean, low, high = bootstrap(per_query(runs, prefix))
+        lines.append(f"| {row} | {cells} | {mean:.3f} [{low:.3f}, {high:.3f}] |")
     for row, prefix in list(ROWS.items())[1:]:
-        cells = [summary.versus[k][f"{prefix}{k}"] for k in METRICS]
-        lines.append(f"| trained − {row} (paired) | " + " | ".join(f"{a:+.3f} ± {b:.3f}" for a, b in cells) + " |")
+        cells = " | ".join(f"{a:+.3f} ± {b:.3f}" for a, b in (summary.versus[k][f"{prefix}{k}"] for k in METRICS))
+        mean, low, high = bootstrap(per_query(runs, ""), per_query(runs, prefix))
+        lines.append(f"| trained − {row} (paired) | {cells} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |")
     return "\n".join(lines) + f"\n\nCommand: `{command}`\n"
 
 
-def ablation(summaries: dict[str, SeedSummary]) -> str:
-    """Thumbnail 16 minus no thumbnail on validation, paired by seed."""
-    from models.eval.stats import paired
-
+def ablation(summaries: dict[str, SeedSummary], results: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """Thumbnail 16 minus no thumbnail on validation, paired by seed (and for R@1 by query too)."""
     on, off = summaries.get("val-thumbnail16"), summaries.get("val-no-thumbnail")
     if on is None or off is None or on.seeds != off.seeds:
         return ""
     lines = ["### Thumbnail ablation on validation: thumbnail 16 − no thumbnail, paired by seed", "",
-             "| metric | difference | verdict |", "|---|---|---|"]  # fmt: skip
+             "| metric | difference (Student-t over seeds) | verdict |", "|---|---|---|"]  # fmt: skip
     for key, name in METRICS.items():
         mean, half = paired([r[key] for r in on.runs], [r[key] for r in off.runs])
         verdict = "the branch wins" if mean - half > 0 else "the branch loses" if mean + half < 0 else "no difference"
         lines.append(f"| {name} | {mean:+.3f} ± {half:.3f} | {verdict} |")
+    mean, low, high = bootstrap(per_query(results["val-thumbnail16"], ""), per_query(results["val-no-thumbnail"], ""))
+    lines.append(
+        f"| R@1, bootstrap over seeds × queries | {mean:+.3f} [{low:+.3f}, {high:+.3f}] | "
+        f"{'the branch wins' if low > 0 else 'the branch loses' if high < 0 else 'no difference'} |"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -110,16 +122,16 @@ def main() -> int:
     base = load_config(args.config)
     command = ".venv/bin/python bench/facenet_seeds.py " + shlex.join(training_args())
     jobs = [(v, {**base, **VARIANTS[v]}, s, runs_dir, args.data_dir) for s in range(args.seeds) for v in variants]
-    results: dict[str, dict[int, dict[str, float]]] = {v: {} for v in variants}
+    results: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in variants}
     started = time.time()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for variant, seed, metrics in pool.map(train_seed, jobs):
             results[variant][seed] = metrics
-            print(f"[{time.time() - started:5.0f} s] {variant:<18} seed {seed}: R@1 {metrics['recall_at_1']:.3f} "
+            print(f"[{time.time() - started:5.0f} s] {variant:<16} seed {seed}: R@1 {metrics['recall_at_1']:.3f} "
                   f"(thumbnails {metrics['thumbnails_recall_at_1']:.3f}, pixels {metrics['pixels_recall_at_1']:.3f})",
                   flush=True)  # fmt: skip
-    summaries = {v: summarise("facenet", sorted(r), [r[s] for s in sorted(r)]) for v, r in results.items()}
-    texts = [table(v, s, command) for v, s in summaries.items()] + [ablation(summaries)]
+    summaries = {v: summarise("facenet", sorted(r), [numeric(r[s]) for s in sorted(r)]) for v, r in results.items()}
+    texts = [table(v, s, results[v], command) for v, s in summaries.items()] + [ablation(summaries, results)]
     series = {row: [(float(i), *summaries[v].metrics[f"{prefix}recall_at_1"]) for i, v in enumerate(variants)]
               for row, prefix in ROWS.items()}  # fmt: skip
     line_plot(args.out / "recall_at_1.png", series, f"FaceNet on emoji: R@1 per variant (mean and 95% interval, "

@@ -44,3 +44,33 @@ def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 def separated(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """True when interval a lies wholly above interval b."""
     return a[0] - a[1] > b[0] + b[1]
+
+
+def bootstrap(
+    scores: Sequence[Sequence[float]],
+    baseline: Sequence[Sequence[float]] | None = None,
+    resamples: int = 4000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(mean, 2.5th percentile, 97.5th percentile) of the mean score, resampling seeds and queries.
+
+    ``scores[s][q]`` is query q's score under seed s (the same queries for every seed). With
+    ``baseline`` (same shape, the same seeds and queries), the statistic is the paired difference
+    scores − baseline: each resample draws seeds, then queries, and takes both rows at the same draw.
+    """
+    a = np.asarray(scores, dtype=np.float64)  # (S, Q)
+    if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] < 2:
+        raise ValueError(f"need scores of >= 2 seeds x >= 2 queries, got shape {a.shape}")
+    if baseline is not None:
+        b = np.asarray(baseline, dtype=np.float64)
+        if b.shape != a.shape:
+            raise ValueError(f"paired scores need the same seeds and queries: {a.shape} vs {b.shape}")
+        a = a - b
+    rng = np.random.default_rng(seed)
+    n_seeds, n_queries = a.shape
+    means = np.empty(resamples)
+    for i in range(resamples):  # seeds first, then queries: the two levels of the design
+        rows = a[rng.integers(0, n_seeds, n_seeds)]  # (S, Q)
+        means[i] = rows[:, rng.integers(0, n_queries, n_queries)].mean()
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(a.mean()), float(low), float(high)

@@ -138,12 +138,20 @@ def attach_files(artifact: Path, files: dict[str, str]) -> None:
 TRAINING_FILE = "training.json"  # models.eval.seeds reads it
 
 
+def shown(value: Any, longest: int = 32) -> str:
+    """A metric for a card or a console: long per-query lists are summarised (metrics.json has them)."""
+    if isinstance(value, list) and len(value) > longest:
+        return f"({len(value)} values in metrics.json)"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def write_card(
     artifact: Path, spec: EncoderSpec, metrics: dict[str, Any], config: dict[str, Any], notes: str = ""
 ) -> None:
     """``metrics.json`` + ``MODEL_CARD.md`` beside the weights, covered by the sha256 manifest."""
     metrics = {**metrics, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {shown(v)} |"
+                     for k, v in metrics.items())  # fmt: skip
     card = (
         f"# {spec.key}\n\n{spec.description}\n\n"
         f"- family: `{spec.family}`, modality: {spec.modality}, dim: {spec.dim}, metric: {spec.metric}\n"

@@ -52,12 +52,13 @@ def pair_distances(vectors: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return np.linalg.norm(vectors[pairs[:, 0]] - vectors[pairs[:, 1]], axis=1).astype(np.float64)
 
 
-def recall_at_1(
+def nearest_hits(
     gallery: np.ndarray, gallery_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray
-) -> float:
-    """Share of queries whose nearest gallery vector (Euclidean) has the query's identity."""
+) -> np.ndarray:
+    """(Q,) bool: whether each query's nearest gallery vector (Euclidean) has the query's identity."""
     d = (queries**2).sum(1)[:, None] - 2 * queries @ gallery.T + (gallery**2).sum(1)[None, :]  # (Q, G)
-    return float(np.mean(gallery_labels[np.argmin(d, axis=1)] == query_labels))
+    return np.asarray(gallery_labels[np.argmin(d, axis=1)] == query_labels)
+
 
 
 def distance_summary(dist: np.ndarray, same: np.ndarray) -> dict[str, float]:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.core.errors import ModelError
+from models.training.run import shown
 from service.settings import Settings
 
 console = Console()
@@ -25,7 +26,7 @@ def _data_dir(data_dir: Path | None) -> Path:
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
     table = Table("metric", "value", title=title)
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else json.dumps(value))
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else shown(value))
     console.print(table)
 
 
