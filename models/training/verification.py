@@ -60,7 +60,6 @@ def nearest_hits(
     return np.asarray(gallery_labels[np.argmin(d, axis=1)] == query_labels)
 
 
-
 def distance_summary(dist: np.ndarray, same: np.ndarray) -> dict[str, float]:
     """Mean same / different distances and the gap between them (larger is better separated)."""
     same_mean, diff_mean = float(dist[same].mean()), float(dist[~same].mean())
