@@ -22,6 +22,7 @@ from models.core.errors import ModelError
 from models.training.recipe import TrainingError
 
 EMOJI_SOURCES = {"emoji": "twitter", "emoji-twitter": "twitter", "emoji-google": "google"}
+EVAL_SPLITS = {"val": 1, "test": 0}  # the halves of the emoji evaluation items: odd- and even-numbered
 
 
 @dataclass(frozen=True)
@@ -119,12 +120,17 @@ def load_pair_data(
     seed: int,
     holdout_concepts: float = 0.0,
     split_seed: int = 0,
+    eval_split: str = "all",
 ) -> PairData:
     """Train and evaluation items. Emoji: Google style to train, Twitter style (same concepts) to
     evaluate; with ``holdout_concepts``, that fraction of the concepts (drawn with ``split_seed``, the
     same for every training seed) is left out of training and only those are evaluated: unseen
     concepts, not just an unseen drawing style. CSV: ``eval_source`` if given, else a seeded
-    ``eval_fraction`` of the images held out."""
+    ``eval_fraction`` of the images held out. Emoji ``eval_split``: ``val`` keeps the odd-numbered
+    evaluation items, ``test`` the even-numbered ones (disjoint halves), ``all`` every one."""
+    if eval_split not in ("all", *EVAL_SPLITS) or (eval_split != "all" and source != "emoji"):
+        raise TrainingError(f"eval_split must be all, val or test (val and test only for the emoji source), "
+                            f"got '{eval_split}'")  # fmt: skip
     if holdout_concepts and (source != "emoji" or not 0.0 < holdout_concepts < 1.0):
         raise TrainingError("holdout_concepts is for the emoji source and must be between 0 and 1 "
                             "(a CSV holds images out with eval_fraction)")  # fmt: skip
@@ -139,6 +145,9 @@ def load_pair_data(
             evaluation = [it for it in evaluation if it.key in held_keys]
             described = (f"emoji (Google style, {len(train)} concepts) → {eval_source or 'emoji-twitter'} "
                          f"of {len(evaluation)} held-out concepts (split seed {split_seed})")  # fmt: skip
+        if eval_split != "all":
+            evaluation = evaluation[EVAL_SPLITS[eval_split] :: 2]
+            described += f", {eval_split} half ({len(evaluation)} items)"
         return PairData(train, evaluation, described)
     items = load_pairs_csv(Path(source))
     if limit is not None:

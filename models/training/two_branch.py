@@ -60,6 +60,9 @@ class DataConfig:
     eval_fraction: float = 0.1
     holdout_concepts: float = 0.0  # emoji: evaluate on this fraction of concepts, never trained on
     split_seed: int = 0  # draws the held-out concepts; fixed while the training seed varies
+    # emoji: "val" scores the odd-numbered evaluation items (where settings are chosen), "test" the
+    # even-numbered ones (reported once), "all" both
+    eval_split: str = "all"
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ class Trainer:
         seed_everything(self.top.seed)
         d = self.data_cfg
         self.data = load_pair_data(d.source, self.data_dir / "cache", d.limit, d.eval_source, d.eval_fraction,
-                                   self.top.seed, d.holdout_concepts, d.split_seed)  # fmt: skip
+                                   self.top.seed, d.holdout_concepts, d.split_seed, d.eval_split)  # fmt: skip
         if len(self.data.train) < 2:
             raise TrainingError("two-branch training needs at least 2 image–caption pairs")
         captions = [c for item in self.data.train for c in item.captions]

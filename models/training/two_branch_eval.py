@@ -173,7 +173,14 @@ def evaluate_artifact(artifact: Path, data: str | None, data_dir: Path) -> dict[
     text = load_encoder(artifact.parent / towers["text"], backend="onnx")
     trained_on = spec.config.get("data", {})
     source = data or trained_on.get("eval_source") or ("emoji-twitter" if trained_on.get("source") == "emoji" else None)
-    if source is None:  # a CSV with a held-out split: the same seeded split again
+    if data is None and trained_on.get("source") == "emoji":  # the run's own evaluation items, split as trained
+        held = load_pair_data("emoji", data_dir / "cache", trained_on.get("limit"), trained_on.get("eval_source"), 0.1,
+                              0, trained_on.get("holdout_concepts", 0.0), trained_on.get("split_seed", 0),
+                              trained_on.get("eval_split", "all"))  # fmt: skip
+        items = held.eval
+        if trained_on.get("holdout_concepts") or trained_on.get("eval_split", "all") != "all":
+            source = held.description  # which concepts and which half, not just the style
+    elif source is None:  # a CSV with a held-out split: the same seeded split again
         items = load_pair_data(trained_on["source"], data_dir / "cache", trained_on.get("limit"), None,
                                trained_on.get("eval_fraction", 0.1), int(spec.config.get("seed", 0))).eval  # fmt: skip
         source = f"{trained_on['source']} (held out)"

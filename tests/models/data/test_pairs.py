@@ -24,6 +24,13 @@ def test_held_out_concepts_never_reach_training_and_the_split_is_fixed(zoo_dirs:
     twitter = {it.key: it.image for it in style.eval}
     assert all(it.image == twitter[it.key] for it in first.eval)  # evaluated on the Twitter drawings
     assert "60 held-out concepts (split seed 0)" in first.description
+    # validation and test halves of the evaluation items: disjoint, together every item
+    val, test = (load_pair_data("emoji", cache, 300, None, 0.1, seed=0, eval_split=s).eval for s in ("val", "test"))
+    assert [it.key for it in val] == [it.key for it in style.eval[1::2]] and len(test) == 150
+    assert {it.key for it in val} | {it.key for it in test} == {it.key for it in style.eval}
+    assert not {it.key for it in val} & {it.key for it in test}
+    with pytest.raises(TrainingError, match="eval_split"):
+        load_pair_data("emoji", cache, 300, None, 0.1, seed=0, eval_split="train")
 
 
 @pytest.mark.parametrize("fraction", [1.0, -0.1])

@@ -144,6 +144,12 @@ def test_ers_eval_scores_the_served_towers(tmp_path: Path, data_dir: Path) -> No
                                    str(data_dir), "--json"])  # fmt: skip
     assert out.exit_code == 0, out.output
     assert '"data": "emoji-google"' in out.output and '"t2i_r@5"' in out.output
+    # a run scored on its test half (the even-numbered items) is scored on that half again
+    halved = tiny(data={"eval_split": "test"})
+    result = TwoBranchRecipe().train(TrainRequest(halved, tmp_path / "h", data_dir=data_dir, progress=False))
+    served = evaluate_artifact(tmp_path / "h" / "emoji2b-tiny-text@1", None, data_dir)
+    assert served["items"] == result.metrics["eval_items"] == LIMIT // 2 and "test half" in served["data"]
+    assert abs(served["t2i_r@1"] - result.metrics["t2i_r@1"]) <= 2 / (LIMIT // 2)
 
 
 def write_pairs_csv(directory: Path, data_dir: Path, n: int) -> Path:
