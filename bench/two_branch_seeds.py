@@ -1,6 +1,6 @@
 """Two-branch image–text matching over seeds, against its strongest cheap baselines (issue 19).
 
-    .venv/bin/python bench/two_branch_seeds.py --seeds 5 --data-dir DIR
+    .venv/bin/python bench/two_branch_seeds.py --seeds 5 --jobs 2 --data-dir DIR
 
 Config ``two-branch`` (frozen EfficientNet-Lite0 + whitened linear head, n-gram text tower), trained
 by ``ers train two-branch``'s recipe once per seed under two protocols:
@@ -10,11 +10,15 @@ by ``ers train two-branch``'s recipe once per seed under two protocols:
 * **unseen concepts**: 20% of the concepts (split seed 0, the same for every training seed) never
   reach training; evaluate on their Twitter-style drawings only.
 
+Both score the **test half** of their evaluation items (``data.eval_split: test``, the even-numbered
+ones): the odd-numbered half is the validation split every setting of the config was chosen on.
+
 Rows: the trained model; frozen-features NN (a caption goes to the training drawing it names, then
 raw EfficientNet cosine); whitened-features NN (the same in the whitened PCA space the head starts
 from, no training at all); untrained. Seeds change the initialisation and batch order only (the
 splits are fixed). Mean ± 95% Student-t interval over seeds, and the trained model minus each
-baseline paired by seed. Runs are cached in ``--out``/runs.json (resumable). Writes ``table.md``,
+baseline paired by seed. Runs are cached in ``--out``/runs.json with their config (resumable; runs of
+another config are refused, not mixed in). Writes ``table.md``,
 ``results.json`` and one recall@K PNG per protocol to ``--out``.
 """
 
@@ -26,6 +30,8 @@ import shlex
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +45,18 @@ from models.training.recipe import TrainRequest, recipe
 from models.training.run import load_config
 from models.training.two_branch_eval import KS
 
-PROTOCOLS = {"style": {}, "unseen-concepts": {"holdout_concepts": 0.2, "split_seed": 0}}
+PROTOCOLS = {"style": {"eval_split": "test"},
+             "unseen-concepts": {"holdout_concepts": 0.2, "split_seed": 0, "eval_split": "test"}}  # fmt: skip
 ROWS = {"trained": "", "whitened-features NN": "whitened_nn_", "frozen-features NN": "frozen_nn_",
         "untrained": "untrained_"}  # fmt: skip
 TABLE_KS = (1, 5, 10)
 
 
-def train_one(config: dict[str, Any], data_dir: Path) -> dict[str, float]:
+def train_one(config: dict[str, Any], data_dir: Path, threads: int | None = None) -> dict[str, float]:
+    if threads:  # a parallel job: one thread each, so the jobs share the cores instead of fighting
+        import torch
+
+        torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="ers-two-branch-seeds-") as tmp:
         request = TrainRequest(config=config, out=Path(tmp), data_dir=data_dir, progress=False)
         metrics = numeric(recipe("two-branch").train(request).metrics)
@@ -85,6 +96,7 @@ def main() -> int:
     p.add_argument("--config", default="two-branch")
     p.add_argument("--data-dir", type=Path, default=Path(".ers-data"))
     p.add_argument("--out", type=Path, default=Path("docs/two_branch"))
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel, one thread each")
     p.add_argument("--report-only", action="store_true", help="train nothing: tables and plots from the cached runs")
     args = p.parse_args()
     protocols = args.protocols.split(",")
@@ -95,18 +107,22 @@ def main() -> int:
     base["baselines"] = ["untrained", "frozen-nn", "whitened-nn"]
     command = ".venv/bin/python bench/two_branch_seeds.py " + shlex.join(training_args())
     cache = args.out / "runs.json"
-    runs: dict[str, Any] = json.loads(cache.read_text())["runs"] if cache.is_file() else {}
+    cached = json.loads(cache.read_text()) if cache.is_file() else {"base": base, "runs": {}}
+    if cached.get("base") != base:  # runs of another config (or protocol) must not be mixed into this table
+        p.error(f"{cache} holds runs of another config; pass another --out or move it away")
+    runs: dict[str, Any] = cached["runs"]
     started = time.time()
-    for seed in range(0 if args.report_only else args.seeds):
-        for protocol in protocols:
-            key = f"{args.config}/{protocol}#{seed}"
-            if key in runs:
-                continue
-            config = {**base, "seed": seed, "data": {**base.get("data", {}), **PROTOCOLS[protocol]}}
-            runs[key] = train_one(config, args.data_dir)
-            write_text(cache, json.dumps({"runs": runs}, indent=1))
-            got = runs[key]
-            print(f"[{time.time() - started:5.0f} s] seed {seed} {protocol:<16} t2i R@1 {got['t2i_r@1']:.3f} "
+    todo = {f"{args.config}/{protocol}#{seed}": {**base, "seed": seed, "data": {**base.get("data", {}),
+                                                                                **PROTOCOLS[protocol]}}
+            for seed in range(0 if args.report_only else args.seeds) for protocol in protocols}  # fmt: skip
+    todo = {key: config for key, config in todo.items() if key not in runs}
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        threads = 1 if args.jobs > 1 else None
+        done = pool.map(train_one, todo.values(), repeat(args.data_dir), repeat(threads))
+        for key, got in zip(todo, done, strict=True):
+            runs[key] = got
+            write_text(cache, json.dumps({"base": base, "runs": runs}, indent=1))
+            print(f"[{time.time() - started:5.0f} s] {key:<32} t2i R@1 {got['t2i_r@1']:.3f} "
                   f"i2t R@1 {got['i2t_r@1']:.3f} (whitened NN {got['whitened_nn_t2i_r@1']:.3f} / "
                   f"{got['whitened_nn_i2t_r@1']:.3f})", flush=True)  # fmt: skip
     texts, results = [], {}
