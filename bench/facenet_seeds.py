@@ -71,7 +71,7 @@ def per_query(runs: dict[int, dict[str, Any]], prefix: str) -> list[list[float]]
     return [runs[s][f"{prefix}recall_at_1_per_query"] for s in sorted(runs)]
 
 
-def table(variant: str, summary: SeedSummary, runs: dict[int, dict[str, Any]], command: str) -> str:
+def table(variant: str, summary: SeedSummary, command: str) -> str:
     """Student-t over seeds for every column; for R@1 also the bootstrap over seeds and queries."""
     m, n = summary.metrics, len(summary.seeds)
     lines = [f"### {variant}: {int(m['test_identities'][0])} concepts scored, {int(m['train_identities'][0])} "
@@ -80,11 +80,11 @@ def table(variant: str, summary: SeedSummary, runs: dict[int, dict[str, Any]], c
              "|---|" + "---|" * (len(METRICS) + 1)]  # fmt: skip
     for row, prefix in ROWS.items():
         cells = " | ".join(f"{mean:.3f} ± {half:.3f}" for mean, half in (m[f"{prefix}{k}"] for k in METRICS))
-        mean, low, high = bootstrap(per_query(runs, prefix))
+        mean, low, high = summary.bootstrapped[f"{prefix}recall_at_1"]
         lines.append(f"| {row} | {cells} | {mean:.3f} [{low:.3f}, {high:.3f}] |")
     for row, prefix in list(ROWS.items())[1:]:
         cells = " | ".join(f"{a:+.3f} ± {b:.3f}" for a, b in (summary.versus[k][f"{prefix}{k}"] for k in METRICS))
-        mean, low, high = bootstrap(per_query(runs, ""), per_query(runs, prefix))
+        mean, low, high = summary.bootstrapped_versus["recall_at_1"][f"{prefix}recall_at_1"]
         lines.append(f"| trained − {row} (paired) | {cells} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] |")
     return "\n".join(lines) + f"\n\nCommand: `{command}`\n"
 
@@ -136,8 +136,11 @@ def main() -> int:
             print(f"[{time.time() - started:5.0f} s] {variant:<22} seed {seed}: R@1 {metrics['recall_at_1']:.3f} "
                   f"(thumbnails {metrics['thumbnails_recall_at_1']:.3f}, pixels {metrics['pixels_recall_at_1']:.3f})",
                   flush=True)  # fmt: skip
-    summaries = {v: summarise("facenet", sorted(r), [numeric(r[s]) for s in sorted(r)]) for v, r in results.items()}
-    texts = [table(v, s, results[v], command) for v, s in summaries.items()] + [ablation(summaries, results)]
+    summaries = {v: summarise("facenet", sorted(r), [numeric(r[s]) for s in sorted(r)],
+                              {k: per_query(r, k.removesuffix("recall_at_1_per_query")) for k in r[min(r)]
+                               if k.endswith("recall_at_1_per_query")})
+                 for v, r in results.items()}  # fmt: skip
+    texts = [table(v, s, command) for v, s in summaries.items()] + [ablation(summaries, results)]
     series = {row: [(float(i), *summaries[v].metrics[f"{prefix}recall_at_1"]) for i, v in enumerate(variants)]
               for row, prefix in ROWS.items()}  # fmt: skip
     line_plot(args.out / "recall_at_1.png", series, f"FaceNet on emoji: R@1 per variant (mean and 95% interval, "

@@ -139,6 +139,14 @@ def _evaluate_seeds(
         for baseline, (mean, half) in baselines.items():
             paired_table.add_row(key, baseline, f"{mean:+.4f} ± {half:.4f}", "yes" if mean - half > 0 else "no")
     console.print(paired_table)
+    if summary.bootstrapped:  # the recipe kept per-query scores: intervals over seeds and queries together
+        boot = Table("metric", "mean [95% bootstrap, seeds × queries]", "baseline", "difference (paired by query)",
+                     "above the baseline?", title="bootstrap over seeds and queries")  # fmt: skip
+        for key, (mean, low, high) in summary.bootstrapped.items():
+            boot.add_row(key, f"{mean:.4f} [{low:.4f}, {high:.4f}]", "", "", "")
+            for baseline, (d, d_low, d_high) in summary.bootstrapped_versus.get(key, {}).items():
+                boot.add_row("", "", baseline, f"{d:+.4f} [{d_low:+.4f}, {d_high:+.4f}]", "yes" if d_low > 0 else "no")
+        console.print(boot)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from models.data.insteval import insteval_csv
 from models.eval.seeds import summarise
+from models.eval.stats import bootstrap
 from service.cli.main import app
 
 torch.set_num_threads(1)
@@ -22,6 +24,23 @@ def test_summary_pairs_each_figure_with_the_baselines_of_the_same_runs() -> None
     summary = summarise("unified", [0, 1, 2], runs)
     assert summary.metrics["recall@10"] == pytest.approx((0.51, 4.303 * 0.01 / 3**0.5))
     assert summary.versus == {"recall@10": {"popularity_recall@10": pytest.approx((0.4, 0.0))}}
+
+
+def test_per_query_scores_are_bootstrapped_and_paired_by_query_with_each_baseline() -> None:
+    rng = np.random.default_rng(0)
+    hits = (rng.random((3, 50)) < 0.7).astype(int).tolist()
+    pixels = (rng.random((3, 50)) < 0.4).astype(int).tolist()
+    runs = [
+        {"recall_at_1": float(np.mean(h)), "pixels_recall_at_1": float(np.mean(p))}
+        for h, p in zip(hits, pixels, strict=True)
+    ]
+    summary = summarise("facenet", [0, 1, 2], runs, {"recall_at_1_per_query": hits,
+                                                    "pixels_recall_at_1_per_query": pixels})  # fmt: skip
+    assert summary.bootstrapped["recall_at_1"] == bootstrap(hits)
+    assert summary.bootstrapped["pixels_recall_at_1"] == bootstrap(pixels)
+    assert summary.bootstrapped_versus == {"recall_at_1": {"pixels_recall_at_1": bootstrap(hits, pixels)}}
+    low = summary.to_json()["bootstrap_versus"]["recall_at_1"]["pixels_recall_at_1"]["low95"]
+    assert low == bootstrap(hits, pixels)[1] > 0  # 0.7 against 0.4 over 150 query scores: surely above
 
 
 def test_eval_seeds_retrains_the_recorded_config(zoo_dirs: tuple[Path, Path], tmp_path: Path) -> None:

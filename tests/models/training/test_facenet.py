@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,29 @@ def test_tiny_emoji_training_lowers_the_loss(emoji_run: TrainResult, data_dir: P
     assert artifact.name == "facenet-tiny@1" and (artifact.parent / ".checkpoints/facenet-tiny/epoch-0001").is_dir()
     written = json.loads((artifact / "metrics.json").read_text())
     assert written["recall_at_1"] == m["recall_at_1"] and (artifact / "MODEL_CARD.md").is_file()
+
+
+def test_eval_seeds_bootstraps_recall_over_seeds_and_queries(
+    emoji_run: TrainResult, data_dir: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli.main import app
+
+    # seed 0 is the module's run, placed where `--out` keeps it (read back, not retrained); seed 1 trains
+    shutil.copytree(emoji_run.artifact, tmp_path / "s" / "seed-0" / emoji_run.artifact.name)
+    out, data = ["--out", str(tmp_path / "s")], ["--data-dir", str(data_dir)]
+    command = ["eval", str(emoji_run.artifact), "--seeds", "2", *out, *data]
+    result = CliRunner().invoke(app, [*command, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["runs"][0]["recall_at_1"] == emoji_run.metrics["recall_at_1"]
+    boot = summary["bootstrap_seeds_and_queries"]["recall_at_1"]
+    assert boot["low95"] <= boot["mean"] == summary["metrics"]["recall_at_1"]["mean"] <= boot["high95"]
+    versus = {"pixels_recall_at_1", "thumbnails_recall_at_1", "before_recall_at_1"}  # the untrained network
+    assert set(summary["bootstrap_versus"]["recall_at_1"]) == versus
+    printed = CliRunner().invoke(app, command)  # both seeds read back: the tables only
+    assert printed.exit_code == 0 and "bootstrap over seeds and queries" in printed.output, printed.output
 
 
 def test_served_encoder_gives_the_training_vectors(emoji_run: TrainResult, data_dir: Path) -> None:
