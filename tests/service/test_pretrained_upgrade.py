@@ -33,10 +33,6 @@ from tests.conftest import install_zoo_model
 OLD, NEW, K = "minilm-l3@1", "minilm-l6@1", 10
 SEARCH_PAUSE_S = 0.05
 TEST_QUERIES = 300  # of the test split, whose findings form the collection; the val split is the gate's set
-# unlabelled collection texts sampled to fit the bridges (the default is 2,000): with the val split's
-# 1,104 labelled texts that is ~1,500 texts for each encoder to encode per leg instead of ~3,100, which
-# was most of this test's time
-CALIBRATION_SIZE = 400
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +155,7 @@ def test_auto_switch_backfill_and_exact_rollbacks_under_concurrent_search(
         method = "auto"
         for backfill in ("none", "background"):
             searcher.phase = f"calibrating ({backfill})"
-            body = {"to": NEW, "method": method, "backfill": backfill, "calibration_size": CALIBRATION_SIZE}
+            body = {"to": NEW, "method": method, "backfill": backfill}
             started = client.post("/v1/collections/xr/migrations", json=body)
             assert started.status_code == 202, started.text
             task = wait_task(client, started.json()["task"]["id"])
