@@ -37,8 +37,9 @@ from reportlib import training_args, write_text
 
 from models.eval.seeds import SeedSummary, numeric, recorded_run, summarise
 from models.eval.stats import bootstrap, paired
+from models.training.facenet_config import FaceNetTrainConfig
 from models.training.recipe import TrainRequest, recipe
-from models.training.run import load_config
+from models.training.run import config_dict, load_config, parse_config
 
 # The ablation runs a smaller, shorter network (1/8 width, 16 epochs: about a sixth of the CPU of the
 # shipped config, whose runs take ~13 CPU-minutes each): the same question at a price that fits 5 seeds.
@@ -59,7 +60,9 @@ def train_seed(job: tuple[str, dict[str, Any], int, Path, Path]) -> tuple[str, i
 
     torch.set_num_threads(1)
     variant, config, seed, runs, data_dir = job
-    target, seeded = runs / variant / f"seed-{seed}", {**config, "seed": seed}
+    # the full config (defaults filled in), as the recipe records it: what a finished run is matched on
+    target = runs / variant / f"seed-{seed}"
+    seeded = config_dict(parse_config(FaceNetTrainConfig, {**config, "seed": seed}))
     if recorded_run(target, seeded) is None:  # a run finished before an interruption is read back
         request = TrainRequest(config=seeded, out=target, data_dir=data_dir, progress=False)
         recipe("facenet").train(request)
@@ -141,7 +144,8 @@ def main() -> int:
                                if k.endswith("recall_at_1_per_query")})
                  for v, r in results.items()}  # fmt: skip
     texts = [table(v, s, command) for v, s in summaries.items()] + [ablation(summaries, results)]
-    series = {row: [(float(i), *summaries[v].metrics[f"{prefix}recall_at_1"]) for i, v in enumerate(variants)]
+    series = {row.replace("×", "x"): [(float(i), *summaries[v].metrics[f"{prefix}recall_at_1"])  # the font has no ×
+                                      for i, v in enumerate(variants)]
               for row, prefix in ROWS.items()}  # fmt: skip
     line_plot(args.out / "recall_at_1.png", series, f"FaceNet on emoji: R@1 per variant (mean and 95% interval, "
               f"{args.seeds} seeds)", "variant (" + ", ".join(f"{i}: {v}" for i, v in enumerate(variants)) + ")",
