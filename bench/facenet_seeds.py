@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from plotlib import line_plot
 from reportlib import training_args, write_text
 
-from models.eval.seeds import SeedSummary, numeric, recorded_run, summarise
+from models.eval.seeds import SeedSummary, numeric, per_query_scores, recorded_run, summarise
 from models.eval.stats import bootstrap, paired
 from models.training.facenet_config import FaceNetTrainConfig
 from models.training.recipe import TrainRequest, recipe
@@ -63,10 +63,10 @@ def train_seed(job: tuple[str, dict[str, Any], int, Path, Path]) -> tuple[str, i
     # the full config (defaults filled in), as the recipe records it: what a finished run is matched on
     target = runs / variant / f"seed-{seed}"
     seeded = config_dict(parse_config(FaceNetTrainConfig, {**config, "seed": seed}))
-    if recorded_run(target, seeded) is None:  # a run finished before an interruption is read back
+    metrics = recorded_run(target, seeded)  # a run finished before an interruption is read back
+    if metrics is None:
         request = TrainRequest(config=seeded, out=target, data_dir=data_dir, progress=False)
-        recipe("facenet").train(request)
-    (metrics,) = [json.loads(p.read_text()) for p in target.glob("*/metrics.json")]
+        metrics = dict(recipe("facenet").train(request).metrics)
     return variant, seed, metrics  # with the per-query hits (numeric() drops them)
 
 
@@ -140,8 +140,7 @@ def main() -> int:
                   f"(thumbnails {metrics['thumbnails_recall_at_1']:.3f}, pixels {metrics['pixels_recall_at_1']:.3f})",
                   flush=True)  # fmt: skip
     summaries = {v: summarise("facenet", sorted(r), [numeric(r[s]) for s in sorted(r)],
-                              {k: per_query(r, k.removesuffix("recall_at_1_per_query")) for k in r[min(r)]
-                               if k.endswith("recall_at_1_per_query")})
+                              per_query_scores([r[s] for s in sorted(r)]))
                  for v, r in results.items()}  # fmt: skip
     texts = [table(v, s, command) for v, s in summaries.items()] + [ablation(summaries, results)]
     series = {row.replace("×", "x"): [(float(i), *summaries[v].metrics[f"{prefix}recall_at_1"])  # the font has no ×

@@ -60,6 +60,13 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
+def per_query_scores(runs: list[dict[str, Any]]) -> dict[str, list[list[float]]]:
+    """``key_per_query`` -> one list per run, for the keys every run kept per query (full metrics,
+    as a recipe or ``recorded_run`` returns them, not ``numeric``'s)."""
+    keys = [k for k, v in runs[0].items() if k.endswith(PER_QUERY) and isinstance(v, list)]
+    return {k: [r[k] for r in runs] for k in keys if all(isinstance(r.get(k), list) for r in runs)}
+
+
 def summarise(
     name: str, seeds: list[int], runs: list[dict[str, float]], per_query: dict[str, list[list[float]]] | None = None
 ) -> SeedSummary:
@@ -117,7 +124,7 @@ def evaluate_seeds(
     if "seed" not in config:
         raise TrainingError(f"the {recipe_name} config has no seed to vary")
     runs: list[dict[str, float]] = []
-    per_query: dict[str, list[list[float]]] = {}
+    full: list[dict[str, Any]] = []
     for seed in seeds:
         with tempfile.TemporaryDirectory(prefix="ers-eval-seeds-") as tmp:
             target = out / f"seed-{seed}" if out is not None else Path(tmp)
@@ -128,10 +135,7 @@ def evaluate_seeds(
                 everything = dict(recipe(recipe_name).train(request).metrics)
         metrics = numeric(everything)
         runs.append(metrics)
-        for key, scores in everything.items():
-            if key.endswith(PER_QUERY) and isinstance(scores, list):
-                per_query.setdefault(key, []).append(scores)
+        full.append(everything)
         if on_run is not None:
             on_run(seed, metrics)
-    complete = {k: v for k, v in per_query.items() if len(v) == len(seeds)}
-    return summarise(recipe_name, seeds, runs, complete)
+    return summarise(recipe_name, seeds, runs, per_query_scores(full))

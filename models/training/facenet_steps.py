@@ -177,8 +177,8 @@ def embed(net: Network, crops: np.ndarray, device: str = "cpu", batch: int = 256
 
 
 def metrics_from_vectors(cfg: FaceNetTrainConfig, vectors: np.ndarray, test: IdentityImages) -> dict[str, Any]:
-    """Verification (10-fold LFW protocol) + gallery recall@1, or for the tiny face-photos set only
-    the same / different distances over every pair."""
+    """Verification (10-fold LFW protocol) + gallery recall@1 (also per query), or for the tiny
+    face-photos set the 10-fold protocol and the same / different distances over every pair."""
     if cfg.data == "face-photos":
         a, b = np.triu_indices(len(vectors), k=1)
         dist, same = pair_distances(vectors, np.stack([a, b], 1)), test.labels[a] == test.labels[b]
