@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from plotlib import line_plot
 from reportlib import training_args, write_text
 
-from models.eval.seeds import numeric, summarise
+from models.eval.seeds import numeric, per_query_scores, summarise
 from models.training.recipe import TrainRequest, recipe
 from models.training.run import load_config
 from models.training.two_branch_eval import KS
@@ -52,14 +52,15 @@ ROWS = {"trained": "", "whitened-features NN": "whitened_nn_", "frozen-features 
 TABLE_KS = (1, 5, 10)
 
 
-def train_one(config: dict[str, Any], data_dir: Path, threads: int | None = None) -> dict[str, float]:
+def train_one(config: dict[str, Any], data_dir: Path, threads: int | None = None) -> dict[str, Any]:
     if threads:  # a parallel job: one thread each, so the jobs share the cores instead of fighting
         import torch
 
         torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="ers-two-branch-seeds-") as tmp:
         request = TrainRequest(config=config, out=Path(tmp), data_dir=data_dir, progress=False)
-        metrics = numeric(recipe("two-branch").train(request).metrics)
+        metrics = recipe("two-branch").train(request).metrics
+    # the figures, and each R@1 hit per query (``*_per_query``: bootstrapped over seeds and queries)
     return {k: v for k, v in metrics.items() if "_r@" in k or k in ("eval_items", "train_items", "seconds")}
 
 
@@ -75,6 +76,21 @@ def table(protocol: str, summary: Any, command: str) -> str:
     for row, prefix in list(ROWS.items())[1:3]:
         cells = [summary.versus[f"{d}_r@{k}"][f"{prefix}{d}_r@{k}"] for d in ("i2t", "t2i") for k in TABLE_KS]
         lines.append(f"| trained − {row} (paired) | " + " | ".join(f"{a:+.3f} ± {b:.3f}" for a, b in cells) + " |")
+    boot = summary.bootstrapped_versus
+    if boot:  # R@1 only: the runs keep each query's R@1 hit
+        lines += ["", f"R@1 bootstrapped over seeds and queries (95% percentile interval, {len(summary.seeds)} seeds x "
+                  f"{int(m['eval_items'][0])} queries; differences paired query by query):", "",
+                  "| row | i2t R@1 | t2i R@1 |", "|---|---|---|"]  # fmt: skip
+        for row, prefix in ROWS.items():
+            cells = [summary.bootstrapped.get(f"{prefix}{d}_r@1") for d in ("i2t", "t2i")]
+            if all(cells):
+                spans = [f"{c[0]:.3f} [{c[1]:.3f}, {c[2]:.3f}]" for c in cells if c]
+                lines.append(f"| {row} | " + " | ".join(spans) + " |")
+        for row, prefix in list(ROWS.items())[1:3]:
+            cells = [boot.get(f"{d}_r@1", {}).get(f"{prefix}{d}_r@1") for d in ("i2t", "t2i")]
+            if all(cells):
+                lines.append(f"| trained − {row} | " + " | ".join(f"{c[0]:+.3f} [{c[1]:+.3f}, {c[2]:+.3f}]"
+                                                                 for c in cells if c) + " |")  # fmt: skip
     return "\n".join(lines) + f"\n\nCommand: `{command}`\n"
 
 
@@ -121,7 +137,7 @@ def main() -> int:
         done = pool.map(train_one, todo.values(), repeat(args.data_dir), repeat(threads))
         for key, got in zip(todo, done, strict=True):
             runs[key] = got
-            write_text(cache, json.dumps({"base": base, "runs": runs}, indent=1))
+            write_text(cache, json.dumps({"base": base, "runs": runs}))  # compact: per-query lists
             print(f"[{time.time() - started:5.0f} s] {key:<32} t2i R@1 {got['t2i_r@1']:.3f} "
                   f"i2t R@1 {got['i2t_r@1']:.3f} (whitened NN {got['whitened_nn_t2i_r@1']:.3f} / "
                   f"{got['whitened_nn_i2t_r@1']:.3f})", flush=True)  # fmt: skip
@@ -130,7 +146,8 @@ def main() -> int:
         seeds = [s for s in range(args.seeds) if f"{args.config}/{protocol}#{s}" in runs]
         if not seeds:
             continue
-        summary = summarise("two-branch", seeds, [runs[f"{args.config}/{protocol}#{s}"] for s in seeds])
+        chosen = [runs[f"{args.config}/{protocol}#{s}"] for s in seeds]
+        summary = summarise("two-branch", seeds, [numeric(r) for r in chosen], per_query_scores(chosen))
         texts.append(table(protocol, summary, command))
         results[protocol] = summary.to_json()
         plot(protocol, summary, args.out / f"recall_at_k_{protocol}.png")

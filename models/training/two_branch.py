@@ -280,10 +280,10 @@ class Trainer:
         self.history.append(float(np.mean(losses)))
         return self.history[-1]
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict[str, Any]:
         towers = (self.image_tower, self.text_tower)
         image, text = embed(towers, self.image_head, self.text_batch, self.eval, self.device)
-        return recall(image @ text.T)
+        return recall(image @ text.T, per_query=True)
 
     def state(self) -> dict[str, Any]:
         return {"image": self.image_tower.state_dict(), "text": self.text_tower.state_dict(),

@@ -35,14 +35,19 @@ class EvalSet:
     captions: list[str]
 
 
-def recall(sim: np.ndarray | torch.Tensor, prefix: str = "") -> dict[str, float]:
-    """``sim[i, j]``: image i vs caption j, matching pairs on the diagonal. Ties count against us."""
+def recall(sim: np.ndarray | torch.Tensor, prefix: str = "", per_query: bool = False) -> dict[str, Any]:
+    """``sim[i, j]``: image i vs caption j, matching pairs on the diagonal. Ties count against us.
+
+    ``per_query``: also each query's R@1 hit (``i2t_r@1_per_query``, 0/1 per item, in item order),
+    so the seeds bench can bootstrap over queries and pair two rows query by query."""
     s = torch.as_tensor(sim, dtype=torch.float32)
-    out = {}
+    out: dict[str, Any] = {}
     for direction, m in (("i2t", s), ("t2i", s.T)):
         rank = (m > m.diagonal()[:, None]).sum(dim=1)  # (N,): items ranked strictly above the match
         for k in KS:
             out[f"{prefix}{direction}_r@{k}"] = round(float((rank < k).float().mean()), 4)
+        if per_query:
+            out[f"{prefix}{direction}_r@1_per_query"] = (rank < 1).int().tolist()
     return out
 
 
@@ -133,7 +138,7 @@ def match_captions(queries: list[str], data: PairData) -> np.ndarray:
 
 def frozen_nn_recall(
     data: PairData, data_dir: Path, progress: bool, whiten: tuple[int, float] | None = None
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The baseline with no joint space: an image is compared with a caption through the training
     image that caption names (frozen EfficientNet-Lite0 cosine). For the emoji protocol this is
     cross-style image retrieval: Twitter drawing vs the Google drawing paired with the caption.
@@ -153,7 +158,7 @@ def frozen_nn_recall(
                                  for x in (train, evaluation))  # fmt: skip
         prefix = "whitened_nn_"
     named = train[match_captions([it.captions[0] for it in data.eval], data)]  # (N, F): caption j -> image
-    return recall(evaluation @ named.T, prefix=prefix)
+    return recall(evaluation @ named.T, prefix=prefix, per_query=True)
 
 
 def _encode_all(encoder: Any, inputs: Sequence[Any]) -> np.ndarray:

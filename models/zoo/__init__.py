@@ -7,6 +7,7 @@ sha256 manifest, verifies it and publishes ``<models_dir>/<name@version>`` atomi
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import logging
 import shutil
@@ -72,14 +73,24 @@ def find(name: str) -> ZooEntry:
 
 
 def pull(name: str, models_dir: Path, cache_dir: Path, force: bool = False) -> EncoderSpec:
+    """Build ``name`` into ``models_dir``/KEY unless a verified copy is there. Processes pulling the
+    same model at once (parallel training jobs) take turns on a lock file: the first builds it, the
+    others then find it published."""
     entry = find(name)
     destination = models_dir / entry.key
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with open(models_dir / f".pull-{entry.key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _pull_locked(entry, destination, cache_dir, force)
+
+
+def _pull_locked(entry: ZooEntry, destination: Path, cache_dir: Path, force: bool) -> EncoderSpec:
     if destination.exists() and not force:
         try:
             return verify_artifact(destination)
         except ArtifactError as exc:
             log.warning("re-pulling %s: %s", entry.key, exc)
-    staging = models_dir / f".staging-{entry.key}"
+    staging = destination.parent / f".staging-{entry.key}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:

