@@ -8,7 +8,8 @@ A bridged migration runs as a task (``MigrationTask``, progress at
    (``keep_sources``); ``calibration_size`` inputs (default 2,000, at most 20,000). The collection's
    labelled evaluation set (stored, or sent with the request) and manifest items with a ``label`` in
    their payload form the *task* that old/old and each method are measured on; the other inputs only fit.
-2. **encoding**: every input by the old and the new encoder (the ingest path's ``encode_inputs``).
+2. **encoding**: every input by the old and the new encoder (the ingest path's ``encode_inputs``); a kept
+   source whose item still holds the active encoder's vector is not encoded by the old one again.
 3. **fitting** (``models.compat.pretrained``, gate in ``models.compat.choice``): ``auto`` fits fuse,
    adapter and transform on 80% of the labelled inputs (plus every unlabelled one), measures R@10 on the
    other 20% and picks the best; it refuses unless the best beats old/old there in 95% of paired bootstrap
@@ -107,11 +108,21 @@ def check_request(req: BridgeRequest, collection: Collection, roots: Sequence[Pa
     return req
 
 
+Stored = list[np.ndarray | None]  # per calibration input: its stored vector of the active encoder, if any
+
+
+def no_stored_vectors(n: int) -> Stored:  # the evaluation set's inputs: not items of the collection
+    return [None] * n
+
+
 def calibration_inputs(collection: Collection, req: BridgeRequest, roots: Sequence[Path], modality: str,
-                       max_pixels: int) -> tuple[list[Any], list[Any] | None]:  # fmt: skip
-    """(inputs, labels or None): up to ``calibration_size`` model inputs from the source or kept sources."""
+                       max_pixels: int) -> tuple[list[Any], list[Any] | None, Stored]:  # fmt: skip
+    """(inputs, labels or None, stored vectors): up to ``calibration_size`` model inputs from the source or
+    kept sources; a kept source's item vector is returned when the active encoder made it, so the old
+    encoder need not embed it again (a third of the encoding when the new encoder is twice as deep)."""
     rng = np.random.default_rng(req.seed)
     items: list[Item] = []
+    known: dict[str, np.ndarray] = {}
     if req.calibration is not None:
         source = Source(req.calibration, roots)
         found = [e for e in source.entries() if isinstance(e, Item)]
@@ -129,29 +140,49 @@ def calibration_inputs(collection: Collection, req: BridgeRequest, roots: Sequen
                 items.append(Item(ids[i], kind, kept.data if kept.kind == "image" else kept.value(), None))
             if len(items) >= req.calibration_size:
                 break
-    inputs, labels = [], []
+        known = stored_vectors(collection, [item.id for item in items])
+    inputs, labels, stored = [], [], []
     for item in items:
         try:
             inputs.append(encoder_input(item.kind, item.value, modality, max_pixels, item.id))
         except Exception:
             continue
         labels.append((item.payload or {}).get("label"))
+        stored.append(known.get(item.id))
     if len(inputs) < 20:
         raise MigrationRefused(f"only {len(inputs)} usable calibration inputs; at least 20 are needed")
-    return inputs, labels if all(y is not None for y in labels) else None
+    return inputs, labels if all(y is not None for y in labels) else None, stored
 
 
-def encode_both(old: Encoder, new: Encoder, inputs: list[Any], tick: Callable[[int], None]) -> tuple[np.ndarray, ...]:
-    """(old vectors, new vectors, kept mask): inputs either model fails on are dropped."""
+def stored_vectors(collection: Collection, ids: list[str]) -> dict[str, np.ndarray]:
+    """The stored vectors of ``ids`` that the active encoder made (an item embedded by another version, e.g.
+    mid-migration, is encoded again). An item overwritten between reading its kept source and its vector
+    pairs one source with a newer vector: one calibration pair among thousands, not worth a lock."""
+    active, out = collection.config.encoder, {}
+    for item_id in ids:
+        record = collection.store.get_item(collection.name, item_id, with_vector=True)
+        if record is not None and record.vector is not None and record.encoder_version == active:
+            out[item_id] = np.asarray(record.vector, dtype=np.float32)
+    return out
+
+
+def encode_both(old: Encoder, new: Encoder, inputs: list[Any], tick: Callable[[int], None],
+                stored: Stored | None = None) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """(old vectors, new vectors, kept mask): inputs either model fails on are dropped. ``stored[i]``: input
+    i's old vector where the collection holds it; the old encoder runs only on the others."""
     olds, news, keep = [], [], []
     for start in range(0, len(inputs), ENCODE_CHUNK):
         chunk = inputs[start : start + ENCODE_CHUNK]
-        a, b = encode_inputs(old, chunk), encode_inputs(new, chunk)
-        for x, y in zip(a, b, strict=True):
-            ok = x.error is None and y.error is None and len(x.vectors) == 1 and len(y.vectors) == 1
+        known = stored[start : start + ENCODE_CHUNK] if stored else [None] * len(chunk)
+        missing = [i for i, vector in enumerate(known) if vector is None]
+        encoded = dict(zip(missing, encode_inputs(old, [chunk[i] for i in missing]) if missing else [], strict=True))
+        for i, y in enumerate(encode_inputs(new, chunk)):
+            vector, x = known[i], encoded.get(i)
+            a = [vector] if vector is not None else (x.vectors if x is not None and x.error is None else [])
+            ok = len(a) == 1 and y.error is None and len(y.vectors) == 1
             keep.append(ok)
             if ok:
-                olds.append(x.vectors[0])
+                olds.append(a[0])
                 news.append(y.vectors[0])
         tick(len(chunk))
     d_old, d_new = old.spec.dim, new.spec.dim

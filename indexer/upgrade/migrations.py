@@ -47,6 +47,7 @@ from indexer.upgrade.bridging import (
     encode_both,
     fit_bridge,
     labelled_part,
+    no_stored_vectors,
 )
 from indexer.upgrade.compat import SpecCompat
 from indexer.upgrade.errors import MigrationRefused, MigrationTaskNotFound
@@ -340,20 +341,20 @@ class Migrations:
         task.phase = "collecting"
         eval_set = req.eval_set or eval_sets.stored_eval_set(self.store, collection.name)
         task_inputs, task_labels = labelled_part(eval_set, new.spec.modality)
-        inputs, labels = calibration_inputs(collection, req, self.roots, new.spec.modality, self.max_pixels)
-        fit_only: list[Any] = inputs
+        inputs, labels, stored = calibration_inputs(collection, req, self.roots, new.spec.modality, self.max_pixels)
+        fit_only, task_stored = inputs, no_stored_vectors(len(task_inputs))
         if labels is not None:  # a labelled calibration source is part of the task
-            task_inputs = task_inputs + inputs
+            task_inputs, task_stored = task_inputs + inputs, task_stored + stored
             task_labels = task_labels + [json.dumps(y, sort_keys=True) for y in labels]
-            fit_only = []
+            fit_only, stored = [], []
         task.phase, task.total = "encoding", len(task_inputs) + len(fit_only)
 
         def tick(n: int) -> None:
             task.done += n
 
-        t_old, t_new, kept = encode_both(old, new, task_inputs, tick)
+        t_old, t_new, kept = encode_both(old, new, task_inputs, tick, task_stored)
         cal = Calibration(t_old, t_new, labels=np.asarray(task_labels)[kept]) if len(t_old) else None
-        e_old, e_new, _ = encode_both(old, new, fit_only, tick)
+        e_old, e_new, _ = encode_both(old, new, fit_only, tick, stored)
         task.phase = "fitting"
         method, model, report = fit_bridge(req.method, cal, (e_old, e_new), req.seed, req.force)
         report["calibration"] = {

@@ -38,6 +38,11 @@ class Budget:
         return self.pixels if first.ndim == 4 else self.rows
 
 
+# offline encoding (``models.core.encoder.encode``): bigger forwards than a server's, which answers
+# requests while it encodes; still length-grouped so a batch of long and short texts pads little
+OFFLINE_BUDGET = Budget(tokens=16384, rows=128)
+
+
 def row_count(batch: Batch) -> int:
     return len(next(iter(network_inputs(batch).values())))
 

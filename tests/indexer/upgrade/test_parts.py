@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from indexer.errors import InvalidInput, LimitExceeded
+from indexer.kept_sources import KeptSource
 from indexer.store.sqlite import SqliteStore
+from indexer.upgrade.bridging import BridgeRequest, calibration_inputs, encode_both
 from indexer.upgrade.compat import SpecCompat
 from indexer.upgrade.errors import EvalSetNotFound
 from indexer.upgrade.eval_set import (
@@ -20,7 +24,8 @@ from indexer.upgrade.eval_set import (
     stored_eval_set,
 )
 from indexer.upgrade.gate import card_report
-from tests.indexer.upgrade.conftest import LABELS, OTHER, TEXTS, V1, V2, WIDTH, write_models
+from models.core.registry import load_encoder
+from tests.indexer.upgrade.conftest import LABELS, OTHER, TEXTS, V1, V2, WIDTH, MakeUpgrades, embed, write_models
 
 
 def test_spec_compat_follows_the_installed_specs(tmp_path: Path) -> None:
@@ -74,3 +79,40 @@ def test_card_report_is_found_in_the_card_or_two_levels_down(tmp_path: Path) -> 
     assert card_report(tmp_path, V2, OTHER) is None  # a report against another model does not count
     (tmp_path / V2 / "metrics.json").write_text("{not json")
     assert card_report(tmp_path, V2, V1) is None
+
+
+class CountingEncoder:
+    """A real encoder that records how many inputs each call embedded (the old model's work)."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder, self.spec, self.backend, self.calls = encoder, encoder.spec, encoder.backend, []
+
+    def preprocess(self, inputs: Any) -> Any:
+        self.calls.append(len(inputs))
+        return self.encoder.preprocess(inputs)
+
+    def forward(self, batch: Any, threads: int | None = None) -> Any:
+        return self.encoder.forward(batch, threads)
+
+    def postprocess(self, raw: Any, batch: Any) -> Any:
+        return self.encoder.postprocess(raw, batch)
+
+
+def test_calibration_reuses_the_stored_vectors_of_the_active_encoder(make_upgrades: MakeUpgrades) -> None:
+    up = make_upgrades()
+    old, new = load_encoder(up.models_dir / V1), load_encoder(up.models_dir / V2)
+    collection = up.manager.create("kept", WIDTH, "cosine", encoder=V1, keep_sources=True)
+    ids = [f"t{i}" for i in range(len(TEXTS))]
+    sources = [KeptSource.of(t) for t in TEXTS]
+    collection.upsert(ids, embed(old, TEXTS), sources=sources)
+    # items t0..t3 then get vectors of another version (mid-migration): the old encoder must embed those again
+    collection.upsert(ids[:4], embed(new, TEXTS[:4]), versions=[V2] * 4, sources=sources[:4])
+    request = BridgeRequest(V2, "fuse", calibration_size=len(TEXTS))
+    inputs, labels, stored = calibration_inputs(collection, request, [], "text", 10**6)
+    assert labels is None and len(inputs) == len(stored) == len(TEXTS)
+    assert sum(v is None for v in stored) == 4  # exactly the other version's items
+    counting = CountingEncoder(old)
+    olds, news, kept = encode_both(counting, new, inputs, lambda n: None, stored)  # type: ignore[arg-type]
+    assert kept.all() and sum(counting.calls) == 4  # only the items without a stored vector of V1
+    np.testing.assert_allclose(olds, embed(old, inputs), atol=1e-6)  # the same vectors as encoding them all
+    np.testing.assert_allclose(news, embed(new, inputs), atol=1e-6)
