@@ -36,6 +36,7 @@ from safetensors.numpy import load_file, save_file
 from models.compat.heads import CompatModel
 from models.compat.pretrained import AdapterModel, FuseModel, ProcrustesMap, ResidualMap, TransformModel, unit
 from models.core.artifact import TORCH_FILE, publish_artifact, verify_artifact
+from models.core.batching import forward_all
 from models.core.encoder import Batch, Encoder, FloatArray
 from models.core.errors import ArtifactError
 from models.core.registry import load_encoder
@@ -77,8 +78,8 @@ class BridgeEncoder:
         inputs = list(batch[INPUTS])
         vectors = {}
         for name, part in self.parts.items():
-            inner = part.preprocess(inputs)
-            vectors[name] = part.postprocess(part.forward(inner, threads=threads), inner)  # (n, d_part)
+            inner = part.preprocess(inputs)  # length-grouped below: one forward padded to the longest input
+            vectors[name] = part.postprocess(forward_all(part, inner, threads), inner)  # (n, d_part)
         return self.combine(**vectors)  # (n, spec.dim)
 
     def postprocess(self, raw: np.ndarray, batch: Batch) -> FloatArray:

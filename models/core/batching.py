@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from models.core.encoder import Batch, network_inputs
+from models.core.encoder import Batch, Encoder, network_inputs
 
 MASK = "attention_mask"  # token inputs: right-padded; a row's length is its mask's sum
 
@@ -41,6 +42,13 @@ class Budget:
 # offline encoding (``models.core.encoder.encode``): bigger forwards than a server's, which answers
 # requests while it encodes; still length-grouped so a batch of long and short texts pads little
 OFFLINE_BUDGET = Budget(tokens=16384, rows=128)
+
+
+def forward_all(encoder: Encoder, batch: Batch, threads: int | None = None) -> np.ndarray:
+    """``encoder.forward`` over a whole preprocessed batch, however large: token rows in length-sorted
+    groups under ``OFFLINE_BUDGET``, fixed-shape rows in one forward (offline encoding, bridge parts)."""
+    forward = partial(encoder.forward, threads=threads)
+    return forward_grouped(forward, batch, OFFLINE_BUDGET) if is_tokens(batch) else forward(batch)
 
 
 def row_count(batch: Batch) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.core.batching import Budget, collate, forward_grouped, length_groups, row_lengths, split_rows
+from models.core.batching import Budget, collate, forward_all, forward_grouped, length_groups, row_lengths, split_rows
 from models.core.encoder import Batch
 
 
@@ -78,3 +78,30 @@ def test_images_are_grouped_by_pixels() -> None:
 
     forward_grouped(forward, images, Budget(pixels=3 * 32 * 32, rows=8))
     assert seen == [3, 3, 3, 1]
+
+
+class RecordingNetwork:
+    """The forward stage of an encoder: ``mean_id``, recording each forward's shape and threads."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+        self.threads: set[int | None] = set()
+
+    def forward(self, batch: Batch, threads: int | None = None) -> np.ndarray:
+        first = next(v for k, v in batch.items() if not k.startswith("_"))
+        self.shapes.append(first.shape)
+        self.threads.add(threads)
+        return mean_id(batch) if "attention_mask" in batch else first.reshape(len(first), -1)[:, :2]
+
+
+def test_forward_all_groups_a_large_text_batch_and_keeps_images_whole() -> None:
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(1, 256, size=600).tolist()
+    batch, network = token_batch(lengths), RecordingNetwork()
+    out = forward_all(network, batch, threads=1)  # type: ignore[arg-type]
+    np.testing.assert_allclose(out, mean_id(batch))  # rows back in input order
+    assert len(network.shapes) > 1 and network.threads == {1}
+    assert sum(r * w for r, w in network.shapes) < 0.6 * len(lengths) * max(lengths)  # far less padding
+    images, network = {"input": np.zeros((300, 3, 32, 32), dtype=np.float32)}, RecordingNetwork()
+    forward_all(network, images)  # type: ignore[arg-type]
+    assert network.shapes == [(300, 3, 32, 32)]  # fixed-shape rows: nothing to gain from splitting
