@@ -79,7 +79,7 @@ class BridgeEncoder:
         vectors = {}
         for name, part in self.parts.items():
             inner = part.preprocess(inputs)  # length-grouped below: one forward padded to the longest input
-            vectors[name] = part.postprocess(forward_all(part, inner, threads), inner)  # (n, d_part)
+            vectors[name] = part.postprocess(forward_all(part.forward, inner, threads), inner)  # (n, d_part)
         return self.combine(**vectors)  # (n, spec.dim)
 
     def postprocess(self, raw: np.ndarray, batch: Batch) -> FloatArray:

@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 
-from models.core.encoder import Batch, Encoder, network_inputs
+from models.core.batch import Batch, network_inputs
 
 MASK = "attention_mask"  # token inputs: right-padded; a row's length is its mask's sum
 
@@ -44,11 +44,11 @@ class Budget:
 OFFLINE_BUDGET = Budget(tokens=16384, rows=128)
 
 
-def forward_all(encoder: Encoder, batch: Batch, threads: int | None = None) -> np.ndarray:
-    """``encoder.forward`` over a whole preprocessed batch, however large: token rows in length-sorted
+def forward_all(forward: Callable[..., np.ndarray], batch: Batch, threads: int | None = None) -> np.ndarray:
+    """An encoder's ``forward`` over a whole preprocessed batch, however large: token rows in length-sorted
     groups under ``OFFLINE_BUDGET``, fixed-shape rows in one forward (offline encoding, bridge parts)."""
-    forward = partial(encoder.forward, threads=threads)
-    return forward_grouped(forward, batch, OFFLINE_BUDGET) if is_tokens(batch) else forward(batch)
+    call = partial(forward, threads=threads)
+    return forward_grouped(call, batch, OFFLINE_BUDGET) if is_tokens(batch) else call(batch)
 
 
 def row_count(batch: Batch) -> int:

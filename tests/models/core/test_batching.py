@@ -98,10 +98,10 @@ def test_forward_all_groups_a_large_text_batch_and_keeps_images_whole() -> None:
     rng = np.random.default_rng(2)
     lengths = rng.integers(1, 256, size=600).tolist()
     batch, network = token_batch(lengths), RecordingNetwork()
-    out = forward_all(network, batch, threads=1)  # type: ignore[arg-type]
+    out = forward_all(network.forward, batch, threads=1)
     np.testing.assert_allclose(out, mean_id(batch))  # rows back in input order
     assert len(network.shapes) > 1 and network.threads == {1}
     assert sum(r * w for r, w in network.shapes) < 0.6 * len(lengths) * max(lengths)  # far less padding
     images, network = {"input": np.zeros((300, 3, 32, 32), dtype=np.float32)}, RecordingNetwork()
-    forward_all(network, images)  # type: ignore[arg-type]
+    forward_all(network.forward, images)
     assert network.shapes == [(300, 3, 32, 32)]  # fixed-shape rows: nothing to gain from splitting
