@@ -82,7 +82,8 @@ def create_app(settings: Settings | None = None, reader_of: str | None = None, w
         # the one resolver of which encoder versions' vectors a query may meet: collections and migrations share it
         compat = SpecCompat(settings.models_path)
         manager = CollectionManager(settings.data_dir, store, settings.index_options(), compat)
-        hub = EncoderHub(settings.models_path, settings.hub_options(), make_cache(settings, store))
+        cache = make_cache(settings, store)  # queries, and a migration's calibration vectors
+        hub = EncoderHub(settings.models_path, settings.hub_options(), cache)
         runner = make_runner(settings, store, manager, hub)
         # Built on the event loop, which alone touches the batcher's queues (no lock needed).
         processes = settings.workers if worker is not None else 1  # `worker`: one of `ers serve --workers N`
@@ -94,9 +95,8 @@ def create_app(settings: Settings | None = None, reader_of: str | None = None, w
             app.state.manager = manager
             app.state.hub = hub
             app.state.jobs = runner
-            app.state.migrations = Migrations(
-                store, compat, settings.models_path, hub.get, runner, settings.allowed_roots, settings.max_image_pixels
-            )
+            app.state.migrations = Migrations(store, compat, settings.models_path, hub.get, runner,
+                                              settings.allowed_roots, settings.max_image_pixels, cache)  # fmt: skip
             app.state.search_batcher = searcher
             await anyio.to_thread.run_sync(runner.start)  # resumes the jobs a previous run left
             freeze_startup_heap()

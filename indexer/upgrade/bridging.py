@@ -44,6 +44,7 @@ from indexer.jobs.sources import Source, load, resolve
 from indexer.rewritten_views import build_view
 from indexer.upgrade.errors import MigrationRefused
 from indexer.upgrade.eval_set import EvalSet, model_inputs
+from indexer.vector_cache import VectorCache, cache_key
 from models.core.encoder import Encoder
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so a server start does not load torch
@@ -167,27 +168,46 @@ def stored_vectors(collection: Collection, ids: list[str]) -> dict[str, np.ndarr
 
 
 def encode_both(old: Encoder, new: Encoder, inputs: list[Any], tick: Callable[[int], None],
-                stored: Stored | None = None) -> tuple[np.ndarray, ...]:  # fmt: skip
+                stored: Stored | None = None, cache: VectorCache | None = None) -> tuple[np.ndarray, ...]:  # fmt: skip
     """(old vectors, new vectors, kept mask): inputs either model fails on are dropped. ``stored[i]``: input
-    i's old vector where the collection holds it; the old encoder runs only on the others."""
+    i's old vector where the collection holds it; ``cache``: the server's embedding cache, so a migration
+    run again (a named method after ``auto``'s report, ``force`` after a refusal, the same with a backfill)
+    does not encode its inputs again."""
     olds, news, keep = [], [], []
     for start in range(0, len(inputs), ENCODE_CHUNK):
         chunk = inputs[start : start + ENCODE_CHUNK]
-        known = stored[start : start + ENCODE_CHUNK] if stored else [None] * len(chunk)
-        missing = [i for i, vector in enumerate(known) if vector is None]
-        encoded = dict(zip(missing, encode_inputs(old, [chunk[i] for i in missing]) if missing else [], strict=True))
-        for i, y in enumerate(encode_inputs(new, chunk)):
-            vector, x = known[i], encoded.get(i)
-            a = [vector] if vector is not None else (x.vectors if x is not None and x.error is None else [])
-            ok = len(a) == 1 and y.error is None and len(y.vectors) == 1
-            keep.append(ok)
-            if ok:
-                olds.append(a[0])
-                news.append(y.vectors[0])
+        known = list(stored[start : start + ENCODE_CHUNK]) if stored else None
+        pairs = zip(vectors_of(old, chunk, cache, known), vectors_of(new, chunk, cache), strict=True)
+        for x, y in pairs:
+            keep.append(x is not None and y is not None)
+            if x is not None and y is not None:
+                olds.append(x)
+                news.append(y)
         tick(len(chunk))
     d_old, d_new = old.spec.dim, new.spec.dim
     return (np.asarray(olds, np.float32).reshape(-1, d_old), np.asarray(news, np.float32).reshape(-1, d_new),
             np.asarray(keep, dtype=bool))  # fmt: skip
+
+
+def vectors_of(encoder: Encoder, inputs: list[Any], cache: VectorCache | None, known: Stored | None = None) -> Stored:
+    """Each input's one vector, None where the encoder fails on it: ``known`` first, then the cache, then
+    the encoder (through the ingest path), whose vectors go into the cache."""
+    out: Stored = list(known) if known is not None else no_stored_vectors(len(inputs))
+    keys = [cache_key(encoder.spec.key, x) if cache is not None else None for x in inputs]
+    lookup = [i for i, (v, key) in enumerate(zip(out, keys, strict=True)) if v is None and key is not None]
+    if cache is not None and lookup:
+        for i, vector in zip(lookup, cache.get_many([str(keys[i]) for i in lookup]), strict=True):
+            out[i] = vector
+    todo = [i for i, v in enumerate(out) if v is None]
+    made: dict[str, np.ndarray] = {}
+    for i, embedded in zip(todo, encode_inputs(encoder, [inputs[i] for i in todo]) if todo else [], strict=True):
+        if embedded.error is None and len(embedded.vectors) == 1:
+            out[i] = embedded.vectors[0]
+            if keys[i] is not None:
+                made[str(keys[i])] = embedded.vectors[0]
+    if cache is not None and made:
+        cache.put_many(made)
+    return out
 
 
 def fit_bridge(method: str, task: Calibration | None, extra: tuple[np.ndarray, np.ndarray], seed: int,

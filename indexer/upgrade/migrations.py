@@ -61,6 +61,7 @@ from indexer.upgrade.gate import (
     gate_reports,
     spec_incompatibilities,
 )
+from indexer.vector_cache import VectorCache
 from models.core.encoder import Encoder
 from models.core.errors import ERSError
 
@@ -82,10 +83,11 @@ class Migrations:
         jobs: BackfillJobs,
         roots: Sequence[Path] = (),
         max_pixels: int = 40_000_000,
+        cache: VectorCache | None = None,  # the server's embedding cache: calibration vectors kept for a rerun
     ) -> None:
         self.store = store
         self.roots = list(roots)  # where a calibration source may be read from (ERS_ALLOWED_ROOTS)
-        self.max_pixels = max_pixels
+        self.max_pixels, self.cache = max_pixels, cache
         self.tasks = TaskBoard()
         self.compat = compat
         self.models_dir = models_dir
@@ -352,9 +354,9 @@ class Migrations:
         def tick(n: int) -> None:
             task.done += n
 
-        t_old, t_new, kept = encode_both(old, new, task_inputs, tick, task_stored)
+        t_old, t_new, kept = encode_both(old, new, task_inputs, tick, task_stored, self.cache)
         cal = Calibration(t_old, t_new, labels=np.asarray(task_labels)[kept]) if len(t_old) else None
-        e_old, e_new, _ = encode_both(old, new, fit_only, tick, stored)
+        e_old, e_new, _ = encode_both(old, new, fit_only, tick, stored, self.cache)
         task.phase = "fitting"
         method, model, report = fit_bridge(req.method, cal, (e_old, e_new), req.seed, req.force)
         report["calibration"] = {

@@ -1,4 +1,5 @@
 """Embedding cache keyed by (encoder version, sha256 of the input): Redis when configured, else LRU.
+The key and the interface are ``indexer.vector_cache``'s (migrations use the same cache).
 
 A cached vector is exactly what the encoder produced for that input; keys include the encoder's
 ``name@version``, so an upgraded model never serves an old model's vector.
@@ -6,26 +7,18 @@ A cached vector is exactly what the encoder produced for that input; keys includ
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from indexer.vector_cache import VectorCache, input_key
+
+__all__ = ["EmbeddingCache", "LruCache", "RedisCache", "input_key"]
 log = logging.getLogger(__name__)
-
-
-def input_key(encoder: str, value: str | bytes) -> str:
-    data = value.encode() if isinstance(value, str) else value
-    return f"{encoder}:{hashlib.sha256(data).hexdigest()}"
-
-
-class EmbeddingCache(Protocol):
-    def get_many(self, keys: list[str]) -> list[np.ndarray | None]: ...
-
-    def put_many(self, items: dict[str, np.ndarray]) -> None: ...
+EmbeddingCache = VectorCache  # the interface both implementations below meet
 
 
 class LruCache:

@@ -82,13 +82,14 @@ def test_card_report_is_found_in_the_card_or_two_levels_down(tmp_path: Path) -> 
 
 
 class CountingEncoder:
-    """A real encoder that records how many inputs each call embedded (the old model's work)."""
+    """A real encoder that records every input it was given (a failing batch is retried input by input)."""
 
     def __init__(self, encoder: Any) -> None:
-        self.encoder, self.spec, self.backend, self.calls = encoder, encoder.spec, encoder.backend, []
+        self.encoder, self.spec, self.backend = encoder, encoder.spec, encoder.backend
+        self.seen: list[str] = []
 
     def preprocess(self, inputs: Any) -> Any:
-        self.calls.append(len(inputs))
+        self.seen += [repr(x) for x in inputs]
         return self.encoder.preprocess(inputs)
 
     def forward(self, batch: Any, threads: int | None = None) -> Any:
@@ -113,6 +114,35 @@ def test_calibration_reuses_the_stored_vectors_of_the_active_encoder(make_upgrad
     assert sum(v is None for v in stored) == 4  # exactly the other version's items
     counting = CountingEncoder(old)
     olds, news, kept = encode_both(counting, new, inputs, lambda n: None, stored)  # type: ignore[arg-type]
-    assert kept.all() and sum(counting.calls) == 4  # only the items without a stored vector of V1
+    assert kept.all() and len(counting.seen) == 4  # only the items without a stored vector of V1
     np.testing.assert_allclose(olds, embed(old, inputs), atol=1e-6)  # the same vectors as encoding them all
     np.testing.assert_allclose(news, embed(new, inputs), atol=1e-6)
+
+
+class DictCache:
+    """The ``VectorCache`` interface over a dict (the server passes its LRU or Redis cache)."""
+
+    def __init__(self) -> None:
+        self.vectors: dict[str, np.ndarray] = {}
+
+    def get_many(self, keys: list[str]) -> list[np.ndarray | None]:
+        return [self.vectors.get(k) for k in keys]
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        self.vectors.update(items)
+
+
+def test_a_rerun_takes_the_calibration_vectors_from_the_cache(make_upgrades: MakeUpgrades) -> None:
+    up = make_upgrades()
+    old, new = CountingEncoder(load_encoder(up.models_dir / V1)), CountingEncoder(load_encoder(up.models_dir / V2))
+    cache, inputs = DictCache(), [*TEXTS, {"not": "cached"}]  # a record input: no cache key, encoded each time
+    first = encode_both(old, new, inputs, lambda n: None, cache=cache)  # type: ignore[arg-type]
+    assert set(old.seen) == set(new.seen) == {repr(x) for x in inputs} and len(cache.vectors) == 2 * len(TEXTS)
+    assert not first[2][-1]  # the text encoders fail on the record: dropped, as before
+    old.seen.clear(), new.seen.clear()
+    again = encode_both(old, new, inputs, lambda n: None, cache=cache)  # type: ignore[arg-type]
+    assert set(old.seen) == set(new.seen) == {repr(inputs[-1])}  # only the record
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # keys carry the encoder version: v2's cached vectors are never v1's
+    assert {k.split(":")[0] for k in cache.vectors} == {V1, V2}
