@@ -139,7 +139,8 @@ def test_a_rerun_takes_the_calibration_vectors_from_the_cache(make_upgrades: Mak
     first = encode_both(old, new, inputs, lambda n: None, cache=cache)  # type: ignore[arg-type]
     assert set(old.seen) == set(new.seen) == {repr(x) for x in inputs} and len(cache.vectors) == 2 * len(TEXTS)
     assert not first[2][-1]  # the text encoders fail on the record: dropped, as before
-    old.seen.clear(), new.seen.clear()
+    old.seen.clear()
+    new.seen.clear()
     again = encode_both(old, new, inputs, lambda n: None, cache=cache)  # type: ignore[arg-type]
     assert set(old.seen) == set(new.seen) == {repr(inputs[-1])}  # only the record
     for a, b in zip(first, again, strict=True):
