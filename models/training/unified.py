@@ -152,15 +152,19 @@ def seen_matrix(data: Interactions, rows: np.ndarray) -> np.ndarray:
 
 
 def recall_at_k(
-    scores: np.ndarray, queries: np.ndarray, split: Split, seen: np.ndarray, ks: list[int]
-) -> dict[str, float]:
-    """Mean over ``queries`` of |top-K ∩ held out| / |held out|; ``scores`` is (len(queries), items)."""
+    scores: np.ndarray, queries: np.ndarray, split: Split, seen: np.ndarray, ks: list[int], per_query: bool = False
+) -> dict[str, Any]:
+    """Mean over ``queries`` of |top-K ∩ held out| / |held out|; ``scores`` is (len(queries), items).
+    ``per_query``: also each query's recall at the first K (``recall@K_per_query``, in ``queries``'
+    order), which ``models.eval.stats.bootstrap`` resamples together with the seeds."""
     scores = np.where(seen[queries], -np.inf, scores)
     top = np.argsort(-scores, axis=1, kind="stable")[:, : max(ks)]
-    out = {}
+    out: dict[str, Any] = {}
     for k in ks:
         hits = [np.isin(split.held_out[int(q)], top[row, :k]).mean() for row, q in enumerate(queries)]
         out[f"recall@{k}"] = float(np.mean(hits))
+        if per_query and k == ks[0]:
+            out[f"recall@{k}_per_query"] = [round(float(h), 6) for h in hits]
     return out
 
 
@@ -217,17 +221,19 @@ class UnifiedRecipe:
                                 settings, teacher, device, ("item", "query"))  # fmt: skip
         evaluated = np.asarray(sorted(split.held_out), dtype=np.int64)
 
-        def model_recall(target: Split = split, known: np.ndarray = split.train) -> dict[str, float]:
+        def model_recall(
+            target: Split = split, known: np.ndarray = split.train, per_query: bool = False
+        ) -> dict[str, Any]:
             """Recall of ``target``'s held-out items, the ``known`` rows' items left out of the ranking."""
             queries = np.asarray(sorted(target.held_out), dtype=np.int64)
             model.eval()
             q, i = tower_vectors(model, "query", q_idx[queries], device), tower_vectors(model, "item", i_idx, device)
             model.train()
-            return recall_at_k(q @ i.T, queries, target, seen_matrix(data, known), cfg.ks)
+            return recall_at_k(q @ i.T, queries, target, seen_matrix(data, known), cfg.ks, per_query)
 
         untrained = model_recall()
         popularity = recall_at_k(popularity_scores(data, positives, len(evaluated)), evaluated, split,
-                                 seen_matrix(data, split.train), cfg.ks)  # fmt: skip
+                                 seen_matrix(data, split.train), cfg.ks, per_query=True)  # fmt: skip
         params = list(model.parameters()) + (compat.parameters() if compat is not None else [])
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         ckpt = Checkpointer(request.out / ".checkpoints" / cfg.name)
@@ -289,7 +295,7 @@ class UnifiedRecipe:
                 basis.load_state_dict(saved)
         if compat is not None:
             compat.fold(model.item, model.query)  # the published towers are plain Unified towers
-        trained = model_recall()
+        trained = model_recall(per_query=True)
         metrics: dict[str, Any] = {
             **trained,
             **{f"popularity_{k}": v for k, v in popularity.items()},

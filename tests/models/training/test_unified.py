@@ -141,6 +141,12 @@ def test_tiny_training_loss_falls_and_beats_baselines(trained: tuple[Path, Path,
     # 0.252 at K=50; over seeds 1-4 the margins were 0.14-0.25 (K=10) and 0.27-0.46 (K=50).
     assert m["recall@10"] >= m["popularity_recall@10"] + 0.1, m
     assert m["recall@50"] >= m["popularity_recall@50"] + 0.2, m
+    # Every scored query's recall@10 is kept (the bootstrap over seeds x queries resamples them), for the
+    # trained towers and for popularity, in the same query order: their means are the published figures.
+    for key in ("recall@10", "popularity_recall@10"):
+        scores = m[f"{key}_per_query"]
+        assert len(scores) == m["queries_evaluated"]
+        assert float(np.mean(scores)) == pytest.approx(m[key], abs=1e-6), key
 
 
 def test_towers_round_trip_with_onnx_parity(trained: tuple[Path, Path, dict[str, Any]]) -> None:
