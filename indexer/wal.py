@@ -278,10 +278,16 @@ class WriteAheadLog:
     def replay(self, from_offset: int = 0) -> Iterator[tuple[int, bytes]]:
         """Yield ``(offset, payload)`` for every record at or after ``from_offset``; ``LogDamaged``
         when a segment other than the last stops short of the next one."""
-        if from_offset < self._bases[0]:
-            raise ValueError(f"offset {from_offset} was truncated (log starts at {self._bases[0]})")
-        for i, base in enumerate(self._bases):
-            nxt = self._bases[i + 1] if i + 1 < len(self._bases) else None
+        # A copy: a snapshot thread may drop old segments (``truncate_before``) while a catch-up is
+        # replaying, and iterating the shrinking list would skip the segments after the current one.
+        # Only segments wholly before the truncation offset go, which a replay from a store or
+        # snapshot offset never needs again (an open file reads on after an unlink).
+        with self._lock:
+            bases = list(self._bases)
+        if from_offset < bases[0]:
+            raise ValueError(f"offset {from_offset} was truncated (log starts at {bases[0]})")
+        for i, base in enumerate(bases):
+            nxt = bases[i + 1] if i + 1 < len(bases) else None
             if nxt is not None and nxt <= from_offset:
                 continue
             reached = max(base, from_offset)

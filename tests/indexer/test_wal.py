@@ -64,3 +64,18 @@ def test_segments_rotate_and_old_ones_are_dropped(tmp_path: Path) -> None:
     reopened = WriteAheadLog(tmp_path, segment_bytes=200)
     assert [o for o, _ in reopened.replay(offsets[10])] == offsets[10:]
     assert reopened.end_offset == wal.end_offset
+
+
+def test_a_replay_under_way_skips_nothing_when_old_segments_are_dropped(tmp_path: Path) -> None:
+    # A snapshot thread truncates the log (without the writer lock) while a write's catch-up replays it:
+    # the replay must still yield every record from where it started, in order.
+    wal = WriteAheadLog(tmp_path, segment_bytes=200)
+    offsets = [wal.append(bytes(50)) for _ in range(20)]
+    bases = sorted(int(p.stem) for p in tmp_path.glob("*.log"))
+    assert len(bases) >= 4
+    replay = wal.replay(bases[2])
+    first, _ = next(replay)  # reading the third segment
+    assert wal.truncate_before(bases[2]) == 2  # the two before it go (a snapshot covers them)
+    rest = [o for o, _ in replay]
+    assert [first, *rest] == [o for o in offsets if o >= bases[2]]
+    wal.close()
