@@ -130,23 +130,31 @@ def precision_at_k(
     gallery_labels: Sequence[str],
     exclude_self: bool,
     ks: Sequence[int] = KS,
-) -> dict[str, float]:
+    per_query: bool = False,
+) -> dict[str, Any]:
     """Mean share of each query's top k (cosine) that has its label; ``None`` vectors give the chance
-    level (a random ranking's expectation, the same for every k). k is capped at the gallery size."""
+    level (a random ranking's expectation, the same for every k). k is capped at the gallery size.
+    ``per_query``: also ``p@{ks[0]}_per_query``, each query's precision at the first k (chance: its
+    expectation), in query order, rounded to 6 decimals (``models.eval.seeds`` bootstraps it)."""
     q_labels, g_labels = np.asarray(query_labels), np.asarray(gallery_labels)
     same = q_labels[:, None] == g_labels[None, :]  # (Q, G)
     if exclude_self:
         np.fill_diagonal(same, False)
     size = len(g_labels) - int(exclude_self)
     if queries is None or gallery is None:
-        chance = float(np.mean(same.sum(axis=1) / size))
-        return {f"p@{k}": chance for k in ks}
-    sims = _normalise(queries) @ _normalise(gallery).T  # (Q, G)
-    if exclude_self:
-        np.fill_diagonal(sims, -np.inf)
-    order = np.argsort(-sims, axis=1, kind="stable")  # (Q, G), best first
-    hits = np.take_along_axis(same, order, axis=1)  # (Q, G)
-    return {f"p@{k}": float(hits[:, : min(k, size)].mean()) for k in ks}
+        each = same.sum(axis=1) / size  # (Q,)
+        out: dict[str, Any] = {f"p@{k}": float(np.mean(each)) for k in ks}
+    else:
+        sims = _normalise(queries) @ _normalise(gallery).T  # (Q, G)
+        if exclude_self:
+            np.fill_diagonal(sims, -np.inf)
+        order = np.argsort(-sims, axis=1, kind="stable")  # (Q, G), best first
+        hits = np.take_along_axis(same, order, axis=1)  # (Q, G)
+        out = {f"p@{k}": float(hits[:, : min(k, size)].mean()) for k in ks}
+        each = hits[:, : min(ks[0], size)].mean(axis=1)
+    if per_query:
+        out[f"p@{ks[0]}_per_query"] = [round(float(x), 6) for x in each]
+    return out
 
 
 def encode_all(encoder: Any, inputs: Sequence[Any], chunk: int = 64) -> np.ndarray:
@@ -165,6 +173,27 @@ def bag_of_words(texts: Sequence[str]) -> np.ndarray:
             tf[row, vocab[word]] = count
     idf = np.log((1 + len(docs)) / (1 + (tf > 0).sum(axis=0))) + 1.0
     return _normalise(tf * idf)
+
+
+def nearest_text_features(
+    train_texts: Sequence[str], train_features: np.ndarray, query_texts: Sequence[str]
+) -> np.ndarray:
+    """The text->image baseline with no training: each query text goes to its nearest training text by
+    TF-IDF cosine and takes that training item's frozen image features (``train_features`` ``(n, d)``,
+    or ``(n, views, d)``: the mean over its views). Ties (a repeated name; a query sharing no word with
+    any training text ties them all) take the mean over every tied item. Returns ``(queries, d)``, to
+    rank a gallery of frozen features by cosine.
+
+    The vocabulary and IDF are fitted over the training and query texts together: the query texts
+    (never their labels) only change the IDF weights; their words unseen in training score zero anyway."""
+    features = np.asarray(train_features, dtype=np.float32)
+    if features.ndim == 3:
+        features = features.mean(axis=1)  # (n, d): one vector per training item, its views averaged
+    words = bag_of_words([*train_texts, *query_texts])
+    sims = words[len(train_texts) :] @ words[: len(train_texts)].T  # (Q, n)
+    tied = sims >= sims.max(axis=1, keepdims=True) - 1e-6  # (Q, n)
+    weights = tied.astype(np.float32)
+    return (weights @ features) / weights.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
 
 
 def report_retrieval(

@@ -35,7 +35,7 @@ from models.core.encoder import Encoder
 from models.core.errors import ModelError
 from models.core.export import write_artifact
 from models.core.spec import EncoderSpec
-from models.data.convirt_pairs import KS, PairData, load_pairs, precision_at_k, zoo_artifact
+from models.data.convirt_pairs import KS, PairData, load_pairs, nearest_text_features, precision_at_k, zoo_artifact
 from models.families.convirt import ConvirtImageFamily, ConvirtImageTower, ConvirtTextFamily, ConvirtTextTower
 from models.losses.contrastive import convirt_info_nce
 from models.training import tower_compat as tc
@@ -250,24 +250,31 @@ class Run:
         return float(np.mean(losses))
 
     @torch.inference_mode()
-    def scores(self) -> dict[str, float]:
-        """Image->image and text->image precision@k by label on the held-out set, this model's towers."""
+    def scores(self) -> dict[str, Any]:
+        """Image->image and text->image precision@k by label on the held-out set, this model's towers
+        (with each query's p@5: ``i2i_p@5_per_query``, ``t2i_p@5_per_query``)."""
         d = self.data
         gallery = self.image_tower.head(self.eval_gallery).cpu().numpy()
         queries = self.image_tower.head(self.eval_queries).cpu().numpy()
         texts = self._text_embed(self.eval_text, torch.arange(len(d.texts), device=self.device)).cpu().numpy()
-        i2i = precision_at_k(queries, gallery, d.query_labels, d.gallery_labels, d.queries_are_gallery)
-        t2i = precision_at_k(texts, gallery, d.text_labels, d.gallery_labels, False)
+        i2i = precision_at_k(queries, gallery, d.query_labels, d.gallery_labels, d.queries_are_gallery, per_query=True)
+        t2i = precision_at_k(texts, gallery, d.text_labels, d.gallery_labels, False, per_query=True)
         return {**{f"i2i_{k}": v for k, v in i2i.items()}, **{f"t2i_{k}": v for k, v in t2i.items()}}
 
-    def baselines(self) -> dict[str, float]:
+    def baselines(self) -> dict[str, Any]:
+        """Untrained towers; frozen-features NN (i2i: the frozen backbone features; t2i: each text's nearest
+        training text by TF-IDF, then that item's frozen features, ``nearest_text_features``); chance."""
         d = self.data
-        frozen = precision_at_k(self.eval_queries.cpu().numpy(), self.eval_gallery.cpu().numpy(), d.query_labels,
-                                d.gallery_labels, d.queries_are_gallery)  # fmt: skip
-        chance_i2i = precision_at_k(None, None, d.query_labels, d.gallery_labels, d.queries_are_gallery)
-        chance_t2i = precision_at_k(None, None, d.text_labels, d.gallery_labels, False)
+        gallery = self.eval_gallery.cpu().numpy()
+        frozen = precision_at_k(self.eval_queries.cpu().numpy(), gallery, d.query_labels, d.gallery_labels,
+                                d.queries_are_gallery, per_query=True)  # fmt: skip
+        named = nearest_text_features(d.train_texts, self.train_images.cpu().numpy(), d.texts)  # (texts, 1280)
+        frozen_t2i = precision_at_k(named, gallery, d.text_labels, d.gallery_labels, False, per_query=True)
+        chance_i2i = precision_at_k(None, None, d.query_labels, d.gallery_labels, d.queries_are_gallery, per_query=True)
+        chance_t2i = precision_at_k(None, None, d.text_labels, d.gallery_labels, False, per_query=True)
         untrained = {f"untrained_{k}": v for k, v in self.scores().items()}
         return {**untrained, **{f"frozen_nn_i2i_{k}": v for k, v in frozen.items()},
+                **{f"frozen_nn_t2i_{k}": v for k, v in frozen_t2i.items()},
                 **{f"chance_i2i_{k}": v for k, v in chance_i2i.items()},
                 **{f"chance_t2i_{k}": v for k, v in chance_t2i.items()}}  # fmt: skip
 
