@@ -197,10 +197,12 @@ def nearest_text_features(
 
 
 def report_retrieval(
-    embed: Callable[[list[str]], np.ndarray], data_dir: Path, max_per_label: int = 100
-) -> dict[str, float]:
+    embed: Callable[[list[str]], np.ndarray], data_dir: Path, max_per_label: int = 100, per_query: bool = False
+) -> dict[str, Any]:
     """Report->report precision@k by MeSH heading on single-heading IU reports ("normal" and each finding
-    capped at ``max_per_label`` reports, so the normal majority does not swamp the score)."""
+    capped at ``max_per_label`` reports, so the normal majority does not swamp the score). ``per_query``:
+    also each report's precision at every k (``r2r_p@5_per_query`` etc., for each row), in the same report
+    order on every call (``bench/convirt_reports.py`` bootstraps them, paired by report)."""
     from models.data.xray_reports import load_reports, single_label_reports
 
     kept: list[tuple[str, str]] = []
@@ -211,11 +213,12 @@ def report_retrieval(
             kept.append((report.text, label))
     texts, labels = [t for t, _ in kept], [lab for _, lab in kept]
     vectors, words = embed(texts), bag_of_words(texts)
-    scores = {
-        "r2r": precision_at_k(vectors, vectors, labels, labels, True),
-        "bow_r2r": precision_at_k(words, words, labels, labels, True),
-        "chance_r2r": precision_at_k(None, None, labels, labels, True),
-    }
+
+    def scored(x: np.ndarray | None) -> dict[str, Any]:  # one k at a time: per-query scores at each k
+        return {key: value for k in KS
+                for key, value in precision_at_k(x, x, labels, labels, True, (k,), per_query).items()}  # fmt: skip
+
+    scores = {"r2r": scored(vectors), "bow_r2r": scored(words), "chance_r2r": scored(None)}
     out = {f"{name}_{k}": v for name, values in scores.items() for k, v in values.items()}
     return {**out, "reports": len(texts), "mesh_labels": len(per_label)}
 

@@ -1,12 +1,15 @@
-"""ConVIRT evaluation helpers by hand: each query's precision@k (what ``models.eval.seeds`` bootstraps)
-and the nearest-training-text baseline for text->image retrieval."""
+"""ConVIRT evaluation helpers by hand: each query's precision@k (what ``models.eval.seeds`` bootstraps),
+the nearest-training-text baseline for text->image retrieval, and report retrieval's per-report scores."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models.data.convirt_pairs import nearest_text_features, precision_at_k
+from models.data.convirt_pairs import KS, nearest_text_features, precision_at_k, report_retrieval
+from models.data.xray_reports import Report
 
 
 def test_precision_at_k_keeps_each_query_score_at_the_first_k() -> None:
@@ -40,3 +43,25 @@ def test_nearest_text_features_takes_the_nearest_training_items_frozen_features(
     scores = precision_at_k(named, gallery, ["flags", "cars", "animals"], ["flags", "cars", "faces"], False,
                             ks=(1,), per_query=True)  # fmt: skip
     assert scores == {"p@1": pytest.approx(2 / 3), "p@1_per_query": [1.0, 1.0, 0.0]}
+
+
+def test_report_retrieval_per_query_scores_average_to_the_aggregate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-report P@k of every row (model, TF-IDF, chance) at every k, in report order: their mean is the score."""
+    words = ["heart", "enlarged", "lungs", "clear", "spine", "curved", "nodule", "calcified"]
+    rng = np.random.default_rng(0)
+    reports = [Report(f"CXR{i}", " ".join(rng.choice(words, 4)), "", (heading,))
+               for i, heading in enumerate(["Cardiomegaly"] * 25 + ["normal"] * 20 + ["Scoliosis"] * 22)]  # fmt: skip
+    monkeypatch.setattr("models.data.xray_reports.load_reports", lambda cache_dir: reports)
+    vectors = rng.normal(size=(len(reports), 3))
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return vectors[: len(texts)]
+
+    scores = report_retrieval(embed, Path("unused"), max_per_label=21, per_query=True)
+    assert scores["reports"] == 62 and scores["mesh_labels"] == 3  # Cardiomegaly capped at 21
+    for row in ("r2r", "bow_r2r", "chance_r2r"):
+        for k in KS:
+            each = scores[f"{row}_p@{k}_per_query"]
+            assert len(each) == 62 and np.mean(each) == pytest.approx(scores[f"{row}_p@{k}"], abs=1e-6), (row, k)
+    plain = report_retrieval(embed, Path("unused"), max_per_label=21)
+    assert plain == {key: v for key, v in scores.items() if not key.endswith("_per_query")}
