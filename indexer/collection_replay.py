@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.errors import StoreMismatch
+from indexer.errors import LogDamaged, StoreMismatch
 from indexer.filters import PayloadIndex
 from indexer.index_policy import IndexOptions, IndexPolicy
 from indexer.kept_sources import SOURCES_DIR, KeptSources
@@ -218,8 +218,13 @@ class ReplayedCollection:
         start = min([self.store_off, *(s.index_off for s in self.segments.values())])
         if start >= self.wal.end_offset:
             return
+        expected = start
         for offset, payload in self.wal.replay(start):
-            end = offset + HEADER.size + len(payload)
+            if offset != expected:
+                # A record skipped would leave the store and the index each with its own idea of the
+                # collection (one replays it later, the other never): stop loudly instead.
+                raise LogDamaged(f"log replay of '{self.name}' jumped from offset {expected} to {offset}")
+            end = expected = offset + HEADER.size + len(payload)
             record = decode(payload)
             to_store = offset >= self.store_off
             born = self._segments_born(offset, record)  # before the store: a failure here applies nothing

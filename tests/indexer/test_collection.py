@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from indexer.errors import InvalidInput, ItemNotFound
+from indexer.errors import CollectionQuarantined, InvalidInput, ItemNotFound
 from indexer.index_policy import IndexOptions
 from indexer.thumbnails import Thumbnail
 from indexer.types import Metric
@@ -293,3 +295,23 @@ def test_faiss_runs_single_threaded_in_every_worker_thread(open_collection: Open
     thread.start()
     thread.join()
     assert seen == [1]
+
+
+def test_a_replay_that_skips_a_record_quarantines_instead_of_diverging(
+    open_collection: OpenCollection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A log replay that lost a record (the replay/truncation race of stop 32 did) must not let the store
+    # and the index go on with different contents: the catch-up checks that the offsets follow each other.
+    c = open_collection(dim=4, options=IndexOptions(background=False, snapshot_every=10**9))
+    c.upsert(["a"], [[1, 0, 0, 0]])
+    real = type(c.wal).replay
+
+    def losing_the_first(wal: Any, from_offset: int = 0) -> Iterator[tuple[int, bytes]]:
+        yield from list(real(wal, from_offset))[1:]
+
+    monkeypatch.setattr(type(c.wal), "replay", losing_the_first)
+    c.upsert(["b"], [[0, 1, 0, 0]])  # its own record is the one lost: applied by the next write's catch-up
+    assert c.count == 1
+    with pytest.raises(CollectionQuarantined, match="jumped from offset"):
+        c.upsert(["c"], [[0, 0, 1, 0]])  # the catch-up now sees b's record missing before c's
+    assert c.count == 1 and c.index.size == 1  # nothing applied past the gap
