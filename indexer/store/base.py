@@ -48,8 +48,8 @@ class MetadataStore(Protocol):
 
     def get_item(self, name: str, item_id: str, with_vector: bool = False) -> ItemRecord | None: ...
 
-    def get_items(self, name: str, item_ids: Sequence[str]) -> list[ItemRecord | None]:
-        """Items without vectors, in the order asked, None where missing."""
+    def get_items(self, name: str, item_ids: Sequence[str], with_vectors: bool = False) -> list[ItemRecord | None]:
+        """Items (with their vectors if asked), in the order asked, None where missing: one round trip."""
 
     def iter_items(self, name: str, with_vectors: bool = False, batch: int = 1000) -> Iterator[ItemRecord]:
         """Every item of a collection (order unspecified)."""

@@ -187,12 +187,13 @@ class RedisStore(RedisJobsMixin):
             blob = self._r.hget(self._items_key(name), item_id)
         return None if blob is None else unpack_item(item_id, blob, with_vector)
 
-    def get_items(self, name: str, item_ids: Sequence[str]) -> list[ItemRecord | None]:
+    def get_items(self, name: str, item_ids: Sequence[str], with_vectors: bool = False) -> list[ItemRecord | None]:
         if not item_ids:
             return []
         with self._guard("get_items"):
             blobs = self._r.hmget(self._items_key(name), list(item_ids))
-        return [None if blob is None else unpack_item(i, blob, False) for i, blob in zip(item_ids, blobs, strict=True)]
+        return [None if blob is None else unpack_item(i, blob, with_vectors)
+                for i, blob in zip(item_ids, blobs, strict=True)]  # fmt: skip
 
     def iter_items(self, name: str, with_vectors: bool = False, batch: int = 1000) -> Iterator[ItemRecord]:
         """HSCAN, not HGETALL: bounded memory and no long blocking command on the server. HSCAN

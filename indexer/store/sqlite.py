@@ -213,9 +213,9 @@ class SqliteStore(SqliteJobsMixin):
             row = conn.execute(sql, (name, item_id)).fetchone()
         return None if row is None else self._record(row)
 
-    def get_items(self, name: str, item_ids: Sequence[str]) -> list[ItemRecord | None]:
+    def get_items(self, name: str, item_ids: Sequence[str], with_vectors: bool = False) -> list[ItemRecord | None]:
         found: dict[str, ItemRecord] = {}
-        sql = f"SELECT {self._columns(False)} FROM items WHERE collection = ? AND id IN "
+        sql = f"SELECT {self._columns(with_vectors)} FROM items WHERE collection = ? AND id IN "
         step = 500  # stay well under SQLITE_MAX_VARIABLE_NUMBER on old builds
         with self._conn() as conn:
             for start in range(0, len(item_ids), step):

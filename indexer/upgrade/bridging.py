@@ -54,6 +54,7 @@ METHODS = ("prefix", "auto", "fuse", "adapter", "transform")
 DEFAULT_CALIBRATION = 2_000
 MAX_CALIBRATION = 20_000
 ENCODE_CHUNK = 64  # inputs per forward while calibrating (the unit of progress)
+STORE_READ_CHUNK = 500  # stored vectors read per store call (a migration reuses thousands)
 MIN_TASK = 20  # labelled inputs needed to hold out 20% and measure
 
 
@@ -160,10 +161,11 @@ def stored_vectors(collection: Collection, ids: list[str]) -> dict[str, np.ndarr
     mid-migration, is encoded again). An item overwritten between reading its kept source and its vector
     pairs one source with a newer vector: one calibration pair among thousands, not worth a lock."""
     active, out = collection.config.encoder, {}
-    for item_id in ids:
-        record = collection.store.get_item(collection.name, item_id, with_vector=True)
-        if record is not None and record.vector is not None and record.encoder_version == active:
-            out[item_id] = np.asarray(record.vector, dtype=np.float32)
+    for start in range(0, len(ids), STORE_READ_CHUNK):  # one store round trip a chunk, not one an item
+        chunk = ids[start : start + STORE_READ_CHUNK]
+        for item_id, record in zip(chunk, collection.store.get_items(collection.name, chunk, True), strict=True):
+            if record is not None and record.vector is not None and record.encoder_version == active:
+                out[item_id] = np.asarray(record.vector, dtype=np.float32)
     return out
 
 

@@ -144,6 +144,14 @@ def test_get_items_keeps_order(store: MetadataStore) -> None:
     got = store.get_items("docs", ["id-2", "x", "id-0", "id-2"])
     assert ids(got) == ["id-2", None, "id-0", "id-2"]
     assert all(r is None or r.vector is None for r in got)
+    full = store.get_items("docs", ["id-1", "x", "id-0"], with_vectors=True)
+    for want, record in zip([item(1), None, item(0)], full, strict=True):
+        assert (record is None) == (want is None)
+        if record is not None and want is not None:
+            assert (
+                record.vector is not None and record.vector.tobytes() == np.asarray(want.vector, np.float32).tobytes()
+            )
+            assert (record.int_id, record.payload) == (want.int_id, want.payload)
     assert store.get_items("docs", []) == []
     assert store.get_items("other", ["id-0"]) == [None]
     assert store.count("other") == 0 and store.get_item("other", "id-0") is None
