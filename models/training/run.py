@@ -89,7 +89,11 @@ def pick_device(preference: str = "auto") -> str:
 
 
 def training_threads() -> int:
-    """Training uses every core (it is the only job); ERS_THREADS does not apply to it."""
+    """Training uses every core (it is the only job; ERS_THREADS, the server's, does not apply to it),
+    unless ``OMP_NUM_THREADS`` says how many: the usual way to share a machine between jobs."""
+    asked = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if asked.isdigit() and int(asked) > 0:
+        return int(asked)
     return max(1, os.cpu_count() or 1)
 
 
