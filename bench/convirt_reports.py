@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convirt_seeds import span
-from reportlib import training_args, write_text
+from reportlib import command_line, write_text
 
 from models.core.artifact import MANIFEST, verify_artifact
 from models.core.registry import load_encoder
@@ -126,8 +124,7 @@ def main() -> int:
     if args.seeds < 2:
         p.error("need --seeds >= 2 (the protocol asks for 5)")
     runs_dir = args.runs or args.data_dir / "bench" / "convirt-seeds"
-    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if os.environ.get("OMP_NUM_THREADS") else ""
-    command = f"{threads}.venv/bin/python bench/convirt_reports.py " + shlex.join(training_args())
+    command = command_line("convirt_reports.py")
     started = time.time()
     fixed = scored(zoo_artifact(MINILM, args.data_dir), args.data_dir)
     print(f"[{time.time() - started:5.0f} s] {MINILM}: P@5 {fixed['r2r_p@5']:.3f}, TF-IDF {fixed['bow_r2r_p@5']:.3f}, "

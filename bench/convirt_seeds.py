@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reportlib import training_args, write_text
+from reportlib import command_line, write_text
 
 from models.eval.seeds import SeedSummary, evaluate_seeds, recorded_run
 from models.training.run import load_config
@@ -103,18 +101,11 @@ def main() -> int:
     p.add_argument("--data-dir", type=Path, default=Path(".ers-data"))
     p.add_argument("--runs", type=Path, help="each run's artifacts (default: DATA_DIR/bench/convirt-seeds)")
     p.add_argument("--out", type=Path, default=Path("docs/convirt"))
-    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS") or 0) or None,
-                   help="torch threads per run (default: OMP_NUM_THREADS, else every core as `ers train`)")  # fmt: skip
     args = p.parse_args()
     if args.seeds < 2:
         p.error("need --seeds >= 2 (the protocol asks for 5)")
-    if args.threads:  # the recipe takes every core; on a shared box, fewer
-        import models.training.convirt as convirt
-
-        convirt.training_threads = lambda: args.threads
     runs_dir = args.runs or args.data_dir / "bench" / "convirt-seeds"
-    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if os.environ.get("OMP_NUM_THREADS") else ""
-    command = f"{threads}.venv/bin/python bench/convirt_seeds.py " + shlex.join(training_args())
+    command = command_line("convirt_seeds.py")  # OMP_NUM_THREADS sets the threads of each run
     config = load_config(args.config)
     started = time.time()
 
