@@ -18,7 +18,8 @@ def input_key(encoder: str, value: str | bytes) -> str:
 
 
 def cache_key(encoder: str, value: Any) -> str | None:
-    """``input_key`` for text and image bytes; None for an input the cache does not hold (records)."""
+    """``input_key`` for text (records included: the service passes their canonical JSON text) and image
+    bytes; None for anything else, e.g. a record an evaluation set gives as a mapping: not cached."""
     return input_key(encoder, value) if isinstance(value, (str, bytes)) else None
 
 
