@@ -44,7 +44,7 @@ from indexer.jobs.sources import Source, load, resolve
 from indexer.rewritten_views import build_view
 from indexer.upgrade.errors import MigrationRefused
 from indexer.upgrade.eval_set import EvalSet, model_inputs
-from indexer.vector_cache import VectorCache, cache_key
+from indexer.vector_cache import VectorCache, cache_key, cached, remember
 from models.core.encoder import Encoder
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so a server start does not load torch
@@ -195,20 +195,15 @@ def vectors_of(encoder: Encoder, inputs: list[Any], cache: VectorCache | None, k
     """Each input's one vector, None where the encoder fails on it: ``known`` first, then the cache, then
     the encoder (through the ingest path), whose vectors go into the cache."""
     out: Stored = list(known) if known is not None else no_stored_vectors(len(inputs))
-    keys = [cache_key(encoder.spec.key, x) if cache is not None else None for x in inputs]
-    lookup = [i for i, (v, key) in enumerate(zip(out, keys, strict=True)) if v is None and key is not None]
-    if cache is not None and lookup:
-        for i, vector in zip(lookup, cache.get_many([str(keys[i]) for i in lookup]), strict=True):
-            out[i] = vector
+    keys = [cache_key(encoder.spec.key, x) if cache is not None and v is None else None
+            for x, v in zip(inputs, out, strict=True)]  # fmt: skip
+    out = [v if v is not None else hit for v, hit in zip(out, cached(cache, keys), strict=True)]
     todo = [i for i, v in enumerate(out) if v is None]
-    made: dict[str, np.ndarray] = {}
+    made: dict[int, np.ndarray] = {}
     for i, embedded in zip(todo, encode_inputs(encoder, [inputs[i] for i in todo]) if todo else [], strict=True):
         if embedded.error is None and len(embedded.vectors) == 1:
-            out[i] = embedded.vectors[0]
-            if keys[i] is not None:
-                made[str(keys[i])] = embedded.vectors[0]
-    if cache is not None and made:
-        cache.put_many(made)
+            out[i] = made[i] = embedded.vectors[0]
+    remember(cache, keys, made)
     return out
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import anyio.to_thread
 
 from indexer.ingest import Embedded, merge, preprocess_each, split_output
+from indexer.vector_cache import cached, remember
 from models.core.backends import set_torch_threads
 from models.core.batching import Budget, forward_grouped
 from models.core.encoder import Encoder
@@ -119,18 +120,20 @@ class EncoderHub:
         """One result per input. A preprocessing error fails the whole call (a query, ``/v1/embed``),
         or with ``each`` only its own input: the others are encoded and it carries its ``error``."""
         encoder = await anyio.to_thread.run_sync(self.get, key)
-        single = encoder.spec.modality != "face"
-        keys = [input_key(key, x) for x in inputs] if self.cache is not None and single else []
-        cached = self.cache.get_many(keys) if keys and self.cache is not None else [None] * len(inputs)
-        todo = [i for i, v in enumerate(cached) if v is None]
-        out: list[Embedded | None] = [Embedded(v[None, :]) if v is not None else None for v in cached]
+        single = encoder.spec.modality != "face"  # a face photo gives one vector per face: not cached
+        keys: list[str | None] = (
+            [input_key(key, x) for x in inputs] if self.cache is not None and single else [None] * len(inputs)
+        )
+        hits = cached(self.cache, keys)
+        todo = [i for i, v in enumerate(hits) if v is None]
+        out: list[Embedded | None] = [Embedded(v[None, :]) if v is not None else None for v in hits]
         if todo:
             fresh = await self._compute(key, encoder, [inputs[i] for i in todo], each)
             for i, emb in zip(todo, fresh, strict=True):
                 out[i] = emb
-            if keys and self.cache is not None:
-                done = zip(todo, fresh, strict=True)
-                self.cache.put_many({keys[i]: emb.vectors[0] for i, emb in done if emb.error is None})
+            remember(
+                self.cache, keys, {i: emb.vectors[0] for i, emb in zip(todo, fresh, strict=True) if emb.error is None}
+            )
         return [e for e in out if e is not None]
 
     async def _compute(self, key: str, encoder: Encoder, inputs: Sequence[Any], each: bool) -> list[Embedded]:
