@@ -1,8 +1,8 @@
-"""The embedding cache's key and interface, shared by the query path (``service.runtime.encoders``) and
-a migration's calibration encoding (``indexer.upgrade.bridging``). A vector is cached under the encoder's
-``name@version`` and the sha256 of the input, so an upgraded model never gets an old model's vector. The
-implementations (in-process LRU, Redis) live in ``service.runtime.cache``; ``service.app`` hands the
-same one to both users."""
+"""The embedding cache's key, interface and lookup/fill (``cached``, ``remember``), shared by the query
+path (``service.runtime.encoders``) and a migration's calibration encoding (``indexer.upgrade.bridging``).
+A vector is cached under the encoder's ``name@version`` and the sha256 of the input, so an upgraded model
+never gets an old model's vector. The implementations (in-process LRU, Redis) live in
+``service.runtime.cache``; ``service.app`` hands the same one to both users."""
 
 from __future__ import annotations
 
