@@ -131,9 +131,9 @@ class EncoderHub:
             fresh = await self._compute(key, encoder, [inputs[i] for i in todo], each)
             for i, emb in zip(todo, fresh, strict=True):
                 out[i] = emb
-            remember(
-                self.cache, keys, {i: emb.vectors[0] for i, emb in zip(todo, fresh, strict=True) if emb.error is None}
-            )
+            # keyed rows only: a face photo (no key) may hold no face at all
+            made = {i: emb.vectors[0] for i, emb in zip(todo, fresh, strict=True) if keys[i] and emb.error is None}
+            remember(self.cache, keys, made)
         return [e for e in out if e is not None]
 
     async def _compute(self, key: str, encoder: Encoder, inputs: Sequence[Any], each: bool) -> list[Embedded]:
