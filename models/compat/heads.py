@@ -72,12 +72,13 @@ def bake_basis(linear: nn.Module | None) -> None:
         parametrize.remove_parametrizations(linear, "weight", leave_parametrized=True)
 
 
-def wrap_for_compat(backbone: nn.Module, method: str | None, dim: int) -> CompatModel:
-    """The trainable model for ``method``: BT²/OCA add an orthogonal basis on the ``dim``-wide output."""
+def wrap_for_compat(backbone: nn.Module, method: str | None, dim: int, basis: bool = True) -> CompatModel:
+    """The trainable model for ``method``: BT²/OCA add an orthogonal basis on the ``dim``-wide output.
+    ``basis=False`` keeps their extra dims without it (the ablation that measures the basis's own effect)."""
     if method is None or method == "bct":
         return CompatModel(backbone, None)
     embedding_dim(method, 1)  # validates the name
-    return CompatModel(backbone, orthogonal_basis(nn.Linear(dim, dim, bias=False)))
+    return CompatModel(backbone, orthogonal_basis(nn.Linear(dim, dim, bias=False)) if basis else None)
 
 
 def bake(model: CompatModel) -> CompatModel:

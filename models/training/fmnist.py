@@ -46,6 +46,7 @@ class FmnistConfig:
     lr: float = 2e-3
     weight_decay: float = 5e-4
     train_per_class: int | None = None  # at most this many training images per class (seeded sample)
+    val_per_class: int = 0  # held out of training: the fixed validation split (validation_indices)
     eval_items: int | None = None  # test items for metrics and the report (evenly spread; None: all)
     seed: int = 0
     teacher: str | None = None  # BT²: artifact of an independently trained new model
@@ -59,6 +60,7 @@ class FmnistConfig:
     scale: float = 16.0  # cosine-softmax temperature of the new and the (frozen) old classifier
     warm_start: bool = True  # a compatible model starts from the old CNN (same channels needed)
     freeze_stages: int = 0  # warm start: the first conv stages (weights and BN statistics) stay the old model's
+    basis: bool = True  # BT²/OCA: the orthogonal basis after the extra dims (false: the ablation without it)
 
 
 def _subset(labels: np.ndarray, classes: list[int], per_class: int | None, seed: int) -> np.ndarray:
@@ -70,6 +72,25 @@ def _subset(labels: np.ndarray, classes: list[int], per_class: int | None, seed:
             raise TrainingError(f"class {c} has no images")
         chosen.append(rng.permutation(members)[:per_class] if per_class else members)
     return np.sort(np.concatenate(chosen))
+
+
+VALIDATION_SEED = 20261207  # not a model seed: every model of a sweep holds out the same images
+
+
+def validation_indices(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Training-split indexes of the validation images: ``per_class`` of every class, the same for
+    every model seed, so hyper-parameters are chosen on images no compared model trained on."""
+    if per_class <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return _subset(labels, sorted(set(labels.tolist())), per_class, VALIDATION_SEED)
+
+
+def training_indices(labels: np.ndarray, classes: list[int], per_class: int | None, val_per_class: int,
+                     seed: int) -> np.ndarray:  # fmt: skip
+    """Training-split indexes a model trains on: ``classes``' images outside the validation split, at
+    most ``per_class`` of each (a seeded sample)."""
+    pool = np.setdiff1d(np.arange(len(labels)), validation_indices(labels, val_per_class))
+    return pool[_subset(labels[pool], classes, per_class, seed)]
 
 
 def eval_split(data: FashionMNIST, items: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +178,7 @@ class FmnistRecipe:
         seed_everything(cfg.seed)
         data = load_fashion_mnist(request.data_dir / "cache")
         classes = sorted(set(cfg.classes))
-        train_idx = _subset(data.train_labels, classes, cfg.train_per_class, cfg.seed)
+        train_idx = training_indices(data.train_labels, classes, cfg.train_per_class, cfg.val_per_class, cfg.seed)
         images = data.train_images[train_idx]  # (N, 28, 28) uint8
         labels = np.searchsorted(classes, data.train_labels[train_idx])  # (N,) class index
 
@@ -196,7 +217,7 @@ class FmnistRecipe:
         if old is not None and request.compatible_with is not None and cfg.warm_start:
             _warm_start(cnn, old.spec, request.compatible_with, cfg.channels)
         frozen = _freeze(cnn, cfg.freeze_stages if old is not None and cfg.warm_start else 0)
-        model = wrap_for_compat(cnn, method, dim).to(device)
+        model = wrap_for_compat(cnn, method, dim, cfg.basis).to(device)
         weights = CompatWeights(influence=cfg.influence, align=cfg.align, distill=cfg.distill, feature=cfg.feature,
                                 scale=cfg.scale)  # fmt: skip
         objective = CompatObjective(method, len(classes), dim, targets.to(device) if targets else None, weights)
