@@ -264,10 +264,6 @@ class CollectionManager:
                 fsync_dir(self.root)
             raise
 
-    def snapshot_all(self) -> None:
-        for collection in self.list():
-            collection.snapshot()
-
     def close(self) -> None:
         for collection in list(self._collections.values()):
             try:

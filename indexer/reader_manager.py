@@ -80,9 +80,6 @@ class ReaderManager(CollectionManager):
     def delete(self, name: str) -> None:
         raise ReadOnlyView(name)
 
-    def snapshot_all(self) -> None:
-        raise ReadOnlyView("*")
-
     # -- lifecycle ---------------------------------------------------------------------------
     def open_all(self) -> None:
         self._sync_names()
