@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.compat.report import embed, report_from_vectors, tower_report_from_vectors
+from models.core.durable import atomic_write_bytes
 from models.core.registry import load_encoder
 from models.eval.stats import interval
 from models.training.recipe import TrainRequest, recipe
@@ -71,9 +72,10 @@ def eval_sets(family: str, cfg: dict[str, Any], cache: Path) -> dict[str, tuple[
     if family == "convirt":
         from models.data.convirt_pairs import load_pairs
 
-        data = load_pairs(cfg["data"], cfg.get("limit"), cfg["test_percent"], cfg["label"], cache.parent)
-        texts = (data.texts, data.text_labels, "text")
-        return {"i2i": (data.gallery, data.gallery_labels, None), "t2i": (data.gallery, data.gallery_labels, texts)}
+        reports = load_pairs(cfg["data"], cfg.get("limit"), cfg["test_percent"], cfg["label"], cache.parent)
+        texts = (reports.texts, reports.text_labels, "text")
+        gallery = (reports.gallery, reports.gallery_labels)
+        return {"i2i": (*gallery, None), "t2i": (*gallery, texts)}
     raise SystemExit(f"--family {family}: not measured by this script (facenet, two-branch, convirt, unified)")
 
 
@@ -137,14 +139,22 @@ def gallery_tower(artifact: Path) -> Path:
 
 
 def run_seed(family: str, base: dict[str, Any], v2: dict[str, Any], seed: int, root: Path) -> dict[str, Any]:
+    """One seed's scores; with a kept ``--work`` directory, a rerun reuses every model and score it finished."""
     data_dir = root / "data"
     out = root / f"seed{seed}"
+    scores_file = out / "scores.json"
+    if scores_file.is_file():
+        return dict(json.loads(scores_file.read_text()))
 
     def train(config: dict[str, Any], old: Path | None = None, method: str | None = None) -> Path:
+        done = out / f".trained-{config.get('name', family)}@{config['version']}"  # written once training ended
+        if done.is_file():
+            return Path(done.read_text())
         t0 = time.time()
         request = TrainRequest(config=config, out=out, data_dir=data_dir, compatible_with=old,
                                method=method, progress=False)  # type: ignore[arg-type]  # fmt: skip
         artifact = gallery_tower(recipe(family).train(request).artifact)
+        atomic_write_bytes(done, str(artifact).encode())
         print(f"  seed {seed}: {artifact.name} ({method or 'independent'}) in {time.time() - t0:.0f} s", flush=True)
         return artifact
 
@@ -156,9 +166,12 @@ def run_seed(family: str, base: dict[str, Any], v2: dict[str, Any], seed: int, r
     for row, method in METHODS.items():
         rows[row] = train({**new, "name": f"{name}-{method}", "version": "2"}, v1, method)
     if family == "unified":
-        return {row: unified_scores(v1, artifact, cfg, data_dir / "cache") for row, artifact in rows.items()}
-    sets = eval_sets(family, cfg, data_dir / "cache")
-    return {row: score(v1, artifact, sets) for row, artifact in rows.items()}
+        found = {row: unified_scores(v1, artifact, cfg, data_dir / "cache") for row, artifact in rows.items()}
+    else:
+        sets = eval_sets(family, cfg, data_dir / "cache")
+        found = {row: score(v1, artifact, sets) for row, artifact in rows.items()}
+    atomic_write_bytes(scores_file, json.dumps(found).encode())
+    return found
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -198,6 +211,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--data-dir", type=Path, default=Path(".ers-data"), help="where data sets are cached")
     p.add_argument("--out", type=Path, default=Path("docs/compat_families"))
+    p.add_argument("--work", type=Path, default=None,
+                   help="keep models and scores here; a rerun resumes (default: a temp dir, deleted)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args()
     if args.threads:
@@ -214,10 +229,11 @@ def main() -> int:
     command = ".venv/bin/python bench/compat_families.py " + shlex.join(sys.argv[1:])
     runs = []
     with tempfile.TemporaryDirectory(prefix="ers-compat-families-") as tmp:
-        root = Path(tmp)
-        (root / "data").mkdir()
+        root = Path(tmp) if args.work is None else args.work / f"{args.family}-{Path(args.config).stem}"
+        (root / "data").mkdir(parents=True, exist_ok=True)
         (args.data_dir / "cache").mkdir(parents=True, exist_ok=True)
-        (root / "data" / "cache").symlink_to((args.data_dir / "cache").resolve())
+        if not (root / "data" / "cache").exists():
+            (root / "data" / "cache").symlink_to((args.data_dir / "cache").resolve())
         for seed in range(args.seeds):
             runs.append(run_seed(args.family, base, v2, seed, root))
     text = table(runs, command, args.family)
