@@ -30,7 +30,7 @@ def line_plot(
 ) -> None:
     """Write ``path`` (PNG): one coloured line per series, dashed grey lines for ``references``."""
     width, height = size
-    left, right, top, bottom = 70, 30, 40, 150
+    left, right, top, bottom = 70, 30, 58, 150  # the title, then the y label above the axes
     points = [p for s in series.values() for p in s]
     if not points:
         raise ValueError("nothing to plot")
@@ -49,7 +49,7 @@ def line_plot(
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     draw.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
-    draw.text((left, 12), title, fill=(0, 0, 0))
+    draw.text((left, 8), title, fill=(0, 0, 0))
     for i in range(6):  # y ticks
         y = y0 + (y1 - y0) * i / 5
         _, py = at(10**x0 if log_x else x0, y)
@@ -64,7 +64,7 @@ def line_plot(
         last_label = px
         draw.text((px - 14, height - bottom + 8), f"{x:,.0f}" if x < 1e5 else f"{x / 1e3:,.0f}k", fill=(0, 0, 0))
     draw.text(((width - left) // 2, height - bottom + 26), x_label + (" (log scale)" if log_x else ""), fill=(0, 0, 0))
-    draw.text((8, top - 26), y_label, fill=(0, 0, 0))
+    draw.text((8, top - 20), y_label, fill=(0, 0, 0))
     legend = []
     for (label, value), colour in zip((references or {}).items(), [(150, 150, 150)] * 8, strict=False):
         _, py = at(10**x0 if log_x else x0, value)
