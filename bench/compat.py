@@ -22,26 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from compat_fmnist import train  # one way to train (once) a bench model; the script's directory is on sys.path
 
 from models.compat.matrix import average_compatibility, average_multimodel_accuracy, chain_matrix
 from models.compat.report import compat_chain, embed, report_from_vectors
 from models.core.registry import load_encoder
 from models.core.spec import EncoderSpec
 from models.data.fashion_mnist import load_fashion_mnist
-from models.training.fmnist import FmnistRecipe
-from models.training.recipe import TrainRequest
 from models.training.run import load_config
-
-
-def train(
-    out: Path, data_dir: Path, config: dict[str, Any], old: Path | None = None, method: str | None = None
-) -> Path:
-    t0 = time.time()
-    request = TrainRequest(config=config, out=out, data_dir=data_dir, compatible_with=old, method=method,  # type: ignore[arg-type]
-                           progress=False)  # fmt: skip
-    artifact = FmnistRecipe().train(request).artifact
-    print(f"  trained {artifact.name} ({method or 'independent'}) in {time.time() - t0:.0f} s", flush=True)
-    return artifact
 
 
 def bt2_table(out: Path, data_dir: Path, base: dict[str, Any], x: np.ndarray, y: np.ndarray) -> None:

@@ -18,12 +18,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from compat_fmnist import ROWS
 from plotlib import line_plot
 from reportlib import write_text
 
 from models.eval.stats import interval, paired, separated
-
-ROWS = ("Independent", "BCT", "BCT + extra dims, no basis", "OCA, no basis", "BT²", "OCA")
 
 
 def cell(values: list[float], digits: int = 4) -> str:
