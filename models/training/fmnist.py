@@ -172,6 +172,9 @@ class FmnistRecipe:
         cfg = parse_config(FmnistConfig, request.config)
         if request.data_dir is None:
             raise TrainingError("fmnist needs a data dir (--data-dir) to cache Fashion-MNIST")
+        if not cfg.basis and (request.compatible_with is None or request.method not in ("bt2", "oca")):
+            raise TrainingError("basis: false drops BT²/OCA's orthogonal basis: it needs --compatible-with OLD "
+                                "--method bt2|oca")  # fmt: skip
         if not cfg.classes or not set(cfg.classes) <= set(range(10)):
             raise TrainingError(f"classes must be a non-empty subset of 0..9, got {cfg.classes}")
         device = pick_device(request.device)

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -14,7 +15,7 @@ from models.compat.heads import wrap_for_compat
 from models.core.registry import load_encoder
 from models.data.fashion_mnist import load_fashion_mnist
 from models.training.fmnist import FmnistRecipe, training_indices, validation_indices
-from models.training.recipe import TrainRequest
+from models.training.recipe import TrainingError, TrainRequest
 from models.training.run import load_config
 
 
@@ -63,3 +64,10 @@ def test_an_oca_model_without_the_basis_serves_its_extra_dims_plainly(
     assert plain.config["basis"] is False and mixed.config["basis"] is True
     assert "basis.weight" not in load_file(str(artifacts[False] / "model.safetensors"))
     assert "basis.weight" in load_file(str(artifacts[True] / "model.safetensors"))
+    # a model without a basis to drop refuses the option instead of ignoring it
+    for method in (None, "bct"):
+        request = TrainRequest(config={**load_config("fmnist-tiny-new"), "basis": False}, out=tmp_path / "refused",
+                               data_dir=data_dir, compatible_with=tmp_path / old.name if method else None,
+                               method=method, progress=False)  # type: ignore[arg-type]  # fmt: skip
+        with pytest.raises(TrainingError, match="basis: false"):
+            FmnistRecipe().train(request)
