@@ -1,26 +1,28 @@
-"""Backward-compatible training per encoder family (issue 14): old/old, Independent, BCT, BT², OCA over seeds.
+"""Backward-compatible training per encoder family (issue 14): old/old, Independent, BCT, BT², OCA over
+seeds, with every compat weight chosen on a validation split.
 
-    .venv/bin/python bench/compat_families.py --family facenet --config facenet-tiny --seeds 5
-    .venv/bin/python bench/compat_families.py --family two-branch --config two-branch-tiny --seeds 5 \\
-        --v2 '{"train": {"epochs": 8}}'
+    OMP_NUM_THREADS=1 .venv/bin/python bench/compat_families.py --family unified --config unified \\
+        --v2 '{"table_rows": 4096}' --seeds 5 --workers 2 --work /tmp/ers-compat-families
 
-Per seed: v1 is ``--config`` at that seed; every new model is ``--config`` with ``--v2`` over it (the
-improvement: by default twice the epochs), trained by ``ers train``'s recipes: Independent (no
-compatibility), then BCT, BT² (its teacher: an Independent model the recipe trains first) and OCA
-against v1, each with the recipe's default compat weights (nothing is tuned here, on any split).
+Models, all trained by ``ers train``'s recipes:
 
-Scores (the BCT protocol, ``models.compat.report``, cosine, top-1 by label) on the seed's held-out items:
+* v1 is ``--config`` with ``--v1`` over it at the seed; every new model is ``--config`` with ``--v2`` over
+  it (the improvement; by default twice the epochs) at seed + 1000, so no new model starts from v1's
+  initialisation.
+* Independent: no compatibility. BCT, BT² (its distillation teacher: an Independent model the recipe
+  trains first) and OCA against v1.
 
-* facenet: the held-out identities' images, query = gallery, leave-self-out;
-* two-branch: both drawings of each evaluation concept (i2i, by concept), and the captions against
-  them (t2i, ``ers compat --queries``'s tower report);
-* convirt: the held-out concepts' drawings by category (i2i), and their names against them (t2i);
-* unified: recall@10 of the held-out ratings, each held-out student (query tower) against every
-  lecturer (item tower), the lecturers it rated in training left out.
+Validation first. ``compat_family_scores.VALIDATION`` holds, per family, the config keys with which the
+recipe trains without a validation split and scores on it; test items are neither trained nor scored.
+At seed 0, v1, Independent and each method at each weight of ``SWEEP`` are trained that way and scored
+on validation. Per method, the rule picks the weight with the highest new/old among those whose new/new
+stays within 3 points of Independent's (on the family's first metric); if none does, the highest new/new.
+Only then are the test models trained (the whole training split, ``--seeds`` seeds) and scored on the
+test split. ``compat_family_scores`` defines each family's metrics.
 
-new/old is the new query model's first ``d_old`` dims against v1's gallery; Independent's new/old
-compares two unrelated spaces (near chance). Mean ± 95% Student-t interval over seeds; the table and
-its command go to ``--out`` (markdown + JSON).
+``--work DIR`` keeps every model and score, so a rerun resumes where it stopped (a ``.trained-NAME@VER``
+marker is written once a model is complete). The table (markdown + JSON with every seed and the sweep)
+goes to ``--out``; ``compat_families_report.py`` writes it.
 """
 
 from __future__ import annotations
@@ -29,149 +31,25 @@ import argparse
 import json
 import shlex
 import sys
-import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.compat.report import embed, report_from_vectors, tower_report_from_vectors
+from compat_families_report import report
+from compat_family_scores import FAMILIES, VALIDATION
+
 from models.core.durable import atomic_write_bytes
-from models.core.registry import load_encoder
-from models.eval.stats import interval
 from models.training.recipe import TrainRequest, recipe
 from models.training.run import load_config
 
-ROWS = ("Independent", "BCT", "BT²", "OCA")
 METHODS = {"BCT": "bct", "BT²": "bt2", "OCA": "oca"}
-
-
-def eval_sets(family: str, cfg: dict[str, Any], cache: Path) -> dict[str, tuple[list[Any], list[Any], Any]]:
-    """name -> (gallery inputs, labels, queries or None); queries: (inputs, labels, kind)."""
-    if family == "facenet":
-        from models.data.identities import load_emoji_identities, split_by_identity
-
-        test = split_by_identity(load_emoji_identities(cache, cfg["image_size"], cfg.get("limit")), cfg["holdout"],
-                                 cfg.get("split_seed", 0))[1]  # fmt: skip
-        return {"i2i": (list(test.crops), [test.names[y] for y in test.labels], None)}
-    if family == "two-branch":
-        from models.data.pairs import load_pair_data
-
-        d = cfg.get("data", {})
-        data = load_pair_data(d.get("source", "emoji"), cache, d.get("limit"), d.get("eval_source"),
-                              d.get("eval_fraction", 0.1), cfg["seed"])  # fmt: skip
-        drawn = {it.key: it for it in data.train}
-        pairs = [(it, drawn[it.key]) for it in data.eval if it.key in drawn]
-        images = [item.image for pair in pairs for item in pair]
-        labels = [pair[0].key for pair in pairs for _ in pair]
-        captions = ([p[0].captions[0] for p in pairs], [p[0].key for p in pairs], "text")
-        return {"i2i": (images, labels, None), "t2i": (images, labels, captions)}
-    if family == "convirt":
-        from models.data.convirt_pairs import load_pairs
-
-        reports = load_pairs(cfg["data"], cfg.get("limit"), cfg["test_percent"], cfg["label"], cache.parent)
-        texts = (reports.texts, reports.text_labels, "text")
-        gallery = (reports.gallery, reports.gallery_labels)
-        return {"i2i": (*gallery, None), "t2i": (*gallery, texts)}
-    raise SystemExit(f"--family {family}: not measured by this script (facenet, two-branch, convirt, unified)")
-
-
-def unified_scores(old: Path, new: Path, cfg: dict[str, Any], cache: Path) -> dict[str, dict[str, float]]:
-    """Unified: recall@10 of each held-out student's held-out lecturers, searched by the query (student)
-    tower among every item (lecturer) vector, items the student rated in training left out."""
-    from models.core.encoder import encode
-    from models.data.insteval import holdout_split
-    from models.training.unified import load_data, recall_at_k, seen_matrix
-
-    data = load_data(cfg["data"], cfg.get("columns"), cfg.get("limit"), cache)
-    split = holdout_split(data, cfg["min_rating"], cfg["holdout"], cfg.get("split_seed", 0))
-    evaluated = np.asarray(sorted(split.held_out), dtype=np.int64)
-    seen = seen_matrix(data, split.train)
-    records = [data.queries[int(r)] for r in evaluated]
-
-    def towers(item_artifact: Path) -> tuple[np.ndarray, np.ndarray]:
-        queries = encode(load_encoder(query_tower(item_artifact, "record")), records)
-        return queries, encode(load_encoder(item_artifact), data.items)
-
-    (old_q, old_i), (new_q, new_i) = towers(old), towers(new)
-    d = old_i.shape[1]
-    prefix = new_q[:, :d] / np.linalg.norm(new_q[:, :d], axis=1, keepdims=True)  # a cosine index normalises
-
-    def r10(q: np.ndarray, i: np.ndarray) -> float:
-        return recall_at_k(q @ i.T, evaluated, split, seen, [10])["recall@10"]
-
-    return {"R@10": {"old/old": r10(old_q, old_i), "new/old": r10(prefix, old_i), "new/new": r10(new_q, new_i)}}
-
-
-def query_tower(artifact: Path, kind: str) -> Path:
-    from service.cli.compat import query_tower as tower
-
-    return tower(artifact, kind)
-
-
-def score(old: Path, new: Path, sets: dict[str, tuple[list[Any], list[Any], Any]]) -> dict[str, dict[str, float]]:
-    """Per evaluation set: old/old, new/old and new/new top-1."""
-    dims = load_encoder(new).spec.compat_dims
-    out = {}
-    for name, (gallery, labels, queries) in sets.items():
-        old_g, new_g = embed(load_encoder(old), gallery), embed(load_encoder(new), gallery)
-        if queries is None:
-            report = report_from_vectors(old_g, new_g, labels, dims)
-        else:
-            inputs, q_labels, kind = queries
-            old_q = embed(load_encoder(query_tower(old, kind)), inputs)
-            new_q = embed(load_encoder(query_tower(new, kind)), inputs)
-            report = tower_report_from_vectors(old_q, new_q, q_labels, old_g, new_g, labels, dims)
-        out[name] = {"old/old": report.old_old["top1"], "new/old": report.new_old["top1"],
-                     "new/new": report.new_new["top1"]}  # fmt: skip
-    return out
-
-
-def gallery_tower(artifact: Path) -> Path:
-    """The artifact a collection stores (Unified's recipe returns its query tower; the item tower sits beside)."""
-    from models.core.spec import EncoderSpec
-
-    towers = EncoderSpec.load(artifact).config.get("towers")
-    return artifact.parent / towers["item"] if isinstance(towers, dict) and "item" in towers else artifact
-
-
-def run_seed(family: str, base: dict[str, Any], v2: dict[str, Any], seed: int, root: Path) -> dict[str, Any]:
-    """One seed's scores; with a kept ``--work`` directory, a rerun reuses every model and score it finished."""
-    data_dir = root / "data"
-    out = root / f"seed{seed}"
-    scores_file = out / "scores.json"
-    if scores_file.is_file():
-        return dict(json.loads(scores_file.read_text()))
-
-    def train(config: dict[str, Any], old: Path | None = None, method: str | None = None) -> Path:
-        done = out / f".trained-{config.get('name', family)}@{config['version']}"  # written once training ended
-        if done.is_file():
-            return Path(done.read_text())
-        t0 = time.time()
-        request = TrainRequest(config=config, out=out, data_dir=data_dir, compatible_with=old,
-                               method=method, progress=False)  # type: ignore[arg-type]  # fmt: skip
-        artifact = gallery_tower(recipe(family).train(request).artifact)
-        atomic_write_bytes(done, str(artifact).encode())
-        print(f"  seed {seed}: {artifact.name} ({method or 'independent'}) in {time.time() - t0:.0f} s", flush=True)
-        return artifact
-
-    cfg = {**base, "seed": seed}
-    name = cfg.get("name", family)
-    v1 = train({**cfg, "version": "1"})
-    new = merge(cfg, v2)
-    rows = {"Independent": train({**new, "name": f"{name}-ind", "version": "2"})}
-    for row, method in METHODS.items():
-        rows[row] = train({**new, "name": f"{name}-{method}", "version": "2"}, v1, method)
-    if family == "unified":
-        found = {row: unified_scores(v1, artifact, cfg, data_dir / "cache") for row, artifact in rows.items()}
-    else:
-        sets = eval_sets(family, cfg, data_dir / "cache")
-        found = {row: score(v1, artifact, sets) for row, artifact in rows.items()}
-    atomic_write_bytes(scores_file, json.dumps(found).encode())
-    return found
+SWEEP = {"bct": ("influence", [0.3, 1.0, 3.0, 10.0]), "bt2": ("align", [0.3, 1.0, 3.0, 10.0]),
+         "oca": ("align", [0.3, 1.0, 3.0, 10.0])}  # fmt: skip
+NEW_SEED = 1000  # added to a new model's seed
+WITHIN = 0.03  # new/new may fall this far below Independent's
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -184,64 +62,150 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def table(runs: list[dict[str, Any]], command: str, family: str) -> str:
-    sets = list(runs[0]["Independent"])
-    head = "| row | " + " | ".join(f"{s} {t}" for s in sets for t in ("new/old", "new/new")) + " |"
-    lines = [head, "|---|" + "---|" * (2 * len(sets))]
-    old = " | ".join(f"{_cell([r['Independent'][s]['old/old'] for r in runs])} | –" for s in sets)
-    lines.append(f"| old/old (v1) | {old} |")
-    for row in ROWS:
-        cells = " | ".join(f"{_cell([r[row][s][t] for r in runs])}" for s in sets for t in ("new/old", "new/new"))
-        lines.append(f"| {row} | {cells} |")
-    metric = "recall@10" if family == "unified" else "top-1"
-    return (f"### {family}: {metric}, mean ± 95% CI over {len(runs)} seeds\n\nCommand: `{command}`\n\n"
-            + "\n".join(lines) + "\n")  # fmt: skip
+def gallery_tower(artifact: Path) -> Path:
+    """The artifact a collection stores (Unified's recipe returns its query tower; the item tower sits beside)."""
+    from models.core.spec import EncoderSpec
+
+    towers = EncoderSpec.load(artifact).config.get("towers")
+    return artifact.parent / towers["item"] if isinstance(towers, dict) and "item" in towers else artifact
 
 
-def _cell(values: list[float]) -> str:
-    mean, half = interval(values)
-    return f"{mean:.3f} ± {half:.3f}"
+def weight(family: str, knob: str, value: float) -> dict[str, Any]:
+    """A compat weight as the family's config spells it (FaceNet: top-level keys; the towers: ``compat:``)."""
+    return {knob: value} if family == "facenet" else {"compat": {knob: value}}
+
+
+class Plan:
+    """Where each model of a run lives and how it is trained; every step is resumable."""
+
+    def __init__(self, family: str, base: dict[str, Any], v1: dict[str, Any], v2: dict[str, Any], root: Path,
+                 data_dir: Path) -> None:  # fmt: skip
+        self.family, self.base, self.v1, self.v2, self.root, self.data_dir = family, base, v1, v2, root, data_dir
+
+    def config(self, seed: int, split: str, new: bool) -> dict[str, Any]:
+        cfg = merge(self.base, VALIDATION[self.family]) if split == "val" else dict(self.base)
+        return {**merge(cfg, self.v2), "seed": seed + NEW_SEED} if new else {**merge(cfg, self.v1), "seed": seed}
+
+    def folder(self, seed: int, split: str) -> Path:
+        return self.root / ("val" if split == "val" else f"seed{seed}")
+
+    def train(self, seed: int, split: str, row: str, over: dict[str, Any] | None = None) -> Path:
+        """``row``: "v1", "Independent", or a method's row name (with ``over``: its weight)."""
+        out = self.folder(seed, split)
+        name = self.base.get("name", self.family)
+        method = METHODS.get(row.split(" ")[0])
+        if row == "v1":
+            config = {**self.config(seed, split, False), "version": "1"}
+        else:
+            suffix = "ind" if method is None else method + "".join(f"-{k}{v:g}" for k, v in (over or {}).items())
+            knob = weight(self.family, *next(iter(over.items()))) if over else {}
+            config = merge({**self.config(seed, split, True), "name": f"{name}-{suffix.replace('.', 'p')}",
+                            "version": "2"}, knob)  # fmt: skip
+        done = out / f".trained-{config['name']}@{config['version']}"
+        if done.is_file():
+            return Path(done.read_text())
+        old = self.train(seed, split, "v1") if method else None
+        t0 = time.time()
+        request = TrainRequest(config=config, out=out, data_dir=self.data_dir, compatible_with=old,
+                               method=method, progress=False)  # type: ignore[arg-type]  # fmt: skip
+        artifact = gallery_tower(recipe(self.family).train(request).artifact)
+        atomic_write_bytes(done, str(artifact).encode())
+        print(f"  {split} seed {seed}: {artifact.name} ({row}) in {time.time() - t0:.0f} s", flush=True)
+        return artifact
+
+    def score(self, seed: int, split: str, row: str, over: dict[str, Any] | None = None) -> dict[str, Any]:
+        tag = row + "".join(f"-{k}{v:g}" for k, v in (over or {}).items())
+        path = self.folder(seed, split) / f"scores-{tag}.json"
+        if path.is_file():
+            return dict(json.loads(path.read_text()))
+        new, v1 = self.train(seed, split, row, over), self.train(seed, split, "v1")
+        cfg = self.config(seed, split, False)
+        found = FAMILIES[self.family](cfg, v1, new, self.data_dir / "cache", split)
+        atomic_write_bytes(path, json.dumps(found).encode())
+        return found
+
+
+def choose(family: str, sweep: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The rule of the module doc on the family's first metric."""
+    metric = next(iter(sweep["Independent"]))
+    floor = sweep["Independent"][metric]["new/new"] - WITHIN
+    chosen = {}
+    for method, (knob, values) in SWEEP.items():
+        row = next(r for r, m in METHODS.items() if m == method)
+        cands = {v: sweep[f"{row} {knob}={v:g}"][metric] for v in values}
+        ok = [v for v, s in cands.items() if s["new/new"] >= floor]
+        best = max(ok, key=lambda v: cands[v]["new/old"]) if ok else max(values, key=lambda v: cands[v]["new/new"])
+        chosen[row] = {knob: best}
+    return chosen
+
+
+def _init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run(plan: Plan, seeds: int, workers: int, threads: int) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    """(validation scores by row, chosen weights, test scores per seed)."""
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init, initargs=(threads,)) as pool:
+        firsts = [pool.submit(plan.train, 0, "val", "v1")] + [pool.submit(plan.train, s, "test", "v1")
+                                                            for s in range(seeds)]  # fmt: skip
+        for f in firsts:
+            f.result()
+        sweep_rows = {"Independent": None} | {f"{row} {knob}={v:g}": {knob: v} for row, method in METHODS.items()
+                                               for knob, values in [SWEEP[method]] for v in values}  # fmt: skip
+        val = {row: pool.submit(plan.score, 0, "val", row.split(" ")[0] if over else row, over)
+               for row, over in sweep_rows.items()}  # fmt: skip
+        independent = [pool.submit(plan.score, s, "test", "Independent") for s in range(seeds)]
+        sweep = {row: f.result() for row, f in val.items()}
+        chosen = choose(plan.family, sweep)
+        tests = [{"Independent": independent[s]} | {row: pool.submit(plan.score, s, "test", row, chosen[row])
+                                                    for row in METHODS} for s in range(seeds)]  # fmt: skip
+        runs = [{row: f.result() for row, f in t.items()} for t in tests]
+    return sweep, chosen, runs
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", required=True, choices=("facenet", "two-branch", "convirt", "unified"))
+    p.add_argument("--family", required=True, choices=tuple(FAMILIES))
     p.add_argument("--config", required=True, help="a shipped config name or a YAML file: v1's")
+    p.add_argument("--v1", default="{}", help="JSON over the config for v1 (default: the config itself)")
     p.add_argument("--v2", default=None, help="JSON over the config for every new model (default: 2x the epochs)")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--workers", type=int, default=1, help="models trained at once (processes)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--data-dir", type=Path, default=Path(".ers-data"), help="where data sets are cached")
     p.add_argument("--out", type=Path, default=Path("docs/compat_families"))
-    p.add_argument("--work", type=Path, default=None,
-                   help="keep models and scores here; a rerun resumes (default: a temp dir, deleted)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--work", type=Path, required=True, help="models and scores; a rerun resumes from them")
     args = p.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if args.family not in VALIDATION:
+        p.error(f"--family {args.family}: its recipe has no validation split yet, so no weight can be chosen")
+    if args.seeds < 2 or args.workers < 1 or args.threads < 1:
+        p.error("--seeds must be >= 2 (an interval needs two), --workers and --threads >= 1")
     base = load_config(args.config)
     if args.v2 is not None:
         v2 = json.loads(args.v2)
-    elif "train" in base:
-        v2 = {"train": {"epochs": 2 * base["train"]["epochs"]}}
     else:
-        v2 = {"epochs": 2 * base["epochs"]}
-    command = ".venv/bin/python bench/compat_families.py " + shlex.join(sys.argv[1:])
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="ers-compat-families-") as tmp:
-        root = Path(tmp) if args.work is None else args.work / f"{args.family}-{Path(args.config).stem}"
-        (root / "data").mkdir(parents=True, exist_ok=True)
-        (args.data_dir / "cache").mkdir(parents=True, exist_ok=True)
-        if not (root / "data" / "cache").exists():
-            (root / "data" / "cache").symlink_to((args.data_dir / "cache").resolve())
-        for seed in range(args.seeds):
-            runs.append(run_seed(args.family, base, v2, seed, root))
-    text = table(runs, command, args.family)
-    print("\n" + text)
-    args.out.mkdir(parents=True, exist_ok=True)
+        v2 = {"train": {"epochs": 2 * base["train"]["epochs"]}} if "train" in base else {"epochs": 2 * base["epochs"]}
+    command = "OMP_NUM_THREADS=1 .venv/bin/python bench/compat_families.py " + shlex.join(sys.argv[1:])
     stem = f"{args.family}-{Path(args.config).stem}"
+    root = args.work / stem
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (args.data_dir / "cache").mkdir(parents=True, exist_ok=True)
+    if not (root / "data" / "cache").exists():
+        (root / "data" / "cache").symlink_to((args.data_dir / "cache").resolve())
+    v1 = json.loads(args.v1)
+    plan = Plan(args.family, base, v1, v2, root, root / "data")
+    t0 = time.time()
+    sweep, chosen, runs = run(plan, args.seeds, args.workers, args.threads)
+    result = {"command": command, "family": args.family, "config": base, "v1": v1, "v2": v2,
+              "validation": VALIDATION[args.family], "sweep_grid": SWEEP, "sweep": sweep, "chosen": chosen,
+              "runs": runs, "seconds": round(time.time() - t0)}  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    text = report(result)
     (args.out / f"{stem}.md").write_text(text)
-    (args.out / f"{stem}.json").write_text(json.dumps({"command": command, "v2": v2, "runs": runs}, indent=2))
+    print("\n" + text)
     return 0
 
 

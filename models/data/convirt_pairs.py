@@ -49,6 +49,15 @@ def held_out(key: str, test_percent: int) -> bool:
     return zlib.crc32(key.encode()) % 100 < test_percent
 
 
+def role(key: str, test_percent: int, val_percent: int) -> str:
+    """ "train", "held" (evaluated) or "unused". Without ``val_percent`` the test items are held; with it,
+    a second hash of the id carves the validation items out of the training ones and the test items
+    are unused."""
+    if held_out(key, test_percent):
+        return "unused" if val_percent else "held"
+    return "held" if val_percent and zlib.crc32(f"val:{key}".encode()) % 100 < val_percent else "train"
+
+
 def zoo_artifact(name: str, data_dir: Path) -> Path:
     from models.zoo import pull
 
@@ -59,25 +68,26 @@ def zoo_artifact(name: str, data_dir: Path) -> Path:
     return data_dir / "models" / spec.key
 
 
-def _emoji_pairs(limit: int | None, test_percent: int, label: str, data_dir: Path) -> PairData:
+def _emoji_pairs(limit: int | None, test_percent: int, label: str, data_dir: Path, val_percent: int) -> PairData:
     from models.data.emoji import load_emoji
 
     if label not in EMOJI_LABELS:
         raise TrainingError(f"emoji label must be one of {EMOJI_LABELS}, got '{label}'")
     emoji = load_emoji(data_dir / "cache", limit=limit)
-    train = [e for e in emoji if not held_out(e.code, test_percent)]
-    test = [e for e in emoji if held_out(e.code, test_percent)]
+    train = [e for e in emoji if role(e.code, test_percent, val_percent) == "train"]
+    test = [e for e in emoji if role(e.code, test_percent, val_percent) == "held"]
     labels = [str(getattr(e, label)) for e in test]
     return PairData(
         train_images=[[e.google_png, e.twitter_png] for e in train], train_texts=[e.text for e in train],
         gallery=[e.twitter_png for e in test], gallery_labels=labels,
         image_queries=[e.google_png for e in test], query_labels=labels, queries_are_gallery=False,
         texts=[e.text for e in test], text_labels=labels, label_name=f"emoji {label}",
-        description=f"emoji names and drawings, {len(train)} training / {len(test)} held-out concepts",
+        description=f"emoji names and drawings, {len(train)} training / {len(test)} "
+        f"{'validation' if val_percent else 'held-out'} concepts",
     )  # fmt: skip
 
 
-def _csv_pairs(path: Path, limit: int | None, test_percent: int) -> PairData:
+def _csv_pairs(path: Path, limit: int | None, test_percent: int, val_percent: int) -> PairData:
     from models.data.medical import MedicalDataError, read_study_csv
 
     studies = read_study_csv(path, require_report=True, limit=limit)
@@ -87,28 +97,39 @@ def _csv_pairs(path: Path, limit: int | None, test_percent: int) -> PairData:
             images.append(study.path.read_bytes())
         except OSError as exc:
             raise MedicalDataError(f"{path}: cannot read image {study.path}: {exc}") from exc
-    test = [i for i, s in enumerate(studies) if held_out(str(s.path), test_percent)]
-    train = [i for i, s in enumerate(studies) if not held_out(str(s.path), test_percent)]
+    test = [i for i, s in enumerate(studies) if role(str(s.path), test_percent, val_percent) == "held"]
+    train = [i for i, s in enumerate(studies) if role(str(s.path), test_percent, val_percent) == "train"]
     labels = [studies[i].primary_label() for i in test]
     return PairData(
         train_images=[[images[i]] for i in train], train_texts=[str(studies[i].report) for i in train],
         gallery=[images[i] for i in test], gallery_labels=labels,
         image_queries=[images[i] for i in test], query_labels=labels, queries_are_gallery=True,
         texts=[str(studies[i].report) for i in test], text_labels=labels, label_name="first positive finding",
-        description=f"{path.name}, {len(train)} training / {len(test)} held-out studies",
+        description=f"{path.name}, {len(train)} training / {len(test)} {'validation' if val_percent else 'held-out'} "
+        "studies",
     )  # fmt: skip
 
 
 def load_pairs(
-    source: str, limit: int | None, test_percent: int, label: str, data_dir: Path, training: bool = True
+    source: str,
+    limit: int | None,
+    test_percent: int,
+    label: str,
+    data_dir: Path,
+    training: bool = True,
+    val_percent: int = 0,
 ) -> PairData:
-    """Training needs both sides of the split; evaluating a CSV may hold out all of it (100)."""
+    """Training needs both sides of the split; evaluating a CSV may hold out all of it (100).
+    ``val_percent`` > 0: that share of the training items is the held-out side instead, and the test
+    items are neither trained nor evaluated (a validation split to choose settings on)."""
     if not (0 < test_percent < 100 if training else 0 < test_percent <= 100):
         raise TrainingError(f"test_percent must lie in 1..{99 if training else 100}, got {test_percent}")
+    if not 0 <= val_percent < 100:
+        raise TrainingError(f"val_percent must lie in 0..99, got {val_percent}")
     if source == "emoji":
-        data = _emoji_pairs(limit, test_percent, label, data_dir)
+        data = _emoji_pairs(limit, test_percent, label, data_dir, val_percent)
     elif Path(source).is_file():
-        data = _csv_pairs(Path(source), limit, test_percent)
+        data = _csv_pairs(Path(source), limit, test_percent, val_percent)
     else:
         raise TrainingError(f"data must be 'emoji' or a CSV file of image path + report + labels, got '{source}'")
     if training and len(data.train_texts) < 2:
@@ -241,7 +262,8 @@ def evaluate_artifact(artifact: Path, data: str | None, data_dir: Path) -> dict[
     same_protocol = source == config.get("data")
     held = int(config.get("test_percent", 20)) if same_protocol or source == "emoji" else 100
     pairs = load_pairs(source, config.get("limit") if same_protocol else None, held,
-                       str(config.get("label", "category")), data_dir, training=False)  # fmt: skip
+                       str(config.get("label", "category")), data_dir, training=False,
+                       val_percent=int(config.get("val_percent", 0)) if same_protocol else 0)  # fmt: skip
     gallery = encode_all(encoders["image"], pairs.gallery)
     queries = gallery if pairs.queries_are_gallery else encode_all(encoders["image"], pairs.image_queries)
     texts = encode_all(encoders["text"], pairs.texts)

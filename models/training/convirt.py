@@ -63,6 +63,7 @@ class ConvirtConfig:
     data: str = "emoji"  # "emoji", or a CSV of image path + report text + CheXpert-style labels
     limit: int | None = None  # emoji: that many concepts, evenly spread; CSV: the first N rows
     test_percent: int = 20  # held out for evaluation (by a hash of the emoji code / the image path)
+    val_percent: int = 0  # > 0: that share of the training pairs is evaluated instead, the test pairs unused
     label: str = "category"  # emoji label for precision@k: category | subcategory (CSV: first finding)
     image_size: int = 224
     projection_hidden: int = 512
@@ -105,7 +106,9 @@ class Run:
         self.device = pick_device(request.device)
         self.data_dir = request.data_dir or Path(".ers-data")
         image_dir, text_dir = zoo_artifact(IMAGE_ZOO, self.data_dir), zoo_artifact(TEXT_ZOO, self.data_dir)
-        self.data: PairData = load_pairs(cfg.data, cfg.limit, cfg.test_percent, cfg.label, self.data_dir)
+        self.data: PairData = load_pairs(
+            cfg.data, cfg.limit, cfg.test_percent, cfg.label, self.data_dir, val_percent=cfg.val_percent
+        )
         self.image_family, self.text_family = self._families(image_dir, text_dir)
         self.tokenizer_file = text_dir / "tokenizer.json"
         self.image_digest = sha256_file(image_dir / "model.safetensors")
@@ -146,7 +149,7 @@ class Run:
 
         cfg = self.cfg
         towers = {"image": f"{cfg.name}-image@{cfg.version}", "text": f"{cfg.name}-text@{cfg.version}"}
-        protocol = {k: getattr(cfg, k) for k in ("data", "limit", "test_percent", "label", "seed")}
+        protocol = {k: getattr(cfg, k) for k in ("data", "limit", "test_percent", "val_percent", "label", "seed")}
         if Path(cfg.data).is_file():
             protocol["data"] = str(Path(cfg.data).resolve())
         common = {"recipe": RECIPE, "towers": towers, "projection_hidden": cfg.projection_hidden, **protocol}

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.data.convirt_pairs import KS, nearest_text_features, precision_at_k, report_retrieval
+from models.data.convirt_pairs import KS, load_pairs, nearest_text_features, precision_at_k, report_retrieval, role
 from models.data.xray_reports import Report
+from models.training.recipe import TrainingError
 
 
 def test_precision_at_k_keeps_each_query_score_at_the_first_k() -> None:
@@ -65,3 +66,19 @@ def test_report_retrieval_per_query_scores_average_to_the_aggregate(monkeypatch:
             assert len(each) == 62 and np.mean(each) == pytest.approx(scores[f"{row}_p@{k}"], abs=1e-6), (row, k)
     plain = report_retrieval(embed, Path("unused"), max_per_label=21)
     assert plain == {key: v for key, v in scores.items() if not key.endswith("_per_query")}
+
+
+def test_validation_split_is_carved_from_the_training_items_and_never_touches_test() -> None:
+    keys = [f"item-{i}" for i in range(2000)]
+    plain = {k: role(k, 20, 0) for k in keys}
+    val = {k: role(k, 20, 25) for k in keys}
+    assert set(plain.values()) == {"train", "held"} and set(val.values()) == {"train", "held", "unused"}
+    # the test items are unused with a validation split, and nothing else is
+    assert {k for k, r in plain.items() if r == "held"} == {k for k, r in val.items() if r == "unused"}
+    # validation items are training items without it; every other training item still trains
+    val_items = {k for k, r in val.items() if r == "held"}
+    assert val_items <= {k for k, r in plain.items() if r == "train"}
+    assert {k for k, r in val.items() if r == "train"} == {k for k, r in plain.items() if r == "train"} - val_items
+    assert 0.15 < len(val_items) / sum(r == "train" for r in plain.values()) < 0.35  # about 25%
+    with pytest.raises(TrainingError, match="val_percent"):
+        load_pairs("emoji", None, 20, "category", Path("unused"), val_percent=100)
