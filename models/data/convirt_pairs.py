@@ -50,9 +50,9 @@ def held_out(key: str, test_percent: int) -> bool:
 
 
 def role(key: str, test_percent: int, val_percent: int) -> str:
-    """The item's side of the split: "train", "held" (evaluated) or "unused". Without ``val_percent`` the test items are held; with it,
-    a second hash of the id carves the validation items out of the training ones and the test items
-    are unused."""
+    """The item's side of the split: "train", "held" (evaluated) or "unused". Without ``val_percent``
+    the test items are held; with it, a second hash of the id carves the validation items out of the
+    training ones and the test items are unused."""
     if held_out(key, test_percent):
         return "unused" if val_percent else "held"
     return "held" if val_percent and held_out(f"val:{key}", val_percent) else "train"  # the probes' split too
