@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compat_families_report import report
+from compat_families_report import write
 from compat_family_scores import FAMILIES, VALIDATION
 
 from models.core.durable import atomic_write_bytes
@@ -203,9 +203,7 @@ def main() -> int:
               "runs": runs, "seconds": round(time.time() - t0)}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    text = report(result)
-    (args.out / f"{stem}.md").write_text(text)
-    print("\n" + text)
+    print("\n" + write(result, args.out / f"{stem}.json"))
     return 0
 
 

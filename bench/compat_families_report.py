@@ -17,6 +17,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from plotlib import line_plot
+
 from models.eval.stats import interval, paired, separated
 
 ROWS = ("Independent", "BCT", "BT²", "OCA")
@@ -74,6 +76,25 @@ def sweep_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def sweep_plot(result: dict[str, Any], path: Path) -> None:
+    """The validation trade-off: each method's new/old and new/new against its weight (seed 0)."""
+    sweep = result["sweep"]
+    metric = next(iter(sweep["Independent"]))
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for row, s in sweep.items():
+        if row == "Independent":
+            continue
+        method, setting = row.split(" ")
+        knob, value = setting.split("=")
+        for pair in ("new/old", "new/new"):
+            label = f"{method.replace('²', '2')} {pair} ({knob})"  # the PNG font has no superscript two
+            series.setdefault(label, []).append((float(value), s[metric][pair], 0.0))
+    old_old, floor = sweep["Independent"][metric]["old/old"], sweep["Independent"][metric]["new/new"] - WITHIN
+    refs = {f"v1 old/old ({old_old:.3f})": old_old, f"Independent new/new - 3 points ({floor:.3f})": floor}
+    line_plot(path, series, f"{result['family']}: validation {metric} against the compat weight (seed 0)",
+              "compat weight", metric, references=refs)  # fmt: skip
+
+
 def report(result: dict[str, Any]) -> str:
     runs = result["runs"]
     chosen = ", ".join(f"{row} {k}={v:g}" for row, w in result["chosen"].items() for k, v in w.items())
@@ -96,11 +117,19 @@ def report(result: dict[str, Any]) -> str:
         "",
         *sweep_table(result),
         "",
+        f"![validation sweep]({result['family']}-sweep.png)",
+        "",
     ])  # fmt: skip
+
+
+def write(result: dict[str, Any], json_path: Path) -> str:
+    """The markdown beside the JSON, and the sweep's PNG beside both."""
+    text = report(result)
+    json_path.with_suffix(".md").write_text(text)
+    sweep_plot(result, json_path.parent / f"{result['family']}-sweep.png")
+    return text
 
 
 if __name__ == "__main__":
     for name in sys.argv[1:]:
-        path = Path(name)
-        path.with_suffix(".md").write_text(report(json.loads(path.read_text())))
-        print(path.with_suffix(".md").read_text())
+        print(write(json.loads(Path(name).read_text()), Path(name)))

@@ -62,7 +62,11 @@ def line_plot(
         if px - last_label < 48:
             continue
         last_label = px
-        draw.text((px - 14, height - bottom + 8), f"{x:,.0f}" if x < 1e5 else f"{x / 1e3:,.0f}k", fill=(0, 0, 0))
+        draw.text(
+            (px - 14, height - bottom + 8),
+            f"{x:g}" if x < 10 else f"{x:,.0f}" if x < 1e5 else f"{x / 1e3:,.0f}k",
+            fill=(0, 0, 0),
+        )
     draw.text(((width - left) // 2, height - bottom + 26), x_label + (" (log scale)" if log_x else ""), fill=(0, 0, 0))
     draw.text((8, top - 20), y_label, fill=(0, 0, 0))
     legend = []
