@@ -9,8 +9,8 @@ Models, all trained by ``ers train``'s recipes:
 * v1 is ``--config`` with ``--v1`` over it at the seed; every new model is ``--config`` with ``--v2`` over
   it (the improvement; by default twice the epochs) at seed + 1000, so no new model starts from v1's
   initialisation.
-* Independent: no compatibility. BCT, BT² (its distillation teacher: an Independent model the recipe
-  trains first) and OCA against v1.
+* Independent: no compatibility. BCT, BT² (its distillation teacher: the Independent model of the same
+  seed, passed as ``TrainRequest.teacher``, which is what the recipe would train first) and OCA against v1.
 
 Validation first. ``compat_family_scores.VALIDATION`` holds, per family, the config keys with which the
 recipe trains without a validation split and scores on it; test items are neither trained nor scored.
@@ -105,9 +105,10 @@ class Plan:
         if done.is_file():
             return Path(done.read_text())
         old = self.train(seed, split, "v1") if method else None
+        teacher = self.train(seed, split, "Independent") if method == "bt2" else None  # the same config alone
         t0 = time.time()
         request = TrainRequest(config=config, out=out, data_dir=self.data_dir, compatible_with=old,
-                               method=method, progress=False)  # type: ignore[arg-type]  # fmt: skip
+                               method=method, progress=False, teacher=teacher)  # type: ignore[arg-type]  # fmt: skip
         artifact = gallery_tower(recipe(self.family).train(request).artifact)
         atomic_write_bytes(done, str(artifact).encode())
         print(f"  {split} seed {seed}: {artifact.name} ({row}) in {time.time() - t0:.0f} s", flush=True)
@@ -148,8 +149,9 @@ def _init(threads: int) -> None:
 def run(plan: Plan, seeds: int, workers: int, threads: int) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
     """(validation scores by row, chosen weights, test scores per seed)."""
     with ProcessPoolExecutor(max_workers=workers, initializer=_init, initargs=(threads,)) as pool:
-        firsts = [pool.submit(plan.train, 0, "val", "v1")] + [pool.submit(plan.train, s, "test", "v1")
-                                                            for s in range(seeds)]  # fmt: skip
+        # v1 and Independent first, every seed: the methods train against v1 and BT² distils from Independent
+        firsts = [pool.submit(plan.train, s, split, row) for row in ("v1", "Independent")
+                  for s, split in [(0, "val")] + [(s, "test") for s in range(seeds)]]  # fmt: skip
         for f in firsts:
             f.result()
         sweep_rows = {"Independent": None} | {f"{row} {knob}={v:g}": {knob: v} for row, method in METHODS.items()

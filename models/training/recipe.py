@@ -43,6 +43,13 @@ class TrainRequest:
     compatible_with: Path | None = None
     method: CompatMethod | None = None
     progress: bool = True
+    # BT² only: an independent new model already trained (the same config without compatibility; its
+    # gallery tower) to distil from, instead of training ``<name>-independent`` first
+    teacher: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.teacher is not None and self.method != "bt2":
+            raise TrainingError("a teacher is for --method bt2 only (BT² distils from it)")
 
 
 @dataclass
@@ -98,15 +105,20 @@ def recipe_names() -> list[str]:
 
 
 def train_teacher(request: TrainRequest, default_name: str, train: Callable[[TrainRequest], Path]) -> Any:
-    """BT²'s teacher: the same config trained on its own (no compatibility), as ``<name>-independent``.
+    """BT²'s teacher: ``request.teacher``, or the same config trained on its own (no compatibility) as
+    ``<name>-independent``.
 
     ``train`` runs the recipe on that request and returns the artifact the teacher's features come
     from (a two-tower recipe: its gallery tower). Returns the loaded ``Encoder``."""
     import dataclasses
 
+    from models.core.artifact import verify_artifact
     from models.core.registry import load_encoder
 
+    if request.teacher is not None:  # trained already (a sweep shares one across its BT² runs)
+        verify_artifact(request.teacher)
+        return load_encoder(request.teacher)
     config = {k: v for k, v in request.config.items() if k not in ("compat", "teacher")}
     config["name"] = f"{config.get('name', default_name)}-independent"
-    alone = dataclasses.replace(request, config=config, compatible_with=None, method=None)
+    alone = dataclasses.replace(request, config=config, compatible_with=None, method=None, teacher=None)
     return load_encoder(train(alone))

@@ -41,6 +41,13 @@ def train(
         Path | None, typer.Option(help="old artifact: train a backward-compatible new model")
     ] = None,
     method: Annotated[str | None, typer.Option(help="bct | bt2 | oca (with --compatible-with)")] = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            help="with --method bt2: the new config already trained alone (its gallery tower) to distil "
+            "from, instead of training <name>-independent first"
+        ),
+    ] = None,
 ) -> None:
     """Train an encoder family; writes weights + ONNX + spec + metrics.json + MODEL_CARD.md."""
     from models.training.recipe import TrainRequest, recipe
@@ -55,7 +62,7 @@ def train(
     try:
         request = TrainRequest(
             config=load_config(config), out=out, resume=resume, device=device, data_dir=_data_dir(data_dir),
-            compatible_with=compatible_with, method=method,  # type: ignore[arg-type]
+            compatible_with=compatible_with, method=method, teacher=teacher,  # type: ignore[arg-type]
         )  # fmt: skip
         result = recipe(family).train(request)
     except ModelError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -229,7 +230,9 @@ def test_trains_on_a_users_records_csv(zoo_dirs: tuple[Path, Path], tmp_path: Pa
         recipe("unified").train(TrainRequest(config={**config, "columns": None}, out=tmp_path / "x", progress=False))
 
 
-def test_bt2_trains_its_independent_teacher_first(trained: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
+def test_bt2_trains_its_independent_teacher_first_or_takes_a_given_one(
+    trained: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
     """``--method bt2`` trains ``<name>-independent`` (both towers, no compat section, no old model) and
     distils from its item tower; both new towers are compatible with the old item tower."""
     models, data_dir, _ = trained
@@ -246,6 +249,18 @@ def test_bt2_trains_its_independent_teacher_first(trained: tuple[Path, Path, dic
     for tower in ("item", "query"):
         spec = EncoderSpec.load(out / f"{TINY}-{tower}@2")
         assert (spec.compatible_with, spec.compat_dims, spec.dim) == (old.key, old.dim, old.dim + 8)
+    # a teacher trained already (--teacher): none is trained again, and the model is the one distilled above
+    again = tmp_path / "again"
+    shutil.copytree(models / f"{TINY}-item@1", again / f"{TINY}-item@1")
+    given = dataclasses.replace(request, out=again, compatible_with=again / f"{TINY}-item@1",
+                                teacher=out / f"{TINY}-independent-item@2")  # fmt: skip
+    recipe("unified").train(given)
+    assert not (again / f"{TINY}-independent-item@2").exists()
+    records = [{"d": d, "dept": "1"} for d in ("1", "2", "3")]
+    first, second = (encode(load_encoder(o / f"{TINY}-item@2"), records) for o in (out, again))
+    np.testing.assert_allclose(first, second, atol=1e-5)
+    with pytest.raises(TrainingError, match="bt2 only"):
+        dataclasses.replace(request, method="oca", teacher=out / f"{TINY}-independent-item@2")
 
 
 def test_collision_free_layout_gives_every_known_value_its_own_rows() -> None:
