@@ -195,6 +195,8 @@ class FmnistRecipe:
         if request.compatible_with is not None:
             old = _load(request.compatible_with)
             teacher = None
+            if cfg.teacher and request.teacher:
+                raise TrainingError("name BT²'s teacher once: the config's teacher or --teacher, not both")
             if method == "bt2":
                 teacher = (
                     _load(Path(cfg.teacher))

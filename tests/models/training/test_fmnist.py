@@ -71,3 +71,10 @@ def test_an_oca_model_without_the_basis_serves_its_extra_dims_plainly(
                                method=method, progress=False)  # type: ignore[arg-type]  # fmt: skip
         with pytest.raises(TrainingError, match="basis: false"):
             FmnistRecipe().train(request)
+    # BT²'s teacher is named once: the config's or the request's, not both
+    config = {**load_config("fmnist-tiny-new"), "teacher": str(tmp_path / old.name)}
+    request = TrainRequest(config=config, out=tmp_path / "refused", data_dir=data_dir,
+                           compatible_with=tmp_path / old.name, method="bt2", teacher=tmp_path / old.name,
+                           progress=False)  # fmt: skip
+    with pytest.raises(TrainingError, match="teacher once"):
+        FmnistRecipe().train(request)
