@@ -83,3 +83,12 @@ def test_wrong_key_and_unreachable_server(server_url: str, monkeypatch: pytest.M
     monkeypatch.setenv("ERS_URL", f"http://127.0.0.1:{_free_port()}")
     r = runner.invoke(app, ["collections", "list"])
     assert r.exit_code == 1 and "cannot reach ERS" in r.output and "HTTP" not in r.output  # no status: no answer
+
+
+def test_train_refuses_a_teacher_without_bt2(tmp_path: Path) -> None:
+    """``--teacher`` is BT²'s distillation source; with any other method (or none) it is an error, not ignored."""
+    teacher = ["--teacher", str(tmp_path / "teacher")]
+    for extra in ([], ["--compatible-with", str(tmp_path / "old"), "--method", "oca"]):
+        result = CliRunner().invoke(app, ["train", "fmnist", "--config", "fmnist-tiny-new", "--out", str(tmp_path),
+                                          *teacher, *extra])  # fmt: skip
+        assert result.exit_code == 1 and "bt2 only" in result.output, result.output
