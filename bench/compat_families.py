@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compat_families_report import write
+from compat_families_report import WITHIN, write
 from compat_family_scores import FAMILIES, VALIDATION
 
 from models.core.durable import atomic_write_bytes
@@ -49,7 +49,6 @@ METHODS = {"BCT": "bct", "BT²": "bt2", "OCA": "oca"}
 SWEEP = {"bct": ("influence", [0.3, 1.0, 3.0, 10.0]), "bt2": ("align", [0.3, 1.0, 3.0, 10.0]),
          "oca": ("align", [0.3, 1.0, 3.0, 10.0])}  # fmt: skip
 NEW_SEED = 1000  # added to a new model's seed
-WITHIN = 0.03  # new/new may fall this far below Independent's
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +125,7 @@ class Plan:
         return found
 
 
-def choose(family: str, sweep: dict[str, Any]) -> dict[str, dict[str, float]]:
+def choose(sweep: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The rule of the module doc on the family's first metric."""
     metric = next(iter(sweep["Independent"]))
     floor = sweep["Independent"][metric]["new/new"] - WITHIN
@@ -160,7 +159,7 @@ def run(plan: Plan, seeds: int, workers: int, threads: int) -> tuple[dict[str, A
                for row, over in sweep_rows.items()}  # fmt: skip
         independent = [pool.submit(plan.score, s, "test", "Independent") for s in range(seeds)]
         sweep = {row: f.result() for row, f in val.items()}
-        chosen = choose(plan.family, sweep)
+        chosen = choose(sweep)
         tests = [{"Independent": independent[s]} | {row: pool.submit(plan.score, s, "test", row, chosen[row])
                                                     for row in METHODS} for s in range(seeds)]  # fmt: skip
         runs = [{row: f.result() for row, f in t.items()} for t in tests]
@@ -180,8 +179,6 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("docs/compat_families"))
     p.add_argument("--work", type=Path, required=True, help="models and scores; a rerun resumes from them")
     args = p.parse_args()
-    if args.family not in VALIDATION:
-        p.error(f"--family {args.family}: its recipe has no validation split yet, so no weight can be chosen")
     if args.seeds < 2 or args.workers < 1 or args.threads < 1:
         p.error("--seeds must be >= 2 (an interval needs two), --workers and --threads >= 1")
     base = load_config(args.config)

@@ -74,8 +74,9 @@ def _emoji_pairs(limit: int | None, test_percent: int, label: str, data_dir: Pat
     if label not in EMOJI_LABELS:
         raise TrainingError(f"emoji label must be one of {EMOJI_LABELS}, got '{label}'")
     emoji = load_emoji(data_dir / "cache", limit=limit)
-    train = [e for e in emoji if role(e.code, test_percent, val_percent) == "train"]
-    test = [e for e in emoji if role(e.code, test_percent, val_percent) == "held"]
+    sides = [role(e.code, test_percent, val_percent) for e in emoji]
+    train = [e for e, side in zip(emoji, sides, strict=True) if side == "train"]
+    test = [e for e, side in zip(emoji, sides, strict=True) if side == "held"]
     labels = [str(getattr(e, label)) for e in test]
     return PairData(
         train_images=[[e.google_png, e.twitter_png] for e in train], train_texts=[e.text for e in train],
@@ -97,8 +98,9 @@ def _csv_pairs(path: Path, limit: int | None, test_percent: int, val_percent: in
             images.append(study.path.read_bytes())
         except OSError as exc:
             raise MedicalDataError(f"{path}: cannot read image {study.path}: {exc}") from exc
-    test = [i for i, s in enumerate(studies) if role(str(s.path), test_percent, val_percent) == "held"]
-    train = [i for i, s in enumerate(studies) if role(str(s.path), test_percent, val_percent) == "train"]
+    sides = [role(str(s.path), test_percent, val_percent) for s in studies]
+    test = [i for i, side in enumerate(sides) if side == "held"]
+    train = [i for i, side in enumerate(sides) if side == "train"]
     labels = [studies[i].primary_label() for i in test]
     return PairData(
         train_images=[[images[i]] for i in train], train_texts=[str(studies[i].report) for i in train],

@@ -197,12 +197,10 @@ class FmnistRecipe:
             teacher = None
             if cfg.teacher and request.teacher:
                 raise TrainingError("name BT²'s teacher once: the config's teacher or --teacher, not both")
+            # the config's teacher is --teacher spelled in YAML: one path (train_teacher), refused unless bt2
+            taught = dataclasses.replace(request, teacher=Path(cfg.teacher)) if cfg.teacher else request
             if method == "bt2":
-                teacher = (
-                    _load(Path(cfg.teacher))
-                    if cfg.teacher
-                    else train_teacher(request, "fmnist", lambda alone: self.train(alone).artifact)
-                )
+                teacher = train_teacher(taught, "fmnist", lambda alone: self.train(alone).artifact)
             targets = prepare_targets(old, images, labels, len(classes), teacher, request.compatible_with, classes)
             if cfg.anchor:
                 views = perturbed_views(images, cfg.anchor_views, cfg.seed)  # (M, 28, 28)

@@ -78,3 +78,8 @@ def test_an_oca_model_without_the_basis_serves_its_extra_dims_plainly(
                            progress=False)  # fmt: skip
     with pytest.raises(TrainingError, match="teacher once"):
         FmnistRecipe().train(request)
+    # the config's teacher is --teacher in YAML: with any method but BT² it is refused, not ignored
+    request = TrainRequest(config=config, out=tmp_path / "refused", data_dir=data_dir,
+                           compatible_with=tmp_path / old.name, method="oca", progress=False)  # fmt: skip
+    with pytest.raises(TrainingError, match="bt2 only"):
+        FmnistRecipe().train(request)
