@@ -29,7 +29,9 @@ from models.core.encoder import Encoder, encode
 from models.core.spec import EncoderSpec
 
 QUERY_CHUNK = 512  # queries scored at once: bounds the (chunk, gallery) score matrix in memory
-ENCODE_BATCH = 256
+# inputs encoded at once: ONNX Runtime's arena grows with the batch; at 224 px 256 images peaked near
+# 7 GB per session (BT² holds two: the old tower and the teacher), 32 about 1 GB
+ENCODE_BATCH = 32
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
