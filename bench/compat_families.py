@@ -125,12 +125,12 @@ class Plan:
         return found
 
 
-def choose(sweep: dict[str, Any]) -> dict[str, dict[str, float]]:
+def choose(sweep: dict[str, Any], grid: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The rule of the module doc on the family's first metric."""
     metric = next(iter(sweep["Independent"]))
     floor = sweep["Independent"][metric]["new/new"] - WITHIN
     chosen = {}
-    for method, (knob, values) in SWEEP.items():
+    for method, (knob, values) in grid.items():
         row = next(r for r, m in METHODS.items() if m == method)
         cands = {v: sweep[f"{row} {knob}={v:g}"][metric] for v in values}
         ok = [v for v, s in cands.items() if s["new/new"] >= floor]
@@ -145,7 +145,8 @@ def _init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run(plan: Plan, seeds: int, workers: int, threads: int) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+def run(plan: Plan, seeds: int, workers: int, threads: int,
+        grid: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:  # fmt: skip
     """(validation scores by row, chosen weights, test scores per seed)."""
     with ProcessPoolExecutor(max_workers=workers, initializer=_init, initargs=(threads,)) as pool:
         # v1 and Independent first, every seed: the methods train against v1 and BT² distils from Independent
@@ -154,12 +155,12 @@ def run(plan: Plan, seeds: int, workers: int, threads: int) -> tuple[dict[str, A
         for f in firsts:
             f.result()
         sweep_rows = {"Independent": None} | {f"{row} {knob}={v:g}": {knob: v} for row, method in METHODS.items()
-                                               for knob, values in [SWEEP[method]] for v in values}  # fmt: skip
+                                               for knob, values in [grid[method]] for v in values}  # fmt: skip
         val = {row: pool.submit(plan.score, 0, "val", row.split(" ")[0] if over else row, over)
                for row, over in sweep_rows.items()}  # fmt: skip
         independent = [pool.submit(plan.score, s, "test", "Independent") for s in range(seeds)]
         sweep = {row: f.result() for row, f in val.items()}
-        chosen = choose(sweep)
+        chosen = choose(sweep, grid)
         tests = [{"Independent": independent[s]} | {row: pool.submit(plan.score, s, "test", row, chosen[row])
                                                     for row in METHODS} for s in range(seeds)]  # fmt: skip
         runs = [{row: f.result() for row, f in t.items()} for t in tests]
@@ -175,6 +176,11 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--workers", type=int, default=1, help="models trained at once (processes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument(
+        "--grid",
+        default=None,
+        help="comma-separated weights swept for every method instead of SWEEP's (e.g. 1,10: fewer models)",
+    )
     p.add_argument("--data-dir", type=Path, default=Path(".ers-data"), help="where data sets are cached")
     p.add_argument("--out", type=Path, default=Path("docs/compat_families"))
     p.add_argument("--work", type=Path, required=True, help="models and scores; a rerun resumes from them")
@@ -182,6 +188,13 @@ def main() -> int:
     if args.seeds < 2 or args.workers < 1 or args.threads < 1:
         p.error("--seeds must be >= 2 (an interval needs two), --workers and --threads >= 1")
     base = load_config(args.config)
+    try:
+        values = sorted({float(v) for v in args.grid.split(",")}) if args.grid else None
+    except ValueError:
+        p.error(f"--grid must be comma-separated numbers, got {args.grid!r}")
+    if values is not None and (not values or min(values) <= 0):
+        p.error("--grid weights must be positive")
+    grid = {m: (knob, values or vs) for m, (knob, vs) in SWEEP.items()}
     if args.v2 is not None:
         v2 = json.loads(args.v2)
     else:
@@ -196,9 +209,9 @@ def main() -> int:
     v1 = json.loads(args.v1)
     plan = Plan(args.family, base, v1, v2, root, root / "data")
     t0 = time.time()
-    sweep, chosen, runs = run(plan, args.seeds, args.workers, args.threads)
+    sweep, chosen, runs = run(plan, args.seeds, args.workers, args.threads, grid)
     result = {"command": command, "family": args.family, "config": base, "v1": v1, "v2": v2,
-              "validation": VALIDATION[args.family], "sweep_grid": SWEEP, "sweep": sweep, "chosen": chosen,
+              "validation": VALIDATION[args.family], "sweep_grid": grid, "sweep": sweep, "chosen": chosen,
               "runs": runs, "seconds": round(time.time() - t0)}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
