@@ -17,6 +17,8 @@ recipe trains without a validation split and scores on it; test items are neithe
 At seed 0, v1, Independent and each method at each weight of ``SWEEP`` are trained that way and scored
 on validation. Per method, the rule picks the weight with the highest new/old among those whose new/new
 stays within 3 points of Independent's (on the family's first metric); if none does, the highest new/new.
+``--grid`` replaces the weights tried (every method); with one weight there is nothing to choose, so
+no validation model is trained and the weight is fixed in advance (the JSON's empty ``sweep`` says so).
 Only then are the test models trained (the whole training split, ``--seeds`` seeds) and scored on the
 test split. ``compat_family_scores`` defines each family's metrics.
 
@@ -32,7 +34,7 @@ import json
 import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -148,22 +150,37 @@ def _init(threads: int) -> None:
 def run(plan: Plan, seeds: int, workers: int, threads: int,
         grid: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:  # fmt: skip
     """(validation scores by row, chosen weights, test scores per seed)."""
+    # a one-weight grid has nothing to choose: no validation models, the weights are fixed in advance
+    fixed = all(len(values) == 1 for _, values in grid.values())
+    splits = [(s, "test") for s in range(seeds)] if fixed else [(0, "val")] + [(s, "test") for s in range(seeds)]
+    chosen = {row: {grid[m][0]: grid[m][1][0]} for row, m in METHODS.items()} if fixed else {}
     with ProcessPoolExecutor(max_workers=workers, initializer=_init, initargs=(threads,)) as pool:
         # v1 and Independent first, every seed: the methods train against v1 and BT² distils from Independent
-        firsts = [pool.submit(plan.train, s, split, row) for row in ("v1", "Independent")
-                  for s, split in [(0, "val")] + [(s, "test") for s in range(seeds)]]  # fmt: skip
-        for f in firsts:
+        v1 = [pool.submit(plan.train, s, split, "v1") for s, split in splits]
+        independent_models = [pool.submit(plan.train, s, split, "Independent") for s, split in splits]
+        for f in v1:
             f.result()
-        sweep_rows = {"Independent": None} | {f"{row} {knob}={v:g}": {knob: v} for row, method in METHODS.items()
-                                               for knob, values in [grid[method]] for v in values}  # fmt: skip
+        tests: dict[tuple[int, str], Future[dict[str, Any]]] = {}
+        if fixed:  # BCT and OCA need only v1, so they start while the Independent models (BT²'s teachers) train
+            tests = {(s, row): pool.submit(plan.score, s, "test", row, chosen[row])
+                     for s in range(seeds) for row in ("BCT", "OCA")}  # fmt: skip
+        for f in independent_models:
+            f.result()
+        sweep_rows = {} if fixed else {"Independent": None} | {
+            f"{row} {knob}={v:g}": {knob: v} for row, method in METHODS.items()
+            for knob, values in [grid[method]] for v in values}  # fmt: skip
         val = {row: pool.submit(plan.score, 0, "val", row.split(" ")[0] if over else row, over)
                for row, over in sweep_rows.items()}  # fmt: skip
         independent = [pool.submit(plan.score, s, "test", "Independent") for s in range(seeds)]
         sweep = {row: f.result() for row, f in val.items()}
-        chosen = choose(sweep, grid)
-        tests = [{"Independent": independent[s]} | {row: pool.submit(plan.score, s, "test", row, chosen[row])
-                                                    for row in METHODS} for s in range(seeds)]  # fmt: skip
-        runs = [{row: f.result() for row, f in t.items()} for t in tests]
+        if not fixed:
+            chosen = choose(sweep, grid)
+        for s in range(seeds):
+            for row in METHODS:
+                if (s, row) not in tests:
+                    tests[s, row] = pool.submit(plan.score, s, "test", row, chosen[row])
+        runs = [{"Independent": independent[s].result()} | {row: tests[s, row].result() for row in METHODS}
+                for s in range(seeds)]  # fmt: skip
     return sweep, chosen, runs
 
 
@@ -179,7 +196,8 @@ def main() -> int:
     p.add_argument(
         "--grid",
         default=None,
-        help="comma-separated weights swept for every method instead of SWEEP's (e.g. 1,10: fewer models)",
+        help="comma-separated weights swept for every method instead of SWEEP's (e.g. 1,10: fewer models); "
+        "one weight (e.g. 1) fixes it in advance and trains no validation models",
     )
     p.add_argument("--data-dir", type=Path, default=Path(".ers-data"), help="where data sets are cached")
     p.add_argument("--out", type=Path, default=Path("docs/compat_families"))

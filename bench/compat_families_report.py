@@ -104,7 +104,9 @@ def report(result: dict[str, Any]) -> str:
         f"Command: `{result['command']}` ({result['seconds']} s). "
         f"v1 = the config with `{json.dumps(result.get('v1', {}))}`, "
         f"v2 = the config with `{json.dumps(result['v2'])}`.",
-        f"Compat weights chosen on validation (`{json.dumps(result['validation'])}`, seed 0): {chosen}.",
+        f"Compat weights chosen on validation (`{json.dumps(result['validation'])}`, seed 0): {chosen}."
+        if result["sweep"]
+        else f"Compat weights fixed in advance (a one-weight `--grid`; no validation sweep): {chosen}.",
         "",
         *test_table(runs),
         "",
@@ -112,6 +114,12 @@ def report(result: dict[str, Any]) -> str:
         "",
         *criterion(runs),
         "",
+        *(sweep_section(result) if result["sweep"] else []),
+    ])  # fmt: skip
+
+
+def sweep_section(result: dict[str, Any]) -> list[str]:
+    return [
         "Validation sweep (seed 0; the rule: the highest new/old whose new/new is within 3 points of "
         "Independent's, on the first metric):",
         "",
@@ -119,14 +127,15 @@ def report(result: dict[str, Any]) -> str:
         "",
         f"![validation sweep]({result['family']}-sweep.png)",
         "",
-    ])  # fmt: skip
+    ]
 
 
 def write(result: dict[str, Any], json_path: Path) -> str:
-    """The markdown beside the JSON, and the sweep's PNG beside both."""
+    """The markdown beside the JSON, and the sweep's PNG (where there was a sweep) beside both."""
     text = report(result)
     json_path.with_suffix(".md").write_text(text)
-    sweep_plot(result, json_path.parent / f"{result['family']}-sweep.png")
+    if result["sweep"]:
+        sweep_plot(result, json_path.parent / f"{result['family']}-sweep.png")
     return text
 
 
